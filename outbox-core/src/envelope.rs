@@ -1,0 +1,87 @@
+//! The message as the relay hands it to handlers and publishers.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::event::DomainEvent;
+use crate::upcast::Upcasters;
+
+/// Metadata that travels with a message: correlation, causation, trace context, and free-form
+/// string headers. Stored as the JSON object of the outbox row's `headers` column.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Headers {
+    /// Groups every message caused, directly or not, by one request or command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<Uuid>,
+    /// The id of the message whose handler recorded this one, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub causation_id: Option<Uuid>,
+    /// The W3C `traceparent` of the span the event was recorded in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    /// Other headers, given with [`RecordOptions::header`](crate::RecordOptions::header).
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, String>,
+}
+
+/// One outbox message, as read back by the relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// The message id (UUIDv7): consumers deduplicate on it.
+    pub message_id: Uuid,
+    /// The row's position in the outbox, increasing in commit order for one aggregate.
+    pub sequence: i64,
+    /// The aggregate type (`"order"`).
+    pub aggregate_type: String,
+    /// The aggregate id.
+    pub aggregate_id: String,
+    /// The event type name (`"order.created"`).
+    pub event_type: String,
+    /// The version the payload was written at.
+    pub event_version: u32,
+    /// The payload, as JSON text.
+    pub payload: String,
+    /// Correlation, causation, trace context and extra headers.
+    pub headers: Headers,
+    /// When the event was recorded.
+    pub occurred_at: DateTime<Utc>,
+}
+
+impl Envelope {
+    /// Deserializes the payload into `E`, upcasting an older stored version through `upcasters`.
+    ///
+    /// Fails with [`Error::UnknownVersion`] when no chain of upcasters leads from the stored
+    /// version to `E::VERSION`, and with [`Error::Deserialize`] when the payload does not fit `E`.
+    pub fn decode<E: DomainEvent>(&self, upcasters: &Upcasters) -> Result<E> {
+        let deserialize = |source| Error::Deserialize {
+            event_type: self.event_type.clone(),
+            source,
+        };
+        if self.event_version == E::VERSION {
+            return serde_json::from_str(&self.payload).map_err(deserialize);
+        }
+        let unknown = || Error::UnknownVersion {
+            event_type: self.event_type.clone(),
+            stored: self.event_version,
+            expected: E::VERSION,
+        };
+        if self.event_version > E::VERSION {
+            return Err(unknown());
+        }
+        let mut value: serde_json::Value =
+            serde_json::from_str(&self.payload).map_err(deserialize)?;
+        for from in self.event_version..E::VERSION {
+            let upcaster = upcasters.get(&self.event_type, from).ok_or_else(unknown)?;
+            value = upcaster(value).map_err(|source| Error::Upcast {
+                event_type: self.event_type.clone(),
+                from,
+                source,
+            })?;
+        }
+        serde_json::from_value(value).map_err(deserialize)
+    }
+}

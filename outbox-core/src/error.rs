@@ -1,0 +1,208 @@
+//! The one error type of the core crate.
+
+use std::time::Duration;
+
+/// A boxed error, as handlers and publishers return them.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A `Result` whose error is [`enum@Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What can go wrong while recording, decoding or handling an event.
+///
+/// The relay stores the [`kind`](Error::kind) and the message of the error on the outbox row
+/// (or on the delivery of one handler), so every variant is also something an operator reads.
+///
+/// # Handling
+///
+/// [`is_retryable`](Error::is_retryable) says whether the relay retries the delivery with
+/// back-off or parks it as dead at once: a payload that does not deserialize today will not
+/// deserialize tomorrow, while a handler that timed out may well succeed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No handler (and no publisher) is registered for the row's event type.
+    ///
+    /// Retried, because during a rolling deployment an older relay may meet an event type that
+    /// only newer instances handle; dead after the retry policy's last attempt.
+    #[error("no handler is registered for event type `{event_type}`")]
+    UnknownEventType {
+        /// The event type name stored on the row.
+        event_type: String,
+    },
+
+    /// The stored event version cannot be turned into the version a handler expects: it is newer
+    /// than the handler's, or an upcaster in the chain is missing.
+    #[error(
+        "event `{event_type}` is stored at version {stored}, handler expects version {expected} and no upcaster chain leads there"
+    )]
+    UnknownVersion {
+        /// The event type name.
+        event_type: String,
+        /// The version stored on the row.
+        stored: u32,
+        /// The version the handler's event type declares.
+        expected: u32,
+    },
+
+    /// The stored payload does not deserialize into the handler's event type (or is not JSON).
+    #[error("payload of event `{event_type}` does not deserialize")]
+    Deserialize {
+        /// The event type name.
+        event_type: String,
+        /// What serde said.
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// An event could not be serialized when it was recorded.
+    #[error("event `{event_type}` could not be serialized")]
+    Serialize {
+        /// The event type name.
+        event_type: String,
+        /// What serde said.
+        #[source]
+        source: std::sync::Arc<serde_json::Error>,
+    },
+
+    /// An upcaster returned an error.
+    #[error("upcasting event `{event_type}` from version {from} failed")]
+    Upcast {
+        /// The event type name.
+        event_type: String,
+        /// The version the failing upcaster starts from.
+        from: u32,
+        /// What the upcaster returned.
+        #[source]
+        source: BoxError,
+    },
+
+    /// A handler returned an error.
+    #[error("handler `{handler}` failed")]
+    HandlerFailed {
+        /// The handler's registered name.
+        handler: String,
+        /// `true` when the handler asked not to be retried ([`HandlerError::permanent`](crate::HandlerError::permanent)).
+        permanent: bool,
+        /// What the handler returned.
+        #[source]
+        source: BoxError,
+    },
+
+    /// A handler panicked. The panic is caught, the relay keeps running.
+    #[error("handler `{handler}` panicked: {message}")]
+    HandlerPanicked {
+        /// The handler's registered name.
+        handler: String,
+        /// The panic payload, when it was a string.
+        message: String,
+    },
+
+    /// A handler did not finish within its timeout.
+    #[error("handler `{handler}` timed out after {timeout:?}")]
+    HandlerTimedOut {
+        /// The handler's registered name.
+        handler: String,
+        /// The timeout that elapsed.
+        timeout: Duration,
+    },
+
+    /// A handler asked for state the relay was not given.
+    #[error("no state of type `{type_name}` was given to the relay")]
+    MissingState {
+        /// The Rust type that was asked for.
+        type_name: &'static str,
+    },
+
+    /// Two handlers share one name. Handler names are stored with delivery state, so they must
+    /// be unique; pin one with `#[event_handler(name = "...")]`.
+    #[error("two handlers are registered under the name `{name}`")]
+    DuplicateHandler {
+        /// The name used twice.
+        name: String,
+    },
+
+    /// Two Rust types declare the same event type name and version.
+    #[error("event type `{name}` version {version} is declared by both `{first}` and `{second}`")]
+    DuplicateEventType {
+        /// The event type name.
+        name: String,
+        /// The version both declare.
+        version: u32,
+        /// One Rust type.
+        first: String,
+        /// The other Rust type.
+        second: String,
+    },
+
+    /// A name that is stored in the database (event type, aggregate type, handler) is empty or
+    /// longer than 255 bytes.
+    #[error("invalid {what} name `{name}`: it must be 1 to 255 bytes long")]
+    InvalidName {
+        /// Which kind of name.
+        what: &'static str,
+        /// The offending name.
+        name: String,
+    },
+}
+
+impl Error {
+    /// Whether the relay should retry the delivery (with back-off) rather than park it as dead.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::HandlerFailed { permanent, .. } => !permanent,
+            Error::UnknownEventType { .. }
+            | Error::HandlerPanicked { .. }
+            | Error::HandlerTimedOut { .. }
+            | Error::MissingState { .. } => true,
+            Error::UnknownVersion { .. }
+            | Error::Deserialize { .. }
+            | Error::Serialize { .. }
+            | Error::Upcast { .. }
+            | Error::DuplicateHandler { .. }
+            | Error::DuplicateEventType { .. }
+            | Error::InvalidName { .. } => false,
+        }
+    }
+
+    /// A short, stable code for the error, stored next to its message on the outbox row.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::UnknownEventType { .. } => "unknown_event_type",
+            Error::UnknownVersion { .. } => "unknown_version",
+            Error::Deserialize { .. } => "deserialize",
+            Error::Serialize { .. } => "serialize",
+            Error::Upcast { .. } => "upcast",
+            Error::HandlerFailed { .. } => "handler_failed",
+            Error::HandlerPanicked { .. } => "handler_panicked",
+            Error::HandlerTimedOut { .. } => "handler_timed_out",
+            Error::MissingState { .. } => "missing_state",
+            Error::DuplicateHandler { .. } => "duplicate_handler",
+            Error::DuplicateEventType { .. } => "duplicate_event_type",
+            Error::InvalidName { .. } => "invalid_name",
+        }
+    }
+
+    /// The error and its chain of sources, joined by `": "`, as stored on the row.
+    pub fn report(&self) -> String {
+        let mut out = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(s) = source {
+            out.push_str(": ");
+            out.push_str(&s.to_string());
+            source = s.source();
+        }
+        out
+    }
+}
+
+/// Checks a name that will be stored in a `VARCHAR(255)` column.
+pub(crate) fn check_name(what: &'static str, name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > 255 {
+        return Err(Error::InvalidName {
+            what,
+            name: name.to_owned(),
+        });
+    }
+    Ok(())
+}

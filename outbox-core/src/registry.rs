@@ -1,0 +1,164 @@
+//! The set of handlers a relay dispatches to, by event type name.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use crate::error::{Error, Result, check_name};
+use crate::event::{EventTypeRegistration, registered_event_types};
+use crate::handler::{HandlerEntry, HandlerRegistration};
+use crate::upcast::Upcasters;
+
+/// Handlers by event type, plus the upcasters and the event types the process knows.
+///
+/// Build it from everything `#[event_handler]` registered ([`Registry::from_inventory`]) or
+/// from an explicit list ([`Registry::new`]), which is what tests want. Both validate: handler
+/// names are unique, no two Rust types claim one event type name and version.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    handlers: Vec<HandlerEntry>,
+    by_event_type: HashMap<String, Vec<usize>>,
+    event_types: BTreeMap<String, Vec<u32>>,
+    upcasters: Arc<Upcasters>,
+}
+
+impl Registry {
+    /// A registry of exactly these handlers (no upcasters; add them with [`Registry::with_upcasters`]).
+    ///
+    /// Fails with [`Error::DuplicateHandler`] when two share a name.
+    pub fn new(handlers: impl IntoIterator<Item = HandlerEntry>) -> Result<Self> {
+        Self::build(handlers.into_iter().collect(), &[], Upcasters::new())
+    }
+
+    /// Every handler registered with `#[event_handler]`, every upcaster registered with
+    /// [`upcaster!`](crate::upcaster) and every event type derived with `DomainEvent`, in the
+    /// crates linked into this binary.
+    ///
+    /// A crate whose only content is handlers and that the binary never names is not linked, and
+    /// its handlers are missing here: name it (`use my_handlers as _;`).
+    pub fn from_inventory() -> Result<Self> {
+        let handlers = inventory::iter::<HandlerRegistration>
+            .into_iter()
+            .map(HandlerEntry::from_registration)
+            .collect();
+        let event_types: Vec<_> = registered_event_types().copied().collect();
+        Self::build(handlers, &event_types, Upcasters::from_inventory())
+    }
+
+    fn build(
+        mut handlers: Vec<HandlerEntry>,
+        event_types: &[EventTypeRegistration],
+        upcasters: Upcasters,
+    ) -> Result<Self> {
+        // inventory's order is unspecified: sort, so dispatch order and logs are stable.
+        handlers.sort_by(|a, b| a.name.cmp(&b.name));
+        for pair in handlers.windows(2) {
+            if pair[0].name == pair[1].name {
+                return Err(Error::DuplicateHandler {
+                    name: pair[0].name.to_string(),
+                });
+            }
+        }
+        let mut by_event_type: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, h) in handlers.iter().enumerate() {
+            check_name("handler", &h.name)?;
+            check_name("event type", &h.event_type)?;
+            by_event_type
+                .entry(h.event_type.to_string())
+                .or_default()
+                .push(i);
+        }
+
+        let mut seen: HashMap<(&str, u32), &str> = HashMap::new();
+        let mut types: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+        for t in event_types {
+            check_name("event type", t.name)?;
+            if let Some(first) = seen.insert((t.name, t.version), t.rust_type) {
+                if first != t.rust_type {
+                    let (first, second) = if first < t.rust_type {
+                        (first, t.rust_type)
+                    } else {
+                        (t.rust_type, first)
+                    };
+                    return Err(Error::DuplicateEventType {
+                        name: t.name.to_owned(),
+                        version: t.version,
+                        first: first.to_owned(),
+                        second: second.to_owned(),
+                    });
+                }
+                continue;
+            }
+            types.entry(t.name.to_owned()).or_default().push(t.version);
+        }
+        for h in &handlers {
+            types
+                .entry(h.event_type.to_string())
+                .or_default()
+                .push(h.event_version);
+        }
+        for versions in types.values_mut() {
+            versions.sort_unstable();
+            versions.dedup();
+        }
+
+        Ok(Self {
+            handlers,
+            by_event_type,
+            event_types: types,
+            upcasters: Arc::new(upcasters),
+        })
+    }
+
+    /// Replaces the upcasters.
+    pub fn with_upcasters(mut self, upcasters: Upcasters) -> Self {
+        self.upcasters = Arc::new(upcasters);
+        self
+    }
+
+    /// The handlers of `event_type`, sorted by name.
+    pub fn handlers_for<'a>(
+        &'a self,
+        event_type: &str,
+    ) -> impl Iterator<Item = &'a HandlerEntry> + 'a {
+        self.by_event_type
+            .get(event_type)
+            .into_iter()
+            .flatten()
+            .map(|&i| &self.handlers[i])
+    }
+
+    /// Every handler, sorted by name.
+    pub fn handlers(&self) -> &[HandlerEntry] {
+        &self.handlers
+    }
+
+    /// Number of handlers.
+    pub fn len(&self) -> usize {
+        self.handlers.len()
+    }
+
+    /// Whether there are no handlers.
+    pub fn is_empty(&self) -> bool {
+        self.handlers.is_empty()
+    }
+
+    /// Every event type the process knows (derived or handled), with its versions.
+    pub fn event_types(&self) -> impl Iterator<Item = (&str, &[u32])> {
+        self.event_types
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_slice()))
+    }
+
+    /// Event types that were derived with `DomainEvent` but that no handler handles.
+    pub fn event_types_without_handlers(&self) -> impl Iterator<Item = &str> {
+        self.event_types
+            .keys()
+            .map(String::as_str)
+            .filter(|t| !self.by_event_type.contains_key(*t))
+    }
+
+    /// The upcasters handlers decode through.
+    pub fn upcasters(&self) -> &Arc<Upcasters> {
+        &self.upcasters
+    }
+}
