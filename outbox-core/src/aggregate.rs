@@ -82,7 +82,7 @@ impl Events {
     /// Records `event` with options: a not-before time, extra headers.
     pub fn record_with<E: DomainEvent>(&mut self, event: E, options: RecordOptions) -> Uuid {
         let message_id = Uuid::now_v7();
-        let payload = serde_json::to_value(&event).map_err(|e| SerializeFailure(Arc::new(e)));
+        let payload = serde_json::to_string(&event).map_err(|e| SerializeFailure(Arc::new(e)));
         self.pending.push(PendingEvent {
             message_id,
             event_type: E::EVENT_TYPE,
@@ -158,8 +158,9 @@ pub struct PendingEvent {
     pub event_type: &'static str,
     /// The event version.
     pub version: u32,
-    /// The JSON payload, or why serialization failed (reported when the aggregate is saved).
-    pub payload: Result<serde_json::Value, SerializeFailure>,
+    /// The payload as JSON text, or why serialization failed (reported when the aggregate is
+    /// saved, so recording never panics).
+    pub payload: Result<String, SerializeFailure>,
     /// When the event was recorded.
     pub occurred_at: DateTime<Utc>,
     /// Not to be delivered before this time.

@@ -43,7 +43,7 @@
 //!     aggregate_id: order.aggregate_id(),
 //!     event_type: pending.event_type.into(),
 //!     event_version: pending.version,
-//!     payload: pending.payload.unwrap().to_string(),
+//!     payload: pending.payload.unwrap(),
 //!     headers: Headers::default(),
 //!     occurred_at: pending.occurred_at,
 //! });

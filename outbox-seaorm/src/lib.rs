@@ -1,1 +1,124 @@
-//! placeholder
+//! The transactional outbox for SeaORM: domain events are written as rows of an outbox table in
+//! the same transaction as the aggregate that recorded them, and a relay delivers them to their
+//! handlers, at least once, retrying with back-off and parking dead letters.
+//!
+//! ```standalone_crate
+//! use outbox_seaorm::{
+//!     event_handler, DomainEvent, DomainEvents, Events, HandlerContext, Relay, UnitOfWork,
+//! };
+//! use sea_orm::entity::prelude::*;
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize, DomainEvent)]
+//! #[event(name = "order.confirmed", version = 1)]
+//! struct OrderConfirmed { order_id: Uuid }
+//!
+//! mod order {
+//!     use super::*;
+//!     // A SeaORM model that is also the aggregate: its events live in an ignored field.
+//!     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, DomainEvents)]
+//!     #[sea_orm(table_name = "orders")]
+//!     #[domain_events(aggregate = "order", id = id)]
+//!     pub struct Model {
+//!         #[sea_orm(primary_key, auto_increment = false)]
+//!         pub id: Uuid,
+//!         pub status: String,
+//!         #[sea_orm(ignore)]
+//!         #[events]
+//!         pub events: Events,
+//!     }
+//!     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+//!     pub enum Relation {}
+//!     impl ActiveModelBehavior for ActiveModel {}
+//!
+//!     impl Model {
+//!         pub fn confirm(&mut self) {
+//!             self.status = "confirmed".into();
+//!             self.events.record(OrderConfirmed { order_id: self.id });
+//!         }
+//!     }
+//! }
+//!
+//! #[event_handler(name = "send-confirmation-email")]
+//! async fn send_confirmation(event: OrderConfirmed, ctx: &HandlerContext) -> anyhow::Result<()> {
+//!     println!("order {} confirmed, message {}", event.order_id, ctx.message_id());
+//!     Ok(())
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> anyhow::Result<()> {
+//! let db = sea_orm::Database::connect("sqlite::memory:").await?;
+//! outbox_seaorm::schema::create_tables(&db, &Default::default()).await?;
+//! db.execute_unprepared("CREATE TABLE orders (id BLOB PRIMARY KEY, status TEXT NOT NULL)").await?;
+//!
+//! let mut order = order::Model { id: Uuid::now_v7(), status: "new".into(), events: Events::new() };
+//! order.confirm();
+//!
+//! let uow = UnitOfWork::begin(&db).await?;
+//! uow.save(&mut order).await?;  // order row upserted, OrderConfirmed staged
+//! uow.commit().await?;          // outbox row written in the same transaction, then COMMIT
+//!
+//! let relay = Relay::builder(db.clone()).build()?;
+//! let report = relay.drain().await?;  // or `.spawn()` to run in the background
+//! assert_eq!(report.delivered, 1);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Guarantees
+//!
+//! - A rolled-back unit of work leaves no outbox row; a committed one leaves one row per
+//!   recorded event, in recording order. The API takes a transaction wherever it writes, so the
+//!   outbox rows cannot be written outside the aggregate's transaction.
+//! - Delivery is at least once: a handler may see a message twice (after a crash or an expired
+//!   lease). Deduplicate on [`HandlerContext::message_id`].
+//! - By default the messages of one aggregate reach each handler in the order they were
+//!   recorded ([`Ordering::PerAggregate`]).
+//!
+//! # Backends
+//!
+//! SQLite (the default feature), PostgreSQL (`postgres`) and MySQL 8 / MariaDB 10.6+ (`mysql`).
+//! On SQLite, which has one writer at a time, each claim is a single `UPDATE .. RETURNING`
+//! statement, so relays are serialized by the database itself.
+
+mod admin;
+mod config;
+pub mod entity;
+mod error;
+mod relay;
+pub mod schema;
+mod store;
+mod uow;
+mod wake;
+
+#[doc(inline)]
+pub use self::admin::{Admin, DeadLetter, DeliveryInfo, OutboxCounts};
+#[doc(inline)]
+pub use self::config::OutboxConfig;
+#[doc(inline)]
+pub use self::error::{Error, Result};
+#[doc(inline)]
+pub use self::relay::{
+    BatchReport, DeliveredRows, HandlerContextExt, Relay, RelayBuilder, RelayHandle, RelayStats,
+};
+#[cfg(feature = "migration")]
+#[doc(inline)]
+pub use self::schema::OutboxMigration;
+#[doc(inline)]
+pub use self::store::{OnFailure, Ordering};
+#[doc(inline)]
+pub use self::uow::{UnitOfWork, save_aggregate, save_aggregate_with, stage_aggregate};
+
+#[doc(no_inline)]
+pub use outbox_core::{
+    Aggregate, DomainEvent, DomainEvents, Envelope, Events, Extensions, HandlerContext,
+    HandlerEntry, HandlerError, Headers, RecordOptions, Registry, RetryPolicy, Upcasters,
+    event_handler, upcaster,
+};
+
+/// The core crate, for what is not re-exported above.
+pub use outbox_core as core;
+
+/// Not public API: the path generated code takes when the user depends on this crate only.
+#[doc(hidden)]
+pub use outbox_core as __core;

@@ -1,0 +1,165 @@
+//! Where the outbox lives: validated table names.
+
+use sea_orm::DbBackend;
+
+use crate::error::{Error, Result};
+
+/// The names of the outbox's tables.
+///
+/// The defaults are `outbox_messages` and `outbox_deliveries`. Names are validated when they are
+/// set (ASCII letters, digits and `_`, not starting with a digit, at most 63 bytes: PostgreSQL's
+/// limit), optionally qualified by a schema (`messaging.outbox_messages`), and always quoted in
+/// SQL, so a name can never inject SQL.
+///
+/// ```
+/// use outbox_seaorm::OutboxConfig;
+///
+/// let config = OutboxConfig::new().with_prefix("billing_")?;
+/// assert_eq!(config.messages_table(), "billing_outbox_messages");
+/// assert!(OutboxConfig::new().messages("orders; DROP TABLE x").is_err());
+/// # Ok::<(), outbox_seaorm::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxConfig {
+    messages: String,
+    deliveries: String,
+    inbox: String,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        Self {
+            messages: "outbox_messages".into(),
+            deliveries: "outbox_deliveries".into(),
+            inbox: "outbox_inbox".into(),
+        }
+    }
+}
+
+impl OutboxConfig {
+    /// The default names.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Prefixes every table name (`"billing_"` gives `billing_outbox_messages`, ...).
+    pub fn with_prefix(self, prefix: &str) -> Result<Self> {
+        let d = Self::default();
+        self.messages(format!("{prefix}{}", d.messages))?
+            .deliveries(format!("{prefix}{}", d.deliveries))?
+            .inbox(format!("{prefix}{}", d.inbox))
+    }
+
+    /// Sets the messages table (one row per event).
+    pub fn messages(mut self, name: impl Into<String>) -> Result<Self> {
+        self.messages = validate(name.into())?;
+        Ok(self)
+    }
+
+    /// Sets the deliveries table (the state of each handler of a message that failed once).
+    pub fn deliveries(mut self, name: impl Into<String>) -> Result<Self> {
+        self.deliveries = validate(name.into())?;
+        Ok(self)
+    }
+
+    /// Sets the inbox table (messages a consumer has processed).
+    pub fn inbox(mut self, name: impl Into<String>) -> Result<Self> {
+        self.inbox = validate(name.into())?;
+        Ok(self)
+    }
+
+    /// The messages table's name, unquoted.
+    pub fn messages_table(&self) -> &str {
+        &self.messages
+    }
+
+    /// The deliveries table's name, unquoted.
+    pub fn deliveries_table(&self) -> &str {
+        &self.deliveries
+    }
+
+    /// The inbox table's name, unquoted.
+    pub fn inbox_table(&self) -> &str {
+        &self.inbox
+    }
+}
+
+fn validate(name: String) -> Result<String> {
+    let reason = if name.is_empty() {
+        Some("it is empty")
+    } else if name.split('.').count() > 2 {
+        Some("only `table` or `schema.table` is allowed")
+    } else {
+        name.split('.').find_map(|part| {
+            let mut bytes = part.bytes();
+            match bytes.next() {
+                None => Some("a part is empty"),
+                Some(b) if !(b.is_ascii_alphabetic() || b == b'_') => {
+                    Some("it must start with a letter or `_`")
+                }
+                _ if part.len() > 63 => Some("a part is longer than 63 bytes"),
+                _ if !bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_') => {
+                    Some("only ASCII letters, digits and `_` are allowed")
+                }
+                _ => None,
+            }
+        })
+    };
+    match reason {
+        Some(reason) => Err(Error::InvalidTableName { name, reason }),
+        None => Ok(name),
+    }
+}
+
+/// Quotes a validated (possibly schema-qualified) name for `backend`.
+pub(crate) fn quote(backend: DbBackend, name: &str) -> String {
+    let q = match backend {
+        DbBackend::MySql => '`',
+        _ => '"',
+    };
+    name.split('.')
+        .map(|p| format!("{q}{p}{q}"))
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// The unqualified part of a name, for naming indexes after their table.
+pub(crate) fn base_name(name: &str) -> &str {
+    name.rsplit('.').next().unwrap_or(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_plain_and_qualified_names_and_rejects_the_rest() {
+        assert!(OutboxConfig::new().messages("outbox").is_ok());
+        assert!(OutboxConfig::new().messages("app.outbox_2").is_ok());
+        assert!(OutboxConfig::new().messages("_x").is_ok());
+        for bad in [
+            "",
+            "1x",
+            "a.b.c",
+            "a..b",
+            "x y",
+            "x\"",
+            "x;",
+            "é",
+            &"a".repeat(64),
+        ] {
+            let err = OutboxConfig::new().messages(bad).unwrap_err();
+            assert!(
+                matches!(err, Error::InvalidTableName { .. }),
+                "{bad:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn quotes_per_backend() {
+        assert_eq!(quote(DbBackend::Postgres, "app.t"), "\"app\".\"t\"");
+        assert_eq!(quote(DbBackend::MySql, "t"), "`t`");
+        assert_eq!(base_name("app.t"), "t");
+    }
+}

@@ -1,0 +1,71 @@
+//! SeaORM entities of the outbox tables, for your own queries and dashboards.
+//!
+//! They name the default tables (`outbox_messages`, `outbox_deliveries`, `outbox_inbox`); the
+//! framework itself builds its SQL from [`OutboxConfig`](crate::OutboxConfig), so it also works
+//! with other names.
+
+pub mod delivery;
+pub mod inbox;
+pub mod message;
+
+use sea_orm::entity::prelude::*;
+
+/// Where a message stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::N(16))")]
+pub enum MessageStatus {
+    /// Waiting for delivery, being delivered, or waiting for a retry.
+    #[sea_orm(string_value = "pending")]
+    Pending,
+    /// Every handler and publisher succeeded.
+    #[sea_orm(string_value = "delivered")]
+    Delivered,
+    /// At least one delivery is dead and none is still being retried; see the deliveries table.
+    #[sea_orm(string_value = "dead")]
+    Dead,
+}
+
+/// Where one handler's delivery of a message stands. Rows exist only for messages that did not
+/// go through on their first attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::N(16))")]
+pub enum DeliveryStatus {
+    /// The handler succeeded; it is not run again.
+    #[sea_orm(string_value = "delivered")]
+    Delivered,
+    /// The handler failed and will be retried.
+    #[sea_orm(string_value = "failed")]
+    Failed,
+    /// The handler failed for good (attempts exhausted, or a permanent error).
+    #[sea_orm(string_value = "dead")]
+    Dead,
+}
+
+impl MessageStatus {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            MessageStatus::Pending => "pending",
+            MessageStatus::Delivered => "delivered",
+            MessageStatus::Dead => "dead",
+        }
+    }
+}
+
+impl DeliveryStatus {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Delivered => "delivered",
+            DeliveryStatus::Failed => "failed",
+            DeliveryStatus::Dead => "dead",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> Option<Self> {
+        match s {
+            "delivered" => Some(DeliveryStatus::Delivered),
+            "failed" => Some(DeliveryStatus::Failed),
+            "dead" => Some(DeliveryStatus::Dead),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,42 @@
+-- MySQL has no partial indexes: `status` leads the claim index so pending rows are one range.
+CREATE TABLE IF NOT EXISTS {messages} (
+    seq BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    id BINARY(16) NOT NULL,
+    aggregate_type VARCHAR(255) NOT NULL,
+    aggregate_id VARCHAR(255) NOT NULL,
+    event_type VARCHAR(255) NOT NULL,
+    event_version INT NOT NULL,
+    payload JSON NOT NULL,
+    headers JSON NOT NULL,
+    occurred_at DATETIME(6) NOT NULL,
+    not_before DATETIME(6) NULL,
+    available_at DATETIME(6) NOT NULL,
+    status VARCHAR(16) NOT NULL DEFAULT 'pending',
+    attempts INT NOT NULL DEFAULT 0,
+    locked_by VARCHAR(128) NULL,
+    locked_until DATETIME(6) NULL,
+    last_error TEXT NULL,
+    last_error_kind VARCHAR(32) NULL,
+    delivered_at DATETIME(6) NULL,
+    UNIQUE KEY {messages_base}_id (id),
+    KEY {messages_base}_pending (status, seq),
+    KEY {messages_base}_aggregate (aggregate_type, aggregate_id, status, seq),
+    KEY {messages_base}_delivered (status, delivered_at)
+) ENGINE = InnoDB;
+CREATE TABLE IF NOT EXISTS {deliveries} (
+    message_id BINARY(16) NOT NULL,
+    handler VARCHAR(255) NOT NULL,
+    status VARCHAR(16) NOT NULL,
+    attempts INT NOT NULL,
+    last_error TEXT NULL,
+    last_error_kind VARCHAR(32) NULL,
+    updated_at DATETIME(6) NOT NULL,
+    PRIMARY KEY (message_id, handler)
+) ENGINE = InnoDB;
+CREATE TABLE IF NOT EXISTS {inbox} (
+    consumer VARCHAR(255) NOT NULL,
+    message_id BINARY(16) NOT NULL,
+    processed_at DATETIME(6) NOT NULL,
+    PRIMARY KEY (consumer, message_id),
+    KEY {inbox_base}_processed (processed_at)
+) ENGINE = InnoDB;

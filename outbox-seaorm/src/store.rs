@@ -1,0 +1,639 @@
+//! Every SQL statement the outbox runs, per backend.
+//!
+//! The write path inserts rows; the relay claims them with a committed lease (`locked_by`,
+//! `locked_until`), then marks them delivered, schedules a retry, parks them as dead or releases
+//! them. Writes after a claim are fenced by `locked_by = <this relay>`, so a relay whose lease
+//! expired (and whose rows another relay took over) cannot overwrite the newer state.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DbBackend, QueryResult, Statement, TransactionTrait, Value,
+};
+use uuid::Uuid;
+
+use outbox_core::{Envelope, Headers};
+
+use crate::config::{OutboxConfig, quote};
+use crate::entity::{DeliveryStatus, MessageStatus};
+use crate::error::{Error, Result};
+
+/// What happens to a message whose earlier message on the same aggregate is not delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ordering {
+    /// Messages are claimed in sequence order but delivered independently: the highest
+    /// throughput, no order guarantee between messages of one aggregate.
+    Unordered,
+    /// The messages of one aggregate reach each handler in the order they were recorded.
+    PerAggregate(OnFailure),
+}
+
+/// In [`Ordering::PerAggregate`], what a message that failed for good does to the messages of
+/// its aggregate that come after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFailure {
+    /// They wait until the dead message is requeued (and delivered) or discarded: order is
+    /// never broken. A retrying message always blocks its aggregate.
+    Block,
+    /// The dead message is parked and the aggregate goes on with the next one.
+    Park,
+}
+
+/// A new row of the messages table.
+#[derive(Debug)]
+pub(crate) struct NewMessage {
+    pub(crate) id: Uuid,
+    pub(crate) aggregate_type: String,
+    pub(crate) aggregate_id: String,
+    pub(crate) event_type: String,
+    pub(crate) event_version: u32,
+    pub(crate) payload: String,
+    pub(crate) headers: String,
+    pub(crate) occurred_at: DateTime<Utc>,
+    pub(crate) not_before: Option<DateTime<Utc>>,
+}
+
+/// A row a relay claimed.
+#[derive(Debug)]
+pub(crate) struct Claimed {
+    pub(crate) envelope: Envelope,
+    /// Times the row was claimed, this claim included.
+    pub(crate) claims: u32,
+    /// Delayed messages stand outside their aggregate's order.
+    pub(crate) delayed: bool,
+}
+
+/// A handler's state for one message, as stored in the deliveries table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DeliveryState {
+    pub(crate) status: DeliveryStatus,
+    pub(crate) attempts: u32,
+}
+
+/// The new state of a message that did not simply succeed.
+#[derive(Debug)]
+pub(crate) struct Outcome {
+    pub(crate) status: MessageStatus,
+    pub(crate) available_at: DateTime<Utc>,
+    pub(crate) error: Option<(String, &'static str)>,
+    pub(crate) deliveries: Vec<DeliveryWrite>,
+}
+
+/// A row to upsert into the deliveries table.
+#[derive(Debug)]
+pub(crate) struct DeliveryWrite {
+    pub(crate) handler: String,
+    pub(crate) status: DeliveryStatus,
+    pub(crate) attempts: u32,
+    pub(crate) error: Option<(String, &'static str)>,
+}
+
+/// Builds a statement with backend-specific placeholders.
+struct Params {
+    backend: DbBackend,
+    values: Vec<Value>,
+}
+
+impl Params {
+    fn new(backend: DbBackend) -> Self {
+        Self {
+            backend,
+            values: Vec::new(),
+        }
+    }
+
+    fn bind(&mut self, v: impl Into<Value>) -> String {
+        self.values.push(v.into());
+        match self.backend {
+            DbBackend::Postgres => format!("${}", self.values.len()),
+            _ => "?".to_owned(),
+        }
+    }
+
+    /// `(?, ?, ...)` for an `IN` list. The list is padded to a power of two by repeating its
+    /// last element (harmless in `IN`), so a relay prepares a handful of statements instead of
+    /// one per batch size.
+    fn list<T: Clone + Into<Value>>(&mut self, items: &[T]) -> String {
+        let n = items.len().next_power_of_two();
+        let parts: Vec<String> = (0..n)
+            .map(|i| self.bind(items[i.min(items.len() - 1)].clone()))
+            .collect();
+        format!("({})", parts.join(", "))
+    }
+
+    fn statement(self, sql: String) -> Statement {
+        Statement::from_sql_and_values(self.backend, sql, self.values)
+    }
+}
+
+/// The SQL of one outbox (one set of table names) on one backend.
+#[derive(Debug, Clone)]
+pub(crate) struct Store {
+    backend: DbBackend,
+    messages: String,
+    deliveries: String,
+}
+
+const CLAIM_COLUMNS: &str = "o.seq, o.id, o.aggregate_type, o.aggregate_id, o.event_type, \
+     o.event_version, o.payload, o.headers, o.occurred_at, o.not_before, o.attempts";
+
+impl Store {
+    pub(crate) fn new(backend: DbBackend, config: &OutboxConfig) -> Self {
+        Self {
+            backend,
+            messages: quote(backend, config.messages_table()),
+            deliveries: quote(backend, config.deliveries_table()),
+        }
+    }
+
+    /// Inserts messages, in order, in as few statements as the backend's parameter limit allows.
+    pub(crate) async fn insert(
+        &self,
+        db: &impl ConnectionTrait,
+        rows: &[NewMessage],
+    ) -> Result<()> {
+        // 10 parameters a row; 500 rows stay far below SQLite's 32766 and PostgreSQL's 65535.
+        for chunk in rows.chunks(500) {
+            let mut p = Params::new(self.backend);
+            let json = |p: &mut Params, s: &str| {
+                let ph = p.bind(s.to_owned());
+                match self.backend {
+                    // Bound as text and cast: stored as written, not normalized through jsonb.
+                    DbBackend::Postgres => format!("CAST({ph} AS JSON)"),
+                    _ => ph,
+                }
+            };
+            let mut tuples = Vec::with_capacity(chunk.len());
+            for r in chunk {
+                let available_at = r.not_before.unwrap_or(r.occurred_at);
+                let t = [
+                    p.bind(r.id),
+                    p.bind(r.aggregate_type.clone()),
+                    p.bind(r.aggregate_id.clone()),
+                    p.bind(r.event_type.clone()),
+                    p.bind(r.event_version as i32),
+                    json(&mut p, &r.payload),
+                    json(&mut p, &r.headers),
+                    p.bind(r.occurred_at),
+                    p.bind(r.not_before),
+                    p.bind(available_at),
+                ];
+                tuples.push(format!("({})", t.join(", ")));
+            }
+            let sql = format!(
+                "INSERT INTO {} (id, aggregate_type, aggregate_id, event_type, event_version, \
+                 payload, headers, occurred_at, not_before, available_at) VALUES {}",
+                self.messages,
+                tuples.join(", ")
+            );
+            db.execute_raw(p.statement(sql)).await?;
+        }
+        Ok(())
+    }
+
+    fn claim_filter(&self, p: &mut Params, now: DateTime<Utc>, ordering: Ordering) -> String {
+        let now1 = p.bind(now);
+        let now2 = p.bind(now);
+        let mut filter = format!(
+            "o.status = 'pending' AND o.available_at <= {now1} \
+             AND (o.locked_until IS NULL OR o.locked_until < {now2})"
+        );
+        if let Ordering::PerAggregate(on_failure) = ordering {
+            let blocking = match on_failure {
+                OnFailure::Block => "'pending', 'dead'",
+                OnFailure::Park => "'pending'",
+            };
+            // Only the head of an aggregate is claimable: while an earlier message is pending
+            // (queued, claimed by another relay, or waiting for a retry) the later ones wait.
+            // Claiming does not change `status`, so no relay can ever see a later message as
+            // the head while an earlier one is in flight.
+            filter.push_str(&format!(
+                " AND (o.not_before IS NOT NULL OR NOT EXISTS (SELECT 1 FROM {m} p \
+                 WHERE p.aggregate_type = o.aggregate_type AND p.aggregate_id = o.aggregate_id \
+                 AND p.seq < o.seq AND p.status IN ({blocking}) AND p.not_before IS NULL))",
+                m = self.messages
+            ));
+        }
+        filter
+    }
+
+    /// Claims up to `limit` available messages for `relay` until `lease_until`, in sequence order.
+    pub(crate) async fn claim(
+        &self,
+        db: &DatabaseConnection,
+        relay: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: u32,
+        ordering: Ordering,
+    ) -> Result<Vec<Claimed>> {
+        let mut rows = match self.backend {
+            DbBackend::Postgres => {
+                let mut p = Params::new(self.backend);
+                let by = p.bind(relay.to_owned());
+                let until = p.bind(lease_until);
+                let filter = self.claim_filter(&mut p, now, ordering);
+                let lim = p.bind(limit as i64);
+                let sql = format!(
+                    "UPDATE {m} AS o SET locked_by = {by}, locked_until = {until}, \
+                     attempts = o.attempts + 1 \
+                     FROM (SELECT o.seq FROM {m} AS o WHERE {filter} ORDER BY o.seq LIMIT {lim} \
+                     FOR UPDATE SKIP LOCKED) AS c WHERE o.seq = c.seq \
+                     RETURNING o.seq, o.id, o.aggregate_type, o.aggregate_id, o.event_type, \
+                     o.event_version, o.payload::text AS payload, o.headers::text AS headers, \
+                     o.occurred_at, o.not_before, o.attempts",
+                    m = self.messages
+                );
+                let rows = db.query_all_raw(p.statement(sql)).await?;
+                rows.iter().map(read_claimed).collect::<Result<Vec<_>>>()?
+            }
+            DbBackend::MySql => {
+                let txn = db.begin().await?;
+                let mut p = Params::new(self.backend);
+                let filter = self.claim_filter(&mut p, now, ordering);
+                let lim = p.bind(limit as i64);
+                let sql = format!(
+                    "SELECT {CLAIM_COLUMNS} FROM {m} AS o WHERE {filter} ORDER BY o.seq \
+                     LIMIT {lim} FOR UPDATE SKIP LOCKED",
+                    m = self.messages
+                );
+                let rows = txn.query_all_raw(p.statement(sql)).await?;
+                let mut claimed = rows.iter().map(read_claimed).collect::<Result<Vec<_>>>()?;
+                if !claimed.is_empty() {
+                    let seqs: Vec<i64> = claimed.iter().map(|c| c.envelope.sequence).collect();
+                    let mut p = Params::new(self.backend);
+                    let by = p.bind(relay.to_owned());
+                    let until = p.bind(lease_until);
+                    let list = p.list(&seqs);
+                    let sql = format!(
+                        "UPDATE {m} SET locked_by = {by}, locked_until = {until}, \
+                         attempts = attempts + 1 WHERE seq IN {list}",
+                        m = self.messages
+                    );
+                    txn.execute_raw(p.statement(sql)).await?;
+                    for c in &mut claimed {
+                        c.claims += 1;
+                    }
+                }
+                txn.commit().await?;
+                claimed
+            }
+            _ => {
+                // SQLite has one writer at a time: a single UPDATE .. RETURNING is atomic, so
+                // two relays can never claim one row.
+                let mut p = Params::new(self.backend);
+                let by = p.bind(relay.to_owned());
+                let until = p.bind(lease_until);
+                let filter = self.claim_filter(&mut p, now, ordering);
+                let lim = p.bind(limit as i64);
+                let sql = format!(
+                    "UPDATE {m} SET locked_by = {by}, locked_until = {until}, \
+                     attempts = attempts + 1 WHERE seq IN (SELECT o.seq FROM {m} AS o \
+                     WHERE {filter} ORDER BY o.seq LIMIT {lim}) \
+                     RETURNING seq, id, aggregate_type, aggregate_id, event_type, event_version, \
+                     payload, headers, occurred_at, not_before, attempts",
+                    m = self.messages
+                );
+                let rows = db.query_all_raw(p.statement(sql)).await?;
+                rows.iter().map(read_claimed).collect::<Result<Vec<_>>>()?
+            }
+        };
+        // RETURNING gives no order guarantee.
+        rows.sort_by_key(|c| c.envelope.sequence);
+        Ok(rows)
+    }
+
+    /// The stored per-handler states of these messages (only messages that failed before have
+    /// any).
+    pub(crate) async fn deliveries(
+        &self,
+        db: &impl ConnectionTrait,
+        message_ids: &[Uuid],
+    ) -> Result<HashMap<Uuid, HashMap<String, DeliveryState>>> {
+        let mut out: HashMap<Uuid, HashMap<String, DeliveryState>> = HashMap::new();
+        if message_ids.is_empty() {
+            return Ok(out);
+        }
+        let mut p = Params::new(self.backend);
+        let list = p.list(message_ids);
+        let sql = format!(
+            "SELECT message_id, handler, status, attempts FROM {d} WHERE message_id IN {list}",
+            d = self.deliveries
+        );
+        for row in db.query_all_raw(p.statement(sql)).await? {
+            let id: Uuid = row.try_get("", "message_id")?;
+            let handler: String = row.try_get("", "handler")?;
+            let status: String = row.try_get("", "status")?;
+            let attempts: i32 = row.try_get("", "attempts")?;
+            let Some(status) = DeliveryStatus::parse(&status) else {
+                // A status written by a newer version: leave the handler alone rather than
+                // run it again.
+                tracing::warn!(message_id = %id, handler, status, "unknown delivery status");
+                continue;
+            };
+            out.entry(id).or_default().insert(
+                handler,
+                DeliveryState {
+                    status,
+                    attempts: attempts.max(0) as u32,
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    /// Marks messages delivered (or deletes them), if `relay` still holds them. Returns how
+    /// many it still held.
+    pub(crate) async fn complete(
+        &self,
+        db: &impl ConnectionTrait,
+        relay: &str,
+        now: DateTime<Utc>,
+        done: &[(i64, Uuid)],
+        delete: bool,
+        with_delivery_rows: &[Uuid],
+    ) -> Result<u64> {
+        if done.is_empty() {
+            return Ok(0);
+        }
+        let seqs: Vec<i64> = done.iter().map(|d| d.0).collect();
+        let mut p = Params::new(self.backend);
+        let sql = if delete {
+            let list = p.list(&seqs);
+            let by = p.bind(relay.to_owned());
+            format!(
+                "DELETE FROM {m} WHERE seq IN {list} AND locked_by = {by}",
+                m = self.messages
+            )
+        } else {
+            let at = p.bind(now);
+            let list = p.list(&seqs);
+            let by = p.bind(relay.to_owned());
+            format!(
+                "UPDATE {m} SET status = 'delivered', delivered_at = {at}, locked_by = NULL, \
+                 locked_until = NULL, last_error = NULL, last_error_kind = NULL \
+                 WHERE seq IN {list} AND locked_by = {by}",
+                m = self.messages
+            )
+        };
+        let n = db.execute_raw(p.statement(sql)).await?.rows_affected();
+        if delete && !with_delivery_rows.is_empty() {
+            // Per-handler rows only exist for messages that failed before; once the message
+            // is gone they describe nothing.
+            let mut p = Params::new(self.backend);
+            let list = p.list(with_delivery_rows);
+            let sql = format!(
+                "DELETE FROM {d} WHERE message_id IN {list}",
+                d = self.deliveries
+            );
+            db.execute_raw(p.statement(sql)).await?;
+        }
+        Ok(n)
+    }
+
+    /// Writes the outcome of a message that did not simply succeed, atomically with its
+    /// per-handler states. Returns `false` when `relay` no longer held the message.
+    pub(crate) async fn record_outcome(
+        &self,
+        db: &DatabaseConnection,
+        relay: &str,
+        now: DateTime<Utc>,
+        message: (i64, Uuid),
+        outcome: &Outcome,
+    ) -> Result<bool> {
+        let txn = db.begin().await?;
+        let mut p = Params::new(self.backend);
+        let status = p.bind(outcome.status.as_str());
+        let at = p.bind(outcome.available_at);
+        let (err, kind) = match &outcome.error {
+            Some((e, k)) => (Some(e.clone()), Some(k.to_string())),
+            None => (None, None),
+        };
+        let err = p.bind(err);
+        let kind = p.bind(kind);
+        let delivered_at = p.bind((outcome.status == MessageStatus::Delivered).then_some(now));
+        let seq = p.bind(message.0);
+        let by = p.bind(relay.to_owned());
+        let sql = format!(
+            "UPDATE {m} SET status = {status}, available_at = {at}, last_error = {err}, \
+             last_error_kind = {kind}, delivered_at = {delivered_at}, locked_by = NULL, \
+             locked_until = NULL WHERE seq = {seq} AND locked_by = {by}",
+            m = self.messages
+        );
+        if txn.execute_raw(p.statement(sql)).await?.rows_affected() == 0 {
+            txn.rollback().await?;
+            return Ok(false);
+        }
+        self.upsert_deliveries(&txn, now, message.1, &outcome.deliveries)
+            .await?;
+        txn.commit().await?;
+        Ok(true)
+    }
+
+    async fn upsert_deliveries(
+        &self,
+        db: &impl ConnectionTrait,
+        now: DateTime<Utc>,
+        message_id: Uuid,
+        rows: &[DeliveryWrite],
+    ) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut p = Params::new(self.backend);
+        let mut tuples = Vec::with_capacity(rows.len());
+        for r in rows {
+            let (err, kind) = match &r.error {
+                Some((e, k)) => (Some(e.clone()), Some(k.to_string())),
+                None => (None, None),
+            };
+            let t = [
+                p.bind(message_id),
+                p.bind(r.handler.clone()),
+                p.bind(r.status.as_str()),
+                p.bind(r.attempts as i32),
+                p.bind(err),
+                p.bind(kind),
+                p.bind(now),
+            ];
+            tuples.push(format!("({})", t.join(", ")));
+        }
+        let update = match self.backend {
+            DbBackend::MySql => " ON DUPLICATE KEY UPDATE status = VALUES(status), \
+                 attempts = VALUES(attempts), last_error = VALUES(last_error), \
+                 last_error_kind = VALUES(last_error_kind), updated_at = VALUES(updated_at)"
+                .to_owned(),
+            _ => " ON CONFLICT (message_id, handler) DO UPDATE SET status = excluded.status, \
+                 attempts = excluded.attempts, last_error = excluded.last_error, \
+                 last_error_kind = excluded.last_error_kind, updated_at = excluded.updated_at"
+                .to_owned(),
+        };
+        let sql = format!(
+            "INSERT INTO {d} (message_id, handler, status, attempts, last_error, \
+             last_error_kind, updated_at) VALUES {}{update}",
+            tuples.join(", "),
+            d = self.deliveries
+        );
+        db.execute_raw(p.statement(sql)).await?;
+        Ok(())
+    }
+
+    /// Gives messages back without counting the claim as an attempt (shutdown, or later
+    /// messages of an aggregate whose head failed).
+    pub(crate) async fn release(
+        &self,
+        db: &impl ConnectionTrait,
+        relay: &str,
+        seqs: &[i64],
+    ) -> Result<u64> {
+        if seqs.is_empty() {
+            return Ok(0);
+        }
+        let mut p = Params::new(self.backend);
+        let list = p.list(seqs);
+        let by = p.bind(relay.to_owned());
+        let sql = format!(
+            "UPDATE {m} SET locked_by = NULL, locked_until = NULL, \
+             attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END \
+             WHERE seq IN {list} AND locked_by = {by}",
+            m = self.messages
+        );
+        Ok(db.execute_raw(p.statement(sql)).await?.rows_affected())
+    }
+
+    /// Extends the lease on messages `relay` still holds.
+    pub(crate) async fn extend_lease(
+        &self,
+        db: &impl ConnectionTrait,
+        relay: &str,
+        seqs: &[i64],
+        until: DateTime<Utc>,
+    ) -> Result<u64> {
+        if seqs.is_empty() {
+            return Ok(0);
+        }
+        let mut p = Params::new(self.backend);
+        let until = p.bind(until);
+        let list = p.list(seqs);
+        let by = p.bind(relay.to_owned());
+        let sql = format!(
+            "UPDATE {m} SET locked_until = {until} WHERE seq IN {list} AND locked_by = {by}",
+            m = self.messages
+        );
+        Ok(db.execute_raw(p.statement(sql)).await?.rows_affected())
+    }
+
+    /// Puts a dead (or any) message back in the queue: its dead deliveries become failed with
+    /// zero attempts, so they get a full retry budget; delivered handlers are not run again.
+    pub(crate) async fn requeue(
+        &self,
+        db: &DatabaseConnection,
+        message_id: Uuid,
+        handler: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let txn = db.begin().await?;
+        let mut p = Params::new(self.backend);
+        let at = p.bind(now);
+        let id = p.bind(message_id);
+        let sql = format!(
+            "UPDATE {m} SET status = 'pending', available_at = {at}, attempts = 0, \
+             locked_by = NULL, locked_until = NULL WHERE id = {id} AND status <> 'delivered'",
+            m = self.messages
+        );
+        if txn.execute_raw(p.statement(sql)).await?.rows_affected() == 0 {
+            return Err(Error::MessageNotFound {
+                message_id,
+                operation: "requeue",
+            });
+        }
+        let mut p = Params::new(self.backend);
+        let at = p.bind(now);
+        let id = p.bind(message_id);
+        let mut sql = format!(
+            "UPDATE {d} SET status = 'failed', attempts = 0, updated_at = {at} \
+             WHERE message_id = {id} AND status = 'dead'",
+            d = self.deliveries
+        );
+        if let Some(h) = handler {
+            let h = p.bind(h.to_owned());
+            sql.push_str(&format!(" AND handler = {h}"));
+        }
+        txn.execute_raw(p.statement(sql)).await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// Deletes a message that will never be delivered, with its delivery rows.
+    pub(crate) async fn discard(&self, db: &DatabaseConnection, message_id: Uuid) -> Result<()> {
+        let txn = db.begin().await?;
+        let mut p = Params::new(self.backend);
+        let id = p.bind(message_id);
+        let sql = format!(
+            "DELETE FROM {m} WHERE id = {id} AND status <> 'delivered'",
+            m = self.messages
+        );
+        if txn.execute_raw(p.statement(sql)).await?.rows_affected() == 0 {
+            return Err(Error::MessageNotFound {
+                message_id,
+                operation: "discard",
+            });
+        }
+        let mut p = Params::new(self.backend);
+        let id = p.bind(message_id);
+        let sql = format!(
+            "DELETE FROM {d} WHERE message_id = {id}",
+            d = self.deliveries
+        );
+        txn.execute_raw(p.statement(sql)).await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// Counts messages by status.
+    pub(crate) async fn counts(&self, db: &impl ConnectionTrait) -> Result<HashMap<String, u64>> {
+        let sql = format!(
+            "SELECT status, COUNT(*) AS n FROM {m} GROUP BY status",
+            m = self.messages
+        );
+        let rows = db
+            .query_all_raw(Statement::from_string(self.backend, sql))
+            .await?;
+        let mut out = HashMap::new();
+        for r in rows {
+            let status: String = r.try_get("", "status")?;
+            let n: i64 = r.try_get("", "n")?;
+            out.insert(status, n.max(0) as u64);
+        }
+        Ok(out)
+    }
+}
+
+fn read_claimed(row: &QueryResult) -> Result<Claimed> {
+    let seq: i64 = row.try_get("", "seq")?;
+    let headers_text: String = row.try_get("", "headers")?;
+    // Headers are metadata: a row whose headers were damaged by hand is still delivered.
+    let headers: Headers = serde_json::from_str(&headers_text).unwrap_or_else(|e| {
+        tracing::warn!(seq, error = %e, "outbox row has unreadable headers; delivering without them");
+        Headers::default()
+    });
+    let version: i32 = row.try_get("", "event_version")?;
+    let attempts: i32 = row.try_get("", "attempts")?;
+    let not_before: Option<DateTime<Utc>> = row.try_get("", "not_before")?;
+    Ok(Claimed {
+        envelope: Envelope {
+            message_id: row.try_get("", "id")?,
+            sequence: seq,
+            aggregate_type: row.try_get("", "aggregate_type")?,
+            aggregate_id: row.try_get("", "aggregate_id")?,
+            event_type: row.try_get("", "event_type")?,
+            event_version: version.max(0) as u32,
+            payload: row.try_get("", "payload")?,
+            headers,
+            occurred_at: row.try_get("", "occurred_at")?,
+        },
+        claims: attempts.max(0) as u32,
+        delayed: not_before.is_some(),
+    })
+}
