@@ -449,8 +449,8 @@ impl Relay {
 
 /// What became of one message in a batch.
 enum Fate {
-    /// Every delivery succeeded; `rows` is whether per-handler rows exist for it.
-    Delivered { rows: bool },
+    /// Every delivery succeeded at the first attempt: no per-handler rows exist.
+    Delivered,
     /// Written as an outcome (retry, dead, or delivered after earlier failures).
     Outcome(Outcome),
     /// Not attempted: given back.
@@ -514,9 +514,11 @@ impl Inner {
             return Ok(BatchReport::default());
         }
         let seqs: Vec<i64> = claimed.iter().map(|c| c.envelope.sequence).collect();
+        // Per-handler rows exist only for messages that failed before (a requeue resets the
+        // claim count but keeps the error), so the common batch costs no extra query.
         let retried_ids: Vec<Uuid> = claimed
             .iter()
-            .filter(|c| c.claims > 1)
+            .filter(|c| c.failed_before || c.claims > 1)
             .map(|c| c.envelope.message_id)
             .collect();
         let prior = self.store.deliveries(&self.db, &retried_ids).await?;
@@ -620,7 +622,7 @@ impl Inner {
             }
             let fate = self.handle(c, prior.get(&key.1)).await;
             stopped = match (&fate, self.ordering) {
-                (Fate::Delivered { .. } | Fate::Released, _) => false,
+                (Fate::Delivered | Fate::Released, _) => false,
                 (Fate::Outcome(o), Ordering::PerAggregate(on_failure)) => match o.status {
                     MessageStatus::Delivered => false,
                     MessageStatus::Dead => on_failure == OnFailure::Block,
@@ -709,10 +711,8 @@ impl Inner {
             .collect();
         let results: Vec<_> = calls.collect().await;
 
-        if !dead_before && results.iter().all(|(_, _, r)| r.is_ok()) {
-            return Fate::Delivered {
-                rows: !prior.is_empty(),
-            };
+        if prior.is_empty() && results.iter().all(|(_, _, r)| r.is_ok()) {
+            return Fate::Delivered;
         }
 
         let mut deliveries = Vec::with_capacity(results.len());
@@ -812,22 +812,7 @@ impl Inner {
         let mut outcomes = Vec::new();
         for (seq, id, fate) in fates {
             match fate {
-                Fate::Delivered { rows } if delete || !rows => {
-                    done.push((seq, id));
-                    if rows {
-                        with_rows.push(id);
-                    }
-                }
-                Fate::Delivered { .. } => outcomes.push((
-                    seq,
-                    id,
-                    Outcome {
-                        status: MessageStatus::Delivered,
-                        available_at: now,
-                        error: None,
-                        deliveries: Vec::new(),
-                    },
-                )),
+                Fate::Delivered => done.push((seq, id)),
                 Fate::Outcome(o) if o.status == MessageStatus::Delivered && delete => {
                     done.push((seq, id));
                     with_rows.push(id);

@@ -62,6 +62,8 @@ pub(crate) struct Claimed {
     pub(crate) claims: u32,
     /// Delayed messages stand outside their aggregate's order.
     pub(crate) delayed: bool,
+    /// Whether an earlier attempt failed, so per-handler states may exist.
+    pub(crate) failed_before: bool,
 }
 
 /// A handler's state for one message, as stored in the deliveries table.
@@ -136,7 +138,8 @@ pub(crate) struct Store {
 }
 
 const CLAIM_COLUMNS: &str = "o.seq, o.id, o.aggregate_type, o.aggregate_id, o.event_type, \
-     o.event_version, o.payload, o.headers, o.occurred_at, o.not_before, o.attempts";
+     o.event_version, o.payload, o.headers, o.occurred_at, o.not_before, o.attempts, \
+     o.last_error_kind";
 
 impl Store {
     pub(crate) fn new(backend: DbBackend, config: &OutboxConfig) -> Self {
@@ -242,7 +245,7 @@ impl Store {
                      FOR UPDATE SKIP LOCKED) AS c WHERE o.seq = c.seq \
                      RETURNING o.seq, o.id, o.aggregate_type, o.aggregate_id, o.event_type, \
                      o.event_version, o.payload::text AS payload, o.headers::text AS headers, \
-                     o.occurred_at, o.not_before, o.attempts",
+                     o.occurred_at, o.not_before, o.attempts, o.last_error_kind",
                     m = self.messages
                 );
                 let rows = db.query_all_raw(p.statement(sql)).await?;
@@ -292,7 +295,7 @@ impl Store {
                      attempts = attempts + 1 WHERE seq IN (SELECT o.seq FROM {m} AS o \
                      WHERE {filter} ORDER BY o.seq LIMIT {lim}) \
                      RETURNING seq, id, aggregate_type, aggregate_id, event_type, event_version, \
-                     payload, headers, occurred_at, not_before, attempts",
+                     payload, headers, occurred_at, not_before, attempts, last_error_kind",
                     m = self.messages
                 );
                 let rows = db.query_all_raw(p.statement(sql)).await?;
@@ -621,6 +624,7 @@ fn read_claimed(row: &QueryResult) -> Result<Claimed> {
     let version: i32 = row.try_get("", "event_version")?;
     let attempts: i32 = row.try_get("", "attempts")?;
     let not_before: Option<DateTime<Utc>> = row.try_get("", "not_before")?;
+    let last_error_kind: Option<String> = row.try_get("", "last_error_kind")?;
     Ok(Claimed {
         envelope: Envelope {
             message_id: row.try_get("", "id")?,
@@ -635,5 +639,6 @@ fn read_claimed(row: &QueryResult) -> Result<Claimed> {
         },
         claims: attempts.max(0) as u32,
         delayed: not_before.is_some(),
+        failed_before: last_error_kind.is_some(),
     })
 }

@@ -58,14 +58,16 @@ pub fn statements(backend: DbBackend, config: &OutboxConfig) -> Vec<String> {
             .replace(&format!("{{{key}_base}}"), base)
             .replace(&format!("{{{key}}}"), &quote(backend, name));
     }
+    // Comments go first: they may contain `;`.
+    let sql: String = sql
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n");
     sql.split(';')
-        .map(|s| {
-            s.lines()
-                .filter(|l| !l.trim_start().starts_with("--"))
-                .collect::<Vec<_>>()
-                .join("\n")
-        })
-        .filter(|s| !s.trim().is_empty())
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
         .collect()
 }
 

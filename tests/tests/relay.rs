@@ -1,0 +1,666 @@
+//! The relay: dispatch by event type, per-handler retries, dead letters, bad rows, shutdown.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering as AtomicOrdering};
+use std::time::Duration;
+
+use outbox_seaorm::entity::{DeliveryStatus, MessageStatus, message};
+use outbox_seaorm::{
+    Admin, DeliveredRows, HandlerContext, HandlerEntry, HandlerError, OnFailure, Ordering,
+    Registry, RetryPolicy, UnitOfWork,
+};
+use outbox_tests::fixtures::{
+    Numbered, OrderCancelled, OrderConfirmed, OrderPlaced, Recorder, order, recording,
+};
+use outbox_tests::{TestDb, backend_tests, wait_for};
+use sea_orm::{ConnectionTrait, DatabaseConnection, EntityTrait, QueryOrder, Statement};
+
+backend_tests!(
+    delivers_each_message_to_every_handler_of_its_type,
+    handler_failing_twice_then_succeeding_is_retried_alone,
+    always_failing_handler_is_dead_after_max_attempts_and_others_flow,
+    panicking_handler_is_caught_and_retried,
+    handler_timeout_is_a_retryable_failure,
+    unknown_event_type_is_a_typed_error_on_the_row,
+    corrupt_payload_is_dead_at_once_with_a_deserialize_error,
+    dead_delivery_can_be_requeued,
+    per_aggregate_order_holds_across_transactions_and_retries,
+    park_mode_lets_an_aggregate_go_on_after_a_dead_message,
+    delayed_event_is_not_delivered_early,
+    delete_mode_removes_delivered_rows,
+    commit_wakes_a_relay_that_polls_rarely,
+    graceful_shutdown_finishes_the_batch_in_flight,
+    shutdown_timeout_gives_unfinished_messages_back,
+);
+
+fn fast_retry(attempts: u32) -> RetryPolicy {
+    RetryPolicy::exponential(Duration::from_millis(1))
+        .max_delay(Duration::from_millis(5))
+        .jitter(false)
+        .max_attempts(attempts)
+}
+
+async fn rows(db: &DatabaseConnection) -> Vec<message::Model> {
+    message::Entity::find()
+        .order_by_asc(message::Column::Seq)
+        .all(db)
+        .await
+        .unwrap()
+}
+
+async fn place(db: &DatabaseConnection, orders: &mut [&mut order::Model]) {
+    let uow = UnitOfWork::begin(db).await.unwrap();
+    for o in orders.iter_mut() {
+        uow.save(&mut **o).await.unwrap();
+    }
+    uow.commit().await.unwrap();
+}
+
+/// Drains the relay until `done` holds, waiting out retry delays.
+async fn drain_until(relay: &outbox_seaorm::Relay, what: &str, done: impl Fn() -> bool) {
+    wait_for(what, Duration::from_secs(20), || async {
+        relay.drain().await.unwrap();
+        done().then_some(())
+    })
+    .await
+}
+
+async fn delivers_each_message_to_every_handler_of_its_type(t: TestDb) {
+    let placed_a = Recorder::new();
+    let placed_b = Recorder::new();
+    let confirmed = Recorder::new();
+    let registry = Registry::new([
+        recording::<OrderPlaced>("placed-a", placed_a.clone()),
+        recording::<OrderPlaced>("placed-b", placed_b.clone()),
+        recording::<OrderConfirmed>("confirmed", confirmed.clone()),
+    ])
+    .unwrap();
+    let mut o1 = order::Model::place("ada", 10);
+    o1.confirm();
+    let mut o2 = order::Model::place("bob", 20);
+    place(&t.db, &mut [&mut o1, &mut o2]).await;
+
+    let relay = outbox_seaorm::Relay::builder(t.db.clone())
+        .registry(registry)
+        .build()
+        .unwrap();
+    let report = relay.drain().await.unwrap();
+    assert_eq!(report.claimed, 3);
+    assert_eq!(report.delivered, 3);
+    assert_eq!(placed_a.len(), 2);
+    assert_eq!(placed_b.len(), 2);
+    assert_eq!(confirmed.all(), [OrderConfirmed { order_id: o1.id }]);
+    for r in rows(&t.db).await {
+        assert_eq!(r.status, MessageStatus::Delivered);
+        assert!(r.delivered_at.is_some() && r.locked_by.is_none());
+    }
+    // Nothing is delivered twice.
+    assert_eq!(relay.drain().await.unwrap().claimed, 0);
+    assert_eq!(placed_a.len(), 2);
+    t.cleanup().await;
+}
+
+async fn handler_failing_twice_then_succeeding_is_retried_alone(t: TestDb) {
+    let calls = Arc::new(AtomicU32::new(0));
+    let steady = Recorder::new();
+    let flaky = {
+        let calls = calls.clone();
+        HandlerEntry::new("flaky", move |_: OrderPlaced, ctx: HandlerContext| {
+            let calls = calls.clone();
+            async move {
+                let n = calls.fetch_add(1, AtomicOrdering::SeqCst) + 1;
+                assert_eq!(ctx.attempt(), n, "the context counts attempts");
+                if n <= 2 {
+                    anyhow::bail!("transient failure #{n}");
+                }
+                Ok(())
+            }
+        })
+    };
+    let registry =
+        Registry::new([flaky, recording::<OrderPlaced>("steady", steady.clone())]).unwrap();
+    let mut o = order::Model::place("ada", 1);
+    place(&t.db, &mut [&mut o]).await;
+    let relay = outbox_seaorm::Relay::builder(t.db.clone())
+        .registry(registry)
+        .retry(fast_retry(5))
+        .build()
+        .unwrap();
+
+    let first = relay.run_once().await.unwrap();
+    assert_eq!((first.claimed, first.retried), (1, 1));
+    let r = &rows(&t.db).await[0];
+    assert_eq!(r.status, MessageStatus::Pending);
+    assert_eq!(r.last_error_kind.as_deref(), Some("handler_failed"));
+    assert!(
+        r.last_error
+            .as_deref()
+            .unwrap()
+            .contains("transient failure #1")
+    );
+
+    drain_until(&relay, "delivery", || {
+        calls.load(AtomicOrdering::SeqCst) == 3
+    })
+    .await;
+    assert_eq!(
+        steady.len(),
+        1,
+        "the handler that succeeded is not run again"
+    );
+    let r = &rows(&t.db).await[0];
+    assert_eq!(r.status, MessageStatus::Delivered);
+    let dead = Admin::new(t.db.clone()).dead_letters(10).await.unwrap();
+    assert!(dead.is_empty());
+    let deliveries = outbox_seaorm::entity::delivery::Entity::find()
+        .all(&t.db)
+        .await
+        .unwrap();
+    let flaky_row = deliveries.iter().find(|d| d.handler == "flaky").unwrap();
+    assert_eq!(flaky_row.status, DeliveryStatus::Delivered);
+    assert_eq!(flaky_row.attempts, 2, "two failed attempts recorded");
+    let steady_row = deliveries.iter().find(|d| d.handler == "steady").unwrap();
+    assert_eq!(steady_row.status, DeliveryStatus::Delivered);
+    assert_eq!(steady_row.attempts, 0);
+    t.cleanup().await;
+}
+
+async fn always_failing_handler_is_dead_after_max_attempts_and_others_flow(t: TestDb) {
+    let calls = Arc::new(AtomicU32::new(0));
+    let ok = Recorder::new();
+    let broken = {
+        let calls = calls.clone();
+        HandlerEntry::new("broken", move |_: OrderConfirmed, _ctx: HandlerContext| {
+            let calls = calls.clone();
+            async move {
+                calls.fetch_add(1, AtomicOrdering::SeqCst);
+                Err::<(), _>(std::io::Error::other("smtp is down"))
+            }
+        })
+    };
+    let registry = Registry::new([
+        broken,
+        recording::<OrderConfirmed>("audit", ok.clone()),
+        recording::<OrderPlaced>("placed", Recorder::new()),
+    ])
+    .unwrap();
+    let mut poisoned = order::Model::place("ada", 1);
+    poisoned.confirm();
+    let mut healthy = order::Model::place("bob", 2);
+    place(&t.db, &mut [&mut poisoned, &mut healthy]).await;
+
+    let relay = outbox_seaorm::Relay::builder(t.db.clone())
+        .registry(registry)
+        .retry(fast_retry(3))
+        .build()
+        .unwrap();
+    let admin = Admin::new(t.db.clone());
+    wait_for("dead letter", Duration::from_secs(20), || async {
+        relay.drain().await.unwrap();
+        (admin.counts().await.unwrap().dead == 1).then_some(())
+    })
+    .await;
+    assert_eq!(
+        calls.load(AtomicOrdering::SeqCst),
+        3,
+        "exactly max_attempts calls"
+    );
+    assert_eq!(
+        ok.len(),
+        1,
+        "the other handler of the same message ran once"
+    );
+    let counts = admin.counts().await.unwrap();
+    assert_eq!((counts.delivered, counts.dead, counts.pending), (2, 1, 0));
+
+    let dead = admin.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].event_type, "order.confirmed");
+    assert_eq!(dead[0].aggregate_id, poisoned.id.to_string());
+    assert_eq!(dead[0].last_error_kind.as_deref(), Some("handler_failed"));
+    let broken_delivery = dead[0]
+        .deliveries
+        .iter()
+        .find(|d| d.handler == "broken")
+        .unwrap();
+    assert_eq!(broken_delivery.status, DeliveryStatus::Dead);
+    assert_eq!(broken_delivery.attempts, 3);
+    assert!(
+        broken_delivery
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("smtp is down")
+    );
+    t.cleanup().await;
+}
+
+async fn panicking_handler_is_caught_and_retried(t: TestDb) {
+    let calls = Arc::new(AtomicU32::new(0));
+    let panicky = {
+        let calls = calls.clone();
+        HandlerEntry::new("panicky", move |e: OrderPlaced, _ctx: HandlerContext| {
+            let calls = calls.clone();
+            async move {
+                if calls.fetch_add(1, AtomicOrdering::SeqCst) == 0 {
+                    panic!("bug in handler for {}", e.order_id);
+                }
+                Ok::<_, std::io::Error>(())
+            }
+        })
+    };
+    let registry = Registry::new([panicky]).unwrap();
+    let mut o = order::Model::place("ada", 1);
+    place(&t.db, &mut [&mut o]).await;
+    let relay = outbox_seaorm::Relay::builder(t.db.clone())
+        .registry(registry)
+        .retry(fast_retry(3))
+        .build()
+        .unwrap();
+    let first = relay.run_once().await.unwrap();
+    assert_eq!(first.retried, 1);
+    let r = &rows(&t.db).await[0];
+    assert_eq!(r.last_error_kind.as_deref(), Some("handler_panicked"));
+    assert!(r.last_error.as_deref().unwrap().contains("bug in handler"));
+    drain_until(&relay, "retry after panic", || {
+        calls.load(AtomicOrdering::SeqCst) == 2
+    })
+    .await;
+    assert_eq!(rows(&t.db).await[0].status, MessageStatus::Delivered);
+    t.cleanup().await;
+}
+
+async fn handler_timeout_is_a_retryable_failure(t: TestDb) {
+    let slow = HandlerEntry::new("slow", |_: OrderPlaced, _ctx: HandlerContext| async {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        Ok::<_, std::io::Error>(())
+    })
+    .timeout(Duration::from_millis(50));
+    let registry = Registry::new([slow]).unwrap();
+    let mut o = order::Model::place("ada", 1);
+    place(&t.db, &mut [&mut o]).await;
+    let relay = outbox_seaorm::Relay::builder(t.db.clone())
+        .registry(registry)
+        .retry(fast_retry(2))
+        .build()
+        .unwrap();
+    let r = relay.run_once().await.unwrap();
+    assert_eq!(r.retried, 1);
+    let row = &rows(&t.db).await[0];
+    assert_eq!(row.last_error_kind.as_deref(), Some("handler_timed_out"));
+    t.cleanup().await;
+}
+
+async fn unknown_event_type_is_a_typed_error_on_the_row(t: TestDb) {
+    let uow = UnitOfWork::begin(&t.db).await.unwrap();
+    uow.record(
+        "order",
+        1,
+        Numbered {
+            key: "x".into(),
+            n: 1,
+        },
+        Default::default(),
+    )
+    .unwrap();
+    uow.commit().await.unwrap();
+    let registry = Registry::new([recording::<OrderPlaced>("placed", Recorder::new())]).unwrap();
+    let relay = outbox_seaorm::Relay::builder(t.db.clone())
+        .registry(registry)
+        .retry(fast_retry(2))
+        .build()
+        .unwrap();
+    let first = relay.run_once().await.unwrap();
+    assert_eq!(first.retried, 1, "retried: a newer relay may know the type");
+    let admin = Admin::new(t.db.clone());
+    wait_for("dead unknown type", Duration::from_secs(20), || async {
+        relay.drain().await.unwrap();
+        (admin.counts().await.unwrap().dead == 1).then_some(())
+    })
+    .await;
+    let dead = &admin.dead_letters(1).await.unwrap()[0];
+    assert_eq!(dead.last_error_kind.as_deref(), Some("unknown_event_type"));
+    assert!(
+        dead.last_error
+            .as_deref()
+            .unwrap()
+            .contains("test.numbered")
+    );
+    assert_eq!(rows(&t.db).await.len(), 1, "the row is kept, not lost");
+    t.cleanup().await;
+}
+
+async fn corrupt_payload_is_dead_at_once_with_a_deserialize_error(t: TestDb) {
+    let seen = Recorder::new();
+    let registry = Registry::new([recording::<OrderPlaced>("placed", seen.clone())]).unwrap();
+    let mut good = order::Model::place("ada", 1);
+    let mut bad = order::Model::place("bob", 2);
+    place(&t.db, &mut [&mut bad, &mut good]).await;
+    // An older deployment wrote `amount` as a string; this version cannot read it.
+    let backend = t.db.get_database_backend();
+    let sql = match backend {
+        sea_orm::DbBackend::Postgres => {
+            "UPDATE outbox_messages SET payload = CAST($1 AS JSON) WHERE aggregate_id = $2"
+        }
+        _ => "UPDATE outbox_messages SET payload = ? WHERE aggregate_id = ?",
+    };
+    t.db.execute_raw(Statement::from_sql_and_values(
+        backend,
+        sql,
+        [
+            format!(r#"{{"order_id":"{}","amount":"two"}}"#, bad.id).into(),
+            bad.id.to_string().into(),
+        ],
+    ))
+    .await
+    .unwrap();
+
+    let relay = outbox_seaorm::Relay::builder(t.db.clone())
+        .registry(registry)
+        .retry(fast_retry(5))
+        .ordering(Ordering::Unordered)
+        .build()
+        .unwrap();
+    let r = relay.drain().await.unwrap();
+    assert_eq!((r.delivered, r.dead), (1, 1), "{r:?}");
+    assert_eq!(seen.all()[0].order_id, good.id);
+    let dead = &Admin::new(t.db.clone()).dead_letters(1).await.unwrap()[0];
+    assert_eq!(dead.aggregate_id, bad.id.to_string());
+    assert_eq!(dead.last_error_kind.as_deref(), Some("deserialize"));
+    assert_eq!(dead.attempts, 1, "not retried: it would fail the same way");
+    t.cleanup().await;
+}
+
+async fn dead_delivery_can_be_requeued(t: TestDb) {
+    let fixed = Arc::new(AtomicBool::new(false));
+    let other = Recorder::new();
+    let mailer = {
+        let fixed = fixed.clone();
+        HandlerEntry::new("mailer", move |_: OrderPlaced, _ctx: HandlerContext| {
+            let fixed = fixed.clone();
+            async move {
+                if fixed.load(AtomicOrdering::SeqCst) {
+                    Ok(())
+                } else {
+                    Err(HandlerError::permanent(std::io::Error::other(
+                        "bad template",
+                    )))
+                }
+            }
+        })
+    };
+    let registry =
+        Registry::new([mailer, recording::<OrderPlaced>("other", other.clone())]).unwrap();
+    let mut o = order::Model::place("ada", 1);
+    place(&t.db, &mut [&mut o]).await;
+    let relay = outbox_seaorm::Relay::builder(t.db.clone())
+        .registry(registry)
+        .retry(fast_retry(5))
+        .build()
+        .unwrap();
+    let r = relay.drain().await.unwrap();
+    assert_eq!(r.dead, 1, "a permanent error is dead at once");
+    let admin = Admin::new(t.db.clone());
+    let dead = admin.dead_letters(10).await.unwrap();
+    assert_eq!(dead[0].deliveries.len(), 2);
+
+    fixed.store(true, AtomicOrdering::SeqCst);
+    admin.requeue(dead[0].message_id).await.unwrap();
+    let r = relay.drain().await.unwrap();
+    assert_eq!(r.delivered, 1);
+    assert_eq!(
+        other.len(),
+        1,
+        "the delivery that had succeeded is not repeated"
+    );
+    assert_eq!(admin.counts().await.unwrap().dead, 0);
+    let missing = admin.requeue(uuid::Uuid::now_v7()).await.unwrap_err();
+    assert!(matches!(
+        missing,
+        outbox_seaorm::Error::MessageNotFound { .. }
+    ));
+    t.cleanup().await;
+}
+
+async fn per_aggregate_order_holds_across_transactions_and_retries(t: TestDb) {
+    let received = Recorder::<(String, u32)>::new();
+    let failed_once = Arc::new(AtomicBool::new(false));
+    let handler = {
+        let received = received.clone();
+        let failed_once = failed_once.clone();
+        HandlerEntry::new("ordered", move |e: Numbered, _ctx: HandlerContext| {
+            let received = received.clone();
+            let failed_once = failed_once.clone();
+            async move {
+                // The first event of aggregate "a" fails once: "a" must wait, "b" must not.
+                if e.key == "a" && e.n == 1 && !failed_once.swap(true, AtomicOrdering::SeqCst) {
+                    anyhow::bail!("first try fails");
+                }
+                received.push((e.key, e.n));
+                Ok(())
+            }
+        })
+    };
+    for n in 1..=3 {
+        let uow = UnitOfWork::begin(&t.db).await.unwrap();
+        for key in ["a", "b"] {
+            let mut c = outbox_tests::fixtures::Counter::new(key);
+            c.value = n - 1;
+            c.bump();
+            uow.stage(&mut c).unwrap();
+        }
+        uow.commit().await.unwrap();
+    }
+    let relay = outbox_seaorm::Relay::builder(t.db.clone())
+        .registry(Registry::new([handler]).unwrap())
+        .retry(fast_retry(5))
+        .batch_size(4)
+        .build()
+        .unwrap();
+    let first = relay.run_once().await.unwrap();
+    assert_eq!(first.retried, 1);
+    let after_first: Vec<_> = received.all();
+    assert!(
+        after_first.iter().all(|(k, _)| k == "b"),
+        "nothing of `a` is delivered while its head retries: {after_first:?}"
+    );
+    drain_until(&relay, "all six", || received.len() == 6).await;
+    let per = |key: &str| -> Vec<u32> {
+        received
+            .all()
+            .into_iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, n)| n)
+            .collect()
+    };
+    assert_eq!(per("a"), [1, 2, 3]);
+    assert_eq!(per("b"), [1, 2, 3]);
+    t.cleanup().await;
+}
+
+async fn park_mode_lets_an_aggregate_go_on_after_a_dead_message(t: TestDb) {
+    let received = Recorder::<u32>::new();
+    let handler = {
+        let received = received.clone();
+        HandlerEntry::new("parking", move |e: Numbered, _ctx: HandlerContext| {
+            let received = received.clone();
+            async move {
+                if e.n == 1 {
+                    return Err(HandlerError::permanent(std::io::Error::other("poison")));
+                }
+                received.push(e.n);
+                Ok(())
+            }
+        })
+    };
+    let mut c = outbox_tests::fixtures::Counter::new("p");
+    c.bump();
+    c.bump();
+    c.bump();
+    let uow = UnitOfWork::begin(&t.db).await.unwrap();
+    uow.stage(&mut c).unwrap();
+    uow.commit().await.unwrap();
+
+    // Blocking (the default): the dead head holds the aggregate.
+    let blocking = outbox_seaorm::Relay::builder(t.db.clone())
+        .registry(Registry::new([handler.clone()]).unwrap())
+        .build()
+        .unwrap();
+    let r = blocking.drain().await.unwrap();
+    assert_eq!(
+        (r.claimed, r.dead),
+        (1, 1),
+        "only the head of an aggregate is claimed"
+    );
+    assert!(received.is_empty());
+    assert_eq!(blocking.drain().await.unwrap().claimed, 0, "still blocked");
+
+    let parking = outbox_seaorm::Relay::builder(t.db.clone())
+        .registry(Registry::new([handler]).unwrap())
+        .ordering(Ordering::PerAggregate(OnFailure::Park))
+        .build()
+        .unwrap();
+    parking.drain().await.unwrap();
+    assert_eq!(received.all(), [2, 3]);
+    t.cleanup().await;
+}
+
+async fn delayed_event_is_not_delivered_early(t: TestDb) {
+    let seen = Recorder::new();
+    let registry = Registry::new([
+        recording::<OrderCancelled>("cancelled", seen.clone()),
+        recording::<OrderPlaced>("placed", Recorder::new()),
+    ])
+    .unwrap();
+    let mut o = order::Model::place("ada", 1);
+    let due = chrono::Utc::now() + chrono::Duration::milliseconds(300);
+    o.events.record_with(
+        OrderCancelled {
+            order_id: o.id,
+            reason: "unpaid".into(),
+        },
+        outbox_seaorm::RecordOptions::new().not_before(due),
+    );
+    place(&t.db, &mut [&mut o]).await;
+    let relay = outbox_seaorm::Relay::builder(t.db.clone())
+        .registry(registry)
+        .build()
+        .unwrap();
+    let r = relay.drain().await.unwrap();
+    assert_eq!(
+        r.delivered, 1,
+        "the placed event goes; the delayed one waits"
+    );
+    assert!(seen.is_empty());
+    drain_until(&relay, "delayed event", || !seen.is_empty()).await;
+    assert!(chrono::Utc::now() >= due);
+    t.cleanup().await;
+}
+
+async fn delete_mode_removes_delivered_rows(t: TestDb) {
+    let registry = Registry::new([recording::<OrderPlaced>("placed", Recorder::new())]).unwrap();
+    let mut a = order::Model::place("ada", 1);
+    let mut b = order::Model::place("bob", 1);
+    place(&t.db, &mut [&mut a, &mut b]).await;
+    let relay = outbox_seaorm::Relay::builder(t.db.clone())
+        .registry(registry)
+        .delivered_rows(DeliveredRows::Delete)
+        .build()
+        .unwrap();
+    assert_eq!(relay.drain().await.unwrap().delivered, 2);
+    assert!(rows(&t.db).await.is_empty());
+    t.cleanup().await;
+}
+
+async fn commit_wakes_a_relay_that_polls_rarely(t: TestDb) {
+    let seen = Recorder::new();
+    let registry = Registry::new([recording::<OrderPlaced>("placed", seen.clone())]).unwrap();
+    let handle = outbox_seaorm::Relay::builder(t.db.clone())
+        .registry(registry)
+        .poll_interval(Duration::from_secs(3600))
+        .spawn()
+        .unwrap();
+    // Let the relay's first (empty) poll pass, so only a wake-up can find the message.
+    wait_for("first poll", Duration::from_secs(10), || async {
+        (handle.stats().batches == 0).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut o = order::Model::place("ada", 1);
+    place(&t.db, &mut [&mut o]).await;
+    wait_for("woken delivery", Duration::from_secs(10), || async {
+        (seen.len() == 1).then_some(())
+    })
+    .await;
+    handle.shutdown().await;
+    t.cleanup().await;
+}
+
+async fn graceful_shutdown_finishes_the_batch_in_flight(t: TestDb) {
+    let started = Recorder::new();
+    let finished = Recorder::new();
+    let slow = {
+        let (started, finished) = (started.clone(), finished.clone());
+        HandlerEntry::new("slow", move |e: OrderPlaced, _ctx: HandlerContext| {
+            let (started, finished) = (started.clone(), finished.clone());
+            async move {
+                started.push(e.order_id);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                finished.push(e.order_id);
+                Ok::<_, std::io::Error>(())
+            }
+        })
+    };
+    let handle = outbox_seaorm::Relay::builder(t.db.clone())
+        .registry(Registry::new([slow]).unwrap())
+        .spawn()
+        .unwrap();
+    let mut o = order::Model::place("ada", 1);
+    place(&t.db, &mut [&mut o]).await;
+    wait_for("handler start", Duration::from_secs(10), || async {
+        (!started.is_empty()).then_some(())
+    })
+    .await;
+    handle.shutdown().await;
+    assert_eq!(finished.len(), 1);
+    let r = &rows(&t.db).await[0];
+    assert_eq!(r.status, MessageStatus::Delivered);
+    assert!(r.locked_by.is_none());
+    t.cleanup().await;
+}
+
+async fn shutdown_timeout_gives_unfinished_messages_back(t: TestDb) {
+    let started = Recorder::new();
+    let stuck = {
+        let started = started.clone();
+        HandlerEntry::new("stuck", move |e: OrderPlaced, _ctx: HandlerContext| {
+            let started = started.clone();
+            async move {
+                started.push(e.order_id);
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Ok::<_, std::io::Error>(())
+            }
+        })
+    };
+    let handle = outbox_seaorm::Relay::builder(t.db.clone())
+        .registry(Registry::new([stuck]).unwrap())
+        .handler_timeout(Duration::from_secs(3600))
+        .shutdown_timeout(Duration::from_millis(100))
+        .spawn()
+        .unwrap();
+    let mut o = order::Model::place("ada", 1);
+    place(&t.db, &mut [&mut o]).await;
+    wait_for("handler start", Duration::from_secs(10), || async {
+        (!started.is_empty()).then_some(())
+    })
+    .await;
+    handle.shutdown().await;
+    let r = &rows(&t.db).await[0];
+    assert_eq!(r.status, MessageStatus::Pending);
+    assert!(
+        r.locked_by.is_none() && r.locked_until.is_none(),
+        "released, not left claimed"
+    );
+    assert_eq!(r.attempts, 0, "an interrupted attempt is not counted");
+    t.cleanup().await;
+}
