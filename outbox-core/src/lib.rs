@@ -115,7 +115,4 @@ pub mod __private {
     pub fn decode<E: DomainEvent>(ctx: &HandlerContext) -> Result<E, HandlerError> {
         ctx.decode::<E>().map_err(HandlerError::from)
     }
-
-    /// Lets rustc point at the user's type when it is not a domain event.
-    pub const fn assert_domain_event<E: DomainEvent>() {}
 }

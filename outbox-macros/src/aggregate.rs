@@ -1,7 +1,7 @@
 //! `#[derive(DomainEvents)]`: find the aggregate type, the id field and the `#[events]` field,
 //! then implement `Aggregate`.
 
-use proc_macro2::{Span, TokenStream};
+use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{Data, DeriveInput, Fields, Ident, LitStr, Member, Type};
@@ -13,7 +13,8 @@ use crate::root::core_path;
 struct AggregateModel<'a> {
     input: &'a DeriveInput,
     aggregate_type: String,
-    id: Member,
+    /// `None` when the id field is missing (already reported).
+    id: Option<Member>,
     events: Option<(Member, &'a Type)>,
 }
 
@@ -100,7 +101,7 @@ fn parse<'a>(input: &'a DeriveInput, errors: &mut Errors) -> AggregateModel<'a> 
     };
 
     let mut events = None;
-    let mut id_member = Member::Named(Ident::new("id", Span::call_site()));
+    let mut id_member = None;
     if let Some(fields) = fields {
         for f in fields {
             for a in f.attrs.iter().filter(|a| a.path().is_ident(attr::EVENTS)) {
@@ -127,7 +128,7 @@ fn parse<'a>(input: &'a DeriveInput, errors: &mut Errors) -> AggregateModel<'a> 
             .clone()
             .unwrap_or_else(|| Ident::new("id", input.ident.span()));
         match fields.iter().find(|f| f.ident.as_ref() == Some(&wanted)) {
-            Some(_) => id_member = Member::Named(wanted),
+            Some(_) => id_member = Some(Member::Named(wanted)),
             None if id.is_some() => {
                 errors.spanned(&wanted, format!("no field `{wanted}` in `{}`", input.ident))
             }
@@ -151,7 +152,10 @@ fn expand(m: &AggregateModel<'_>) -> TokenStream {
     let ident = &m.input.ident;
     let (impl_generics, ty_generics, where_clause) = m.input.generics.split_for_impl();
     let aggregate_type = &m.aggregate_type;
-    let id = &m.id;
+    let id = match &m.id {
+        Some(member) => quote!(::std::string::ToString::to_string(&self.#member)),
+        None => quote!(::core::unreachable!()),
+    };
     let (events_ref, events_mut) = match &m.events {
         // Spanned on the field's type: a field that is not `Events` is reported there.
         Some((member, ty)) => (
@@ -169,7 +173,7 @@ fn expand(m: &AggregateModel<'_>) -> TokenStream {
             const AGGREGATE_TYPE: &'static str = #aggregate_type;
 
             fn aggregate_id(&self) -> ::std::string::String {
-                ::std::string::ToString::to_string(&self.#id)
+                #id
             }
 
             fn events(&self) -> &#root::Events {

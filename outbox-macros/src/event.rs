@@ -12,6 +12,8 @@ struct Event {
     ident: Ident,
     name: String,
     version: u32,
+    /// Generic events are rejected; emitting their impl would only add rustc's own errors.
+    generic: bool,
 }
 
 pub(crate) fn derive(input: DeriveInput) -> TokenStream {
@@ -104,6 +106,7 @@ fn parse(input: &DeriveInput, errors: &mut Errors) -> Event {
         ident: input.ident.clone(),
         name,
         version,
+        generic: !input.generics.params.is_empty(),
     }
 }
 
@@ -113,7 +116,11 @@ fn expand(event: &Event) -> TokenStream {
         ident,
         name,
         version,
+        generic,
     } = event;
+    if *generic {
+        return TokenStream::new();
+    }
     quote! {
         #[automatically_derived]
         impl #root::DomainEvent for #ident {

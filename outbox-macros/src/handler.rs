@@ -134,17 +134,16 @@ fn generate(m: &HandlerModel<'_>) -> TokenStream {
     let registration = format_ident!("__OUTBOX_HANDLER_{}", fn_ident.to_string().to_uppercase());
 
     // Each check below is spanned on the user's tokens, so rustc reports a wrong event type, a
-    // wrong context type or a wrong return type where it was written.
-    let event_check = quote_spanned! {event_ty.span()=>
-        const _: () = #root::__private::assert_domain_event::<#event_ty>();
-    };
+    // wrong context type or a wrong return type where it was written. (A type that is not an
+    // event is reported by `decode`'s bound, on the argument's type.)
     let (call, ctx_check) = match m.ctx_ty {
         Some(ctx_ty) => {
-            let check_fn = Ident::new("__outbox_check_context", Span::mixed_site());
+            // The context reaches the handler through a function returning the user's declared
+            // type, so a wrong type is one error, reported on that type.
+            let check_fn = Ident::new("__outbox_context", Span::mixed_site());
             (
-                quote!(#fn_ident(event, ctx)),
+                quote!(#fn_ident(event, #check_fn(ctx))),
                 quote_spanned! {ctx_ty.span()=>
-                    #[allow(dead_code)]
                     fn #check_fn(ctx: &#root::HandlerContext) -> #ctx_ty { ctx }
                 },
             )
@@ -174,7 +173,6 @@ fn generate(m: &HandlerModel<'_>) -> TokenStream {
         fn #wrapper<'a>(
             ctx: &'a #root::HandlerContext,
         ) -> #root::BoxFuture<'a, ::core::result::Result<(), #root::HandlerError>> {
-            #event_check
             #ctx_check
             #boxed
         }

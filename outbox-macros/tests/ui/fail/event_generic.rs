@@ -1,0 +1,9 @@
+use outbox_core::DomainEvent;
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize, DomainEvent)]
+struct Wrapper<T> {
+    inner: T,
+}
+
+fn main() {}

@@ -1,0 +1,10 @@
+use outbox_core::{event_handler, HandlerContext};
+
+struct NotAnEvent;
+
+#[event_handler]
+async fn handles_nothing(_event: NotAnEvent, _ctx: &HandlerContext) -> anyhow::Result<()> {
+    Ok(())
+}
+
+fn main() {}
