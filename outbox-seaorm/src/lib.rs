@@ -122,3 +122,8 @@ pub use outbox_core as core;
 /// Not public API: the path generated code takes when the user depends on this crate only.
 #[doc(hidden)]
 pub use outbox_core as __core;
+
+/// The README's examples, compiled as doc tests so they cannot drift from the API.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

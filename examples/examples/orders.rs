@@ -1,0 +1,323 @@
+//! An orders service on a SQLite file: orders are placed, confirmed and cancelled; every change
+//! records domain events that are saved in the same transaction as the order, and a relay
+//! delivers them to in-process handlers. One unit of work is rolled back (no message leaves),
+//! one handler fails once and is retried, one always fails and ends as a dead letter.
+//!
+//! ```text
+//! cargo run -p outbox-examples --example orders
+//! ```
+//!
+//! `ORDERS_DB` overrides the database file (default `target/orders-example.db`, recreated on
+//! every run).
+
+// A binary: nothing in it is reachable from outside, `pub` only satisfies SeaORM's derives.
+#![allow(unreachable_pub)]
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use outbox_seaorm::{
+    Admin, DomainEvent, HandlerContext, OutboxMigration, Relay, RetryPolicy, UnitOfWork,
+    event_handler,
+};
+use sea_orm::entity::prelude::*;
+use sea_orm::{ConnectOptions, Database};
+use sea_orm_migration::prelude::*;
+use serde::{Deserialize, Serialize};
+
+// ---- Domain events -------------------------------------------------------------------------
+
+/// A customer placed an order.
+#[derive(Debug, Serialize, Deserialize, DomainEvent)]
+#[event(name = "order.placed", version = 1)]
+pub struct OrderPlaced {
+    order_id: Uuid,
+    customer: String,
+    amount_cents: i64,
+}
+
+/// Payment went through; the order is confirmed.
+#[derive(Debug, Serialize, Deserialize, DomainEvent)]
+#[event(name = "order.confirmed", version = 1)]
+pub struct OrderConfirmed {
+    order_id: Uuid,
+    customer: String,
+}
+
+/// The order was cancelled.
+#[derive(Debug, Serialize, Deserialize, DomainEvent)]
+#[event(name = "order.cancelled", version = 1)]
+pub struct OrderCancelled {
+    order_id: Uuid,
+    reason: String,
+}
+
+// ---- The aggregate: a SeaORM model that records events ------------------------------------
+
+mod order {
+    use outbox_seaorm::{DomainEvents, Events};
+    use sea_orm::entity::prelude::*;
+
+    use super::{OrderCancelled, OrderConfirmed, OrderPlaced};
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, DomainEvents)]
+    #[sea_orm(table_name = "orders")]
+    #[domain_events(aggregate = "order", id = id)]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub customer: String,
+        pub amount_cents: i64,
+        pub status: String,
+        #[sea_orm(ignore)]
+        #[events]
+        pub events: Events,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+
+    /// Business rules, with the events they record.
+    impl Model {
+        pub fn place(customer: &str, amount_cents: i64) -> Result<Self, String> {
+            if amount_cents <= 0 {
+                return Err(format!("an order of {amount_cents} cents is not an order"));
+            }
+            let mut order = Self {
+                id: Uuid::now_v7(),
+                customer: customer.into(),
+                amount_cents,
+                status: "placed".into(),
+                events: Events::new(),
+            };
+            order.events.record(OrderPlaced {
+                order_id: order.id,
+                customer: customer.into(),
+                amount_cents,
+            });
+            Ok(order)
+        }
+
+        pub fn confirm(&mut self) {
+            self.status = "confirmed".into();
+            self.events.record(OrderConfirmed {
+                order_id: self.id,
+                customer: self.customer.clone(),
+            });
+        }
+
+        pub fn cancel(&mut self, reason: &str) {
+            self.status = "cancelled".into();
+            self.events.record(OrderCancelled {
+                order_id: self.id,
+                reason: reason.into(),
+            });
+        }
+    }
+}
+
+// ---- Migrations: the application's own, plus the outbox's ---------------------------------
+
+struct CreateOrders;
+
+impl MigrationName for CreateOrders {
+    fn name(&self) -> &str {
+        "m20261129_000000_create_orders"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for CreateOrders {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let schema = sea_orm::Schema::new(manager.get_database_backend());
+        manager
+            .create_table(schema.create_table_from_entity(order::Entity))
+            .await
+    }
+}
+
+struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(CreateOrders), Box::new(OutboxMigration::default())]
+    }
+}
+
+// ---- Handlers, registered through inventory and dispatched by event type name -------------
+
+static RESERVATION_ATTEMPTS: AtomicU32 = AtomicU32::new(0);
+
+#[event_handler(name = "print-placed")]
+async fn print_placed(event: OrderPlaced, ctx: &HandlerContext) -> anyhow::Result<()> {
+    println!(
+        "  [handler] order {} placed by {} for {:.2} EUR (message {})",
+        short(event.order_id),
+        event.customer,
+        event.amount_cents as f64 / 100.0,
+        short(ctx.message_id()),
+    );
+    Ok(())
+}
+
+/// A warehouse call that times out the first time: the relay retries it alone.
+#[event_handler(name = "reserve-stock")]
+async fn reserve_stock(event: OrderPlaced, ctx: &HandlerContext) -> anyhow::Result<()> {
+    if RESERVATION_ATTEMPTS.fetch_add(1, Ordering::SeqCst) == 0 {
+        println!(
+            "  [handler] warehouse timed out reserving stock for {} (attempt {})",
+            short(event.order_id),
+            ctx.attempt()
+        );
+        anyhow::bail!("warehouse: 504 gateway timeout");
+    }
+    println!(
+        "  [handler] stock reserved for {} (attempt {})",
+        short(event.order_id),
+        ctx.attempt()
+    );
+    Ok(())
+}
+
+#[event_handler(name = "send-confirmation-email")]
+async fn send_confirmation(event: OrderConfirmed) -> anyhow::Result<()> {
+    println!(
+        "  [handler] confirmation email to {} for order {}",
+        event.customer,
+        short(event.order_id)
+    );
+    Ok(())
+}
+
+/// A refund service that is down for the whole run: its deliveries end as dead letters.
+#[event_handler(name = "refund-payment")]
+async fn refund_payment(event: OrderCancelled, ctx: &HandlerContext) -> anyhow::Result<()> {
+    println!(
+        "  [handler] refund for {} failed (attempt {}): payment service unavailable",
+        short(event.order_id),
+        ctx.attempt()
+    );
+    anyhow::bail!("payment service unavailable")
+}
+
+fn short(id: Uuid) -> String {
+    id.simple().to_string()[24..].to_owned()
+}
+
+// ---- The service --------------------------------------------------------------------------
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            std::env::var("RUST_LOG")
+                .unwrap_or_else(|_| "warn,outbox_seaorm=info,outbox_core=error".into()),
+        )
+        .with_target(false)
+        .init();
+
+    let path = std::env::var("ORDERS_DB").unwrap_or_else(|_| "target/orders-example.db".into());
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{path}{suffix}"));
+    }
+    if let Some(dir) = std::path::Path::new(&path).parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut options = ConnectOptions::new(format!("sqlite://{path}?mode=rwc"));
+    options.sqlx_logging(false);
+    let db = Database::connect(options).await?;
+    Migrator::up(&db, None).await?;
+    println!("database: {path} (migrated)");
+
+    // The relay runs in the background; commits in this process wake it at once.
+    let relay = Relay::builder(db.clone())
+        .retry(
+            RetryPolicy::exponential(Duration::from_millis(100))
+                .max_attempts(3)
+                .jitter(false),
+        )
+        .spawn()?;
+
+    println!("\n1. placing three orders, each in its own unit of work");
+    let mut orders = Vec::new();
+    for (customer, cents) in [("ada", 4_200), ("grace", 1_999), ("linus", 12_000)] {
+        let mut order = order::Model::place(customer, cents).map_err(anyhow::Error::msg)?;
+        let uow = UnitOfWork::begin(&db).await?;
+        uow.save(&mut order).await?;
+        uow.commit().await?;
+        orders.push(order);
+    }
+
+    println!("2. confirming two orders and cancelling one, all in one unit of work");
+    let uow = UnitOfWork::begin(&db).await?;
+    orders[0].confirm();
+    orders[1].confirm();
+    orders[2].cancel("customer changed their mind");
+    for order in &mut orders {
+        uow.save(order).await?;
+    }
+    uow.commit().await?;
+
+    println!("3. a unit of work that fails halfway is rolled back: no order, no message");
+    let rolled_back = async {
+        let uow = UnitOfWork::begin(&db).await?;
+        let mut ok = order::Model::place("margaret", 500).map_err(anyhow::Error::msg)?;
+        uow.save(&mut ok).await?;
+        // The second order breaks a business rule; `?` drops the unit of work: ROLLBACK.
+        let mut bad = order::Model::place("margaret", -1).map_err(anyhow::Error::msg)?;
+        uow.save(&mut bad).await?;
+        uow.commit().await?;
+        anyhow::Ok(())
+    }
+    .await;
+    println!("   rolled back: {}", rolled_back.unwrap_err());
+
+    let admin = Admin::new(db.clone());
+    let counts = loop {
+        let c = admin.counts().await?;
+        if c.pending == 0 {
+            break c;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let stats = relay.stats();
+    relay.shutdown().await;
+
+    println!("\nsummary");
+    println!(
+        "  orders stored:       {}",
+        order::Entity::find().count(&db).await?
+    );
+    println!("  messages delivered:  {}", counts.delivered);
+    println!("  messages dead:       {}", counts.dead);
+    println!(
+        "  relay:               {} claimed, {} retries scheduled, {} batches",
+        stats.claimed, stats.retried, stats.batches
+    );
+    for dead in admin.dead_letters(10).await? {
+        println!(
+            "  dead letter {} ({} of {} {}):",
+            short(dead.message_id),
+            dead.event_type,
+            dead.aggregate_type,
+            dead.aggregate_id
+                .parse()
+                .map(short)
+                .unwrap_or(dead.aggregate_id.clone()),
+        );
+        for d in dead.deliveries {
+            println!(
+                "    {:<24} {:?} after {} attempts: {}",
+                d.handler,
+                d.status,
+                d.attempts,
+                d.last_error.unwrap_or_default()
+            );
+        }
+        println!("    (requeue it with Admin::requeue once the payment service is back)");
+    }
+    Ok(())
+}
