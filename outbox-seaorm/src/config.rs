@@ -24,6 +24,8 @@ pub struct OutboxConfig {
     messages: String,
     deliveries: String,
     inbox: String,
+    locks: String,
+    pg_notify: bool,
 }
 
 impl Default for OutboxConfig {
@@ -32,6 +34,8 @@ impl Default for OutboxConfig {
             messages: "outbox_messages".into(),
             deliveries: "outbox_deliveries".into(),
             inbox: "outbox_inbox".into(),
+            locks: "outbox_locks".into(),
+            pg_notify: false,
         }
     }
 }
@@ -47,7 +51,8 @@ impl OutboxConfig {
         let d = Self::default();
         self.messages(format!("{prefix}{}", d.messages))?
             .deliveries(format!("{prefix}{}", d.deliveries))?
-            .inbox(format!("{prefix}{}", d.inbox))
+            .inbox(format!("{prefix}{}", d.inbox))?
+            .locks(format!("{prefix}{}", d.locks))
     }
 
     /// Sets the messages table (one row per event).
@@ -68,6 +73,32 @@ impl OutboxConfig {
         Ok(self)
     }
 
+    /// Sets the locks table (which instance runs retention).
+    pub fn locks(mut self, name: impl Into<String>) -> Result<Self> {
+        self.locks = validate(name.into())?;
+        Ok(self)
+    }
+
+    /// On PostgreSQL, have each commit that writes outbox rows `NOTIFY` the relays (on a channel
+    /// named after the messages table), and have relays `LISTEN`, so relays in other processes
+    /// wake at once instead of at their next poll. Off by default: PostgreSQL serializes the
+    /// commits of notifying transactions cluster-wide (see BENCHMARKS.md for the cost).
+    /// A lost notification only delays a message until the next poll. Ignored elsewhere.
+    pub fn pg_notify(mut self, on: bool) -> Self {
+        self.pg_notify = on;
+        self
+    }
+
+    /// Whether commits notify relays on PostgreSQL.
+    pub fn notifies(&self) -> bool {
+        self.pg_notify
+    }
+
+    /// The PostgreSQL notification channel: the messages table's unqualified name.
+    pub fn notify_channel(&self) -> &str {
+        base_name(&self.messages)
+    }
+
     /// The messages table's name, unquoted.
     pub fn messages_table(&self) -> &str {
         &self.messages
@@ -81,6 +112,11 @@ impl OutboxConfig {
     /// The inbox table's name, unquoted.
     pub fn inbox_table(&self) -> &str {
         &self.inbox
+    }
+
+    /// The locks table's name, unquoted.
+    pub fn locks_table(&self) -> &str {
+        &self.locks
     }
 }
 

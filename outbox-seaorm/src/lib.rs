@@ -85,6 +85,7 @@ mod admin;
 mod config;
 pub mod entity;
 mod error;
+mod listen;
 mod relay;
 pub mod schema;
 mod store;
@@ -100,6 +101,7 @@ pub use self::error::{Error, Result};
 #[doc(inline)]
 pub use self::relay::{
     BatchReport, DeliveredRows, HandlerContextExt, Relay, RelayBuilder, RelayHandle, RelayStats,
+    Retention, RetentionReport,
 };
 #[cfg(feature = "migration")]
 #[doc(inline)]

@@ -22,7 +22,7 @@ use crate::config::OutboxConfig;
 use crate::entity::{DeliveryStatus, MessageStatus};
 use crate::error::{Error, Result};
 use crate::store::{Claimed, DeliveryState, DeliveryWrite, OnFailure, Ordering, Outcome, Store};
-use crate::wake;
+use crate::{listen, wake};
 
 /// What happens to a message's row once every handler succeeded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +60,8 @@ struct Inner {
     concurrency: usize,
     delivered: DeliveredRows,
     shutdown_timeout: Duration,
+    retention: Option<Retention>,
+    listen_channel: Option<String>,
     stats: Stats,
 }
 
@@ -81,7 +83,63 @@ pub struct RelayBuilder {
     concurrency: usize,
     delivered: DeliveredRows,
     shutdown_timeout: Duration,
+    retention: Option<Retention>,
 }
+
+/// Deleting delivered rows once they are old enough: in bounded batches (short statements, no
+/// long lock on the table), by one relay at a time (a lock row with an expiry in the locks
+/// table, so it works on every backend and survives a relay dying mid-round).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retention {
+    keep_for: Duration,
+    every: Duration,
+    batch_size: u32,
+}
+
+impl Default for Retention {
+    /// Delivered rows are kept 7 days (long enough to investigate an incident, and longer than
+    /// any consumer's redelivery window), checked every 5 minutes, deleted 1000 at a time.
+    fn default() -> Self {
+        Self {
+            keep_for: Duration::from_secs(7 * 24 * 3600),
+            every: Duration::from_secs(300),
+            batch_size: 1000,
+        }
+    }
+}
+
+impl Retention {
+    /// Deletes delivered rows older than `keep_for`.
+    pub fn delete_delivered_after(keep_for: Duration) -> Self {
+        Self {
+            keep_for,
+            ..Self::default()
+        }
+    }
+
+    /// How often a relay tries to run a round.
+    pub fn every(mut self, d: Duration) -> Self {
+        self.every = d;
+        self
+    }
+
+    /// Rows deleted per statement.
+    pub fn batch_size(mut self, n: u32) -> Self {
+        self.batch_size = n.max(1);
+        self
+    }
+}
+
+/// What a retention round did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    /// Delivered messages deleted.
+    pub deleted: usize,
+    /// `true` when another relay held the retention lock, so this one did nothing.
+    pub skipped: bool,
+}
+
+const RETENTION_LOCK: &str = "retention";
 
 impl Relay {
     /// A builder for a relay on `db`, with the defaults documented on each setting.
@@ -101,6 +159,7 @@ impl Relay {
             concurrency: 16,
             delivered: DeliveredRows::Keep,
             shutdown_timeout: Duration::from_secs(30),
+            retention: Some(Retention::default()),
         }
     }
 }
@@ -192,6 +251,19 @@ impl RelayBuilder {
         self
     }
 
+    /// When delivered rows are deleted (default [`Retention::default`]: after 7 days). Only
+    /// matters with [`DeliveredRows::Keep`].
+    pub fn retention(mut self, retention: Retention) -> Self {
+        self.retention = Some(retention);
+        self
+    }
+
+    /// Never deletes delivered rows (run [`Relay::run_retention`] yourself, or archive them).
+    pub fn without_retention(mut self) -> Self {
+        self.retention = None;
+        self
+    }
+
     /// Validates the settings and the registry, and logs what the relay will handle.
     ///
     /// Fails on duplicate handler names or event types ([`outbox_core::Error`]), and on a zero
@@ -231,6 +303,9 @@ impl RelayBuilder {
         for event_type in registry.event_types_without_handlers() {
             tracing::warn!(relay = %id, event_type, "no handler for event type");
         }
+        let listen_channel = (self.db.get_database_backend() == sea_orm::DbBackend::Postgres
+            && self.config.notifies())
+        .then(|| self.config.notify_channel().to_owned());
         Ok(Relay {
             inner: Arc::new(Inner {
                 store: Store::new(self.db.get_database_backend(), &self.config),
@@ -247,6 +322,8 @@ impl RelayBuilder {
                 concurrency: self.concurrency,
                 delivered: self.delivered,
                 shutdown_timeout: self.shutdown_timeout,
+                retention: self.retention,
+                listen_channel,
                 stats: Stats::default(),
             }),
         })
@@ -434,10 +511,28 @@ impl Relay {
         }
     }
 
-    /// Runs the relay on the current Tokio runtime.
+    /// Runs one retention round now (if no other relay is running one) and returns what it did.
+    pub async fn run_retention(&self) -> Result<RetentionReport> {
+        let retention = self.inner.retention.clone().unwrap_or_default();
+        self.inner.retention_round(&retention).await
+    }
+
+    /// Runs the relay on the current Tokio runtime: the claim loop, and the retention and
+    /// PostgreSQL `LISTEN` tasks when they are configured.
     pub fn spawn(self) -> RelayHandle {
         let cancel = CancellationToken::new();
         let inner = self.inner.clone();
+        if let Some(retention) = inner.retention.clone() {
+            tokio::spawn(inner.clone().retention_loop(retention, cancel.clone()));
+        }
+        if let Some(channel) = inner.listen_channel.clone() {
+            tokio::spawn(listen::run(
+                inner.db.clone(),
+                channel,
+                inner.id.clone(),
+                cancel.clone(),
+            ));
+        }
         let task = tokio::spawn(inner.clone().run(cancel.clone()));
         RelayHandle {
             cancel,
@@ -458,6 +553,71 @@ enum Fate {
 }
 
 impl Inner {
+    async fn retention_loop(self: Arc<Self>, retention: Retention, cancel: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(retention.every) => {}
+            }
+            match self.retention_round(&retention).await {
+                Ok(r) if r.deleted > 0 => {
+                    tracing::info!(relay = %self.id, deleted = r.deleted, "outbox retention round")
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(relay = %self.id, error = %report(&e), "outbox retention failed")
+                }
+            }
+        }
+    }
+
+    async fn retention_round(&self, retention: &Retention) -> Result<RetentionReport> {
+        // The lock outlives a slow round by a wide margin and is renewed between batches; a
+        // relay that dies holding it blocks retention for at most this long.
+        let hold = Duration::from_secs(120);
+        let now = Utc::now();
+        if !self
+            .store
+            .try_lock(&self.db, RETENTION_LOCK, &self.id, now, now + hold)
+            .await?
+        {
+            return Ok(RetentionReport {
+                deleted: 0,
+                skipped: true,
+            });
+        }
+        let cutoff = now - retention.keep_for;
+        let mut deleted = 0;
+        let result = async {
+            loop {
+                let n = self
+                    .store
+                    .delete_delivered(&self.db, cutoff, retention.batch_size)
+                    .await?;
+                deleted += n;
+                if n < retention.batch_size as usize {
+                    return Ok(());
+                }
+                let now = Utc::now();
+                if !self
+                    .store
+                    .try_lock(&self.db, RETENTION_LOCK, &self.id, now, now + hold)
+                    .await?
+                {
+                    return Ok(());
+                }
+            }
+        }
+        .await;
+        self.store
+            .unlock(&self.db, RETENTION_LOCK, &self.id)
+            .await?;
+        result.map(|()| RetentionReport {
+            deleted,
+            skipped: false,
+        })
+    }
+
     async fn run(self: Arc<Self>, cancel: CancellationToken) {
         tracing::info!(relay = %self.id, "outbox relay started");
         let mut wake = wake::subscribe();

@@ -9,7 +9,8 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DbBackend, QueryResult, Statement, TransactionTrait, Value,
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, IsolationLevel,
+    QueryResult, SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait, Value,
 };
 use uuid::Uuid;
 
@@ -91,6 +92,24 @@ pub(crate) struct DeliveryWrite {
     pub(crate) error: Option<(String, &'static str)>,
 }
 
+/// Begins a transaction that is going to write.
+///
+/// On SQLite it is `BEGIN IMMEDIATE`: the write lock is taken (waiting on the busy timeout) at
+/// the start, so a transaction that reads before it writes cannot fail with `SQLITE_BUSY` when
+/// another connection committed in between, as a deferred one would.
+pub(crate) async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction> {
+    Ok(match db.get_database_backend() {
+        DbBackend::Sqlite => {
+            db.begin_with_options(TransactionOptions {
+                sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+                ..Default::default()
+            })
+            .await?
+        }
+        _ => db.begin().await?,
+    })
+}
+
 /// Builds a statement with backend-specific placeholders.
 struct Params {
     backend: DbBackend,
@@ -135,6 +154,9 @@ pub(crate) struct Store {
     backend: DbBackend,
     messages: String,
     deliveries: String,
+    locks: String,
+    /// The channel commits `NOTIFY` on (PostgreSQL with `pg_notify` only).
+    notify_channel: Option<String>,
 }
 
 const CLAIM_COLUMNS: &str = "o.seq, o.id, o.aggregate_type, o.aggregate_id, o.event_type, \
@@ -147,7 +169,123 @@ impl Store {
             backend,
             messages: quote(backend, config.messages_table()),
             deliveries: quote(backend, config.deliveries_table()),
+            locks: quote(backend, config.locks_table()),
+            notify_channel: (backend == DbBackend::Postgres && config.notifies())
+                .then(|| config.notify_channel().to_owned()),
         }
+    }
+
+    /// Sends the wake-up notification, delivered by PostgreSQL when `db`'s transaction commits
+    /// (and never if it rolls back). A no-op unless `pg_notify` is on.
+    pub(crate) async fn notify(&self, db: &impl ConnectionTrait) -> Result<()> {
+        if let Some(channel) = &self.notify_channel {
+            db.execute_raw(Statement::from_sql_and_values(
+                self.backend,
+                "SELECT pg_notify($1, '')",
+                [channel.clone().into()],
+            ))
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Takes (or renews) the named lock for `holder` until `until`, if it is free, expired or
+    /// already `holder`'s. Returns whether `holder` now has it.
+    pub(crate) async fn try_lock(
+        &self,
+        db: &impl ConnectionTrait,
+        name: &str,
+        holder: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<bool> {
+        let mut p = Params::new(self.backend);
+        let n = p.bind(name.to_owned());
+        let insert = match self.backend {
+            DbBackend::MySql => {
+                format!("INSERT IGNORE INTO {l} (name) VALUES ({n})", l = self.locks)
+            }
+            _ => format!(
+                "INSERT INTO {l} (name) VALUES ({n}) ON CONFLICT (name) DO NOTHING",
+                l = self.locks
+            ),
+        };
+        db.execute_raw(p.statement(insert)).await?;
+        let mut p = Params::new(self.backend);
+        let by = p.bind(holder.to_owned());
+        let until = p.bind(until);
+        let n = p.bind(name.to_owned());
+        let now = p.bind(now);
+        let me = p.bind(holder.to_owned());
+        let sql = format!(
+            "UPDATE {l} SET holder = {by}, locked_until = {until} WHERE name = {n} \
+             AND (holder IS NULL OR locked_until < {now} OR holder = {me})",
+            l = self.locks
+        );
+        Ok(db.execute_raw(p.statement(sql)).await?.rows_affected() == 1)
+    }
+
+    /// Lets go of the named lock if `holder` has it.
+    pub(crate) async fn unlock(
+        &self,
+        db: &impl ConnectionTrait,
+        name: &str,
+        holder: &str,
+    ) -> Result<()> {
+        let mut p = Params::new(self.backend);
+        let n = p.bind(name.to_owned());
+        let by = p.bind(holder.to_owned());
+        let sql = format!(
+            "UPDATE {l} SET holder = NULL, locked_until = NULL WHERE name = {n} AND holder = {by}",
+            l = self.locks
+        );
+        db.execute_raw(p.statement(sql)).await?;
+        Ok(())
+    }
+
+    /// Deletes up to `limit` messages delivered before `cutoff`, oldest first, with their
+    /// delivery rows. Each statement is short, so no lock is held for long. Returns how many.
+    pub(crate) async fn delete_delivered(
+        &self,
+        db: &impl ConnectionTrait,
+        cutoff: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<usize> {
+        let mut p = Params::new(self.backend);
+        let c = p.bind(cutoff);
+        let lim = p.bind(limit as i64);
+        let sql = format!(
+            "SELECT seq, id FROM {m} WHERE status = 'delivered' AND delivered_at < {c} \
+             ORDER BY delivered_at LIMIT {lim}",
+            m = self.messages
+        );
+        let rows = db.query_all_raw(p.statement(sql)).await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let mut seqs = Vec::with_capacity(rows.len());
+        let mut ids = Vec::with_capacity(rows.len());
+        for r in &rows {
+            seqs.push(r.try_get::<i64>("", "seq")?);
+            ids.push(r.try_get::<Uuid>("", "id")?);
+        }
+        for (ids, seqs) in ids.chunks(500).zip(seqs.chunks(500)) {
+            let mut p = Params::new(self.backend);
+            let list = p.list(ids);
+            let sql = format!(
+                "DELETE FROM {d} WHERE message_id IN {list}",
+                d = self.deliveries
+            );
+            db.execute_raw(p.statement(sql)).await?;
+            let mut p = Params::new(self.backend);
+            let list = p.list(seqs);
+            let sql = format!(
+                "DELETE FROM {m} WHERE seq IN {list} AND status = 'delivered'",
+                m = self.messages
+            );
+            db.execute_raw(p.statement(sql)).await?;
+        }
+        Ok(rows.len())
     }
 
     /// Inserts messages, in order, in as few statements as the backend's parameter limit allows.
@@ -252,7 +390,11 @@ impl Store {
                 rows.iter().map(read_claimed).collect::<Result<Vec<_>>>()?
             }
             DbBackend::MySql => {
-                let txn = db.begin().await?;
+                // READ COMMITTED: InnoDB takes no gap locks, so the locking read does not block
+                // writers inserting new outbox rows while the claim runs.
+                let txn = db
+                    .begin_with_config(Some(IsolationLevel::ReadCommitted), None)
+                    .await?;
                 let mut p = Params::new(self.backend);
                 let filter = self.claim_filter(&mut p, now, ordering);
                 let lim = p.bind(limit as i64);
@@ -405,7 +547,7 @@ impl Store {
         message: (i64, Uuid),
         outcome: &Outcome,
     ) -> Result<bool> {
-        let txn = db.begin().await?;
+        let txn = begin_write(db).await?;
         let mut p = Params::new(self.backend);
         let status = p.bind(outcome.status.as_str());
         let at = p.bind(outcome.available_at);
@@ -536,7 +678,7 @@ impl Store {
         handler: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        let txn = db.begin().await?;
+        let txn = begin_write(db).await?;
         let mut p = Params::new(self.backend);
         let at = p.bind(now);
         let id = p.bind(message_id);
@@ -570,7 +712,7 @@ impl Store {
 
     /// Deletes a message that will never be delivered, with its delivery rows.
     pub(crate) async fn discard(&self, db: &DatabaseConnection, message_id: Uuid) -> Result<()> {
-        let txn = db.begin().await?;
+        let txn = begin_write(db).await?;
         let mut p = Params::new(self.backend);
         let id = p.bind(message_id);
         let sql = format!(

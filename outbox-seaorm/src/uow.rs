@@ -88,8 +88,11 @@ impl UnitOfWork {
     ///
     /// Inside an event handler, the events it records are caused by the message being handled:
     /// they inherit its correlation id and take its id as their causation id.
+    ///
+    /// On SQLite the transaction begins `IMMEDIATE` (a unit of work always writes): it waits for
+    /// the write lock up front instead of failing with `SQLITE_BUSY` halfway.
     pub async fn begin_with(db: &DatabaseConnection, config: &OutboxConfig) -> Result<Self> {
-        let txn = db.begin().await?;
+        let txn = crate::store::begin_write(db).await?;
         let (correlation_id, causation_id) = ambient_ids();
         Ok(Self {
             store: Store::new(txn.get_database_backend(), config),
@@ -254,6 +257,7 @@ impl UnitOfWork {
         async {
             if !staged.is_empty() {
                 self.store.insert(&self.txn, &staged).await?;
+                self.store.notify(&self.txn).await?;
             }
             self.txn.commit().await?;
             if !staged.is_empty() {
@@ -386,7 +390,12 @@ async fn stage_aggregate_with<A: Aggregate>(
         }
     };
     let store = Store::new(txn.get_database_backend(), config);
-    if let Err(e) = store.insert(txn, &rows).await {
+    if let Err(e) = async {
+        store.insert(txn, &rows).await?;
+        store.notify(txn).await
+    }
+    .await
+    {
         aggregate.events_mut().restore(events);
         return Err(e);
     }

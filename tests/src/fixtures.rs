@@ -155,6 +155,110 @@ pub async fn create_tables(db: &DatabaseConnection) {
     db.execute_unprepared(counters).await.expect("counters");
 }
 
+/// Creates `relay_log`, where handlers in other processes record each delivery they get.
+pub async fn create_relay_log(db: &DatabaseConnection) {
+    let sql = match db.get_database_backend() {
+        DbBackend::Postgres => {
+            "CREATE TABLE IF NOT EXISTS relay_log (id BIGSERIAL PRIMARY KEY, message_id VARCHAR(36) NOT NULL, \
+             k VARCHAR(64) NOT NULL, n INTEGER NOT NULL, relay VARCHAR(64) NOT NULL)"
+        }
+        DbBackend::MySql => {
+            "CREATE TABLE IF NOT EXISTS relay_log (id BIGINT AUTO_INCREMENT PRIMARY KEY, message_id VARCHAR(36) NOT NULL, \
+             k VARCHAR(64) NOT NULL, n INT NOT NULL, relay VARCHAR(64) NOT NULL)"
+        }
+        _ => {
+            "CREATE TABLE IF NOT EXISTS relay_log (id INTEGER PRIMARY KEY AUTOINCREMENT, message_id TEXT NOT NULL, \
+             k TEXT NOT NULL, n INTEGER NOT NULL, relay TEXT NOT NULL)"
+        }
+    };
+    db.execute_unprepared(sql).await.expect("relay_log");
+}
+
+/// Appends one delivery to `relay_log`.
+pub async fn log_delivery(
+    db: &impl ConnectionTrait,
+    message_id: Uuid,
+    event: &Numbered,
+    relay: &str,
+) -> Result<(), sea_orm::DbErr> {
+    let backend = db.get_database_backend();
+    let sql = match backend {
+        DbBackend::Postgres => {
+            "INSERT INTO relay_log (message_id, k, n, relay) VALUES ($1, $2, $3, $4)"
+        }
+        _ => "INSERT INTO relay_log (message_id, k, n, relay) VALUES (?, ?, ?, ?)",
+    };
+    db.execute_raw(sea_orm::Statement::from_sql_and_values(
+        backend,
+        sql,
+        [
+            message_id.to_string().into(),
+            event.key.clone().into(),
+            (event.n as i32).into(),
+            relay.to_owned().into(),
+        ],
+    ))
+    .await
+    .map(|_| ())
+}
+
+/// The rows of `relay_log` in insertion order: (message id, key, n, relay).
+pub async fn relay_log(db: &DatabaseConnection) -> Vec<(String, String, u32, String)> {
+    let rows = db
+        .query_all_raw(sea_orm::Statement::from_string(
+            db.get_database_backend(),
+            "SELECT message_id, k, n, relay FROM relay_log ORDER BY id",
+        ))
+        .await
+        .expect("read relay_log");
+    rows.iter()
+        .map(|r| {
+            (
+                r.try_get("", "message_id").unwrap(),
+                r.try_get("", "k").unwrap(),
+                r.try_get::<i32>("", "n").unwrap() as u32,
+                r.try_get("", "relay").unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Commits `aggregates × per_aggregate` numbered events, `per_txn` aggregates' next event per
+/// transaction, so every aggregate's history spans many transactions. Returns the total.
+pub async fn commit_numbered(
+    db: &DatabaseConnection,
+    aggregates: u32,
+    per_aggregate: u32,
+) -> usize {
+    let mut counters: Vec<Counter> = (0..aggregates)
+        .map(|i| Counter::new(&format!("agg-{i}")))
+        .collect();
+    for _ in 0..per_aggregate {
+        let uow = outbox_seaorm::UnitOfWork::begin(db).await.expect("begin");
+        for c in &mut counters {
+            c.bump();
+            uow.stage(c).expect("stage");
+        }
+        uow.commit().await.expect("commit");
+    }
+    (aggregates * per_aggregate) as usize
+}
+
+/// Per key, the `n`s in delivery order; and how many deliveries broke the order (an earlier `n`
+/// delivered after a later one of the same key).
+pub fn order_violations(log: &[(String, String, u32, String)]) -> usize {
+    let mut max_seen: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
+    let mut violations = 0;
+    for (_, k, n, _) in log {
+        let m = max_seen.entry(k.as_str()).or_insert(0);
+        if *n < *m {
+            violations += 1;
+        }
+        *m = (*m).max(*n);
+    }
+    violations
+}
+
 /// Records what a handler received, in order.
 #[derive(Clone, Default)]
 pub struct Recorder<T> {

@@ -24,6 +24,7 @@ pub async fn create_tables(db: &impl ConnectionTrait, config: &OutboxConfig) -> 
 pub async fn drop_tables(db: &impl ConnectionTrait, config: &OutboxConfig) -> Result<()> {
     let backend = db.get_database_backend();
     for table in [
+        config.locks_table(),
         config.inbox_table(),
         config.deliveries_table(),
         config.messages_table(),
@@ -46,6 +47,7 @@ pub fn statements(backend: DbBackend, config: &OutboxConfig) -> Vec<String> {
         ("messages", config.messages_table()),
         ("deliveries", config.deliveries_table()),
         ("inbox", config.inbox_table()),
+        ("locks", config.locks_table()),
     ] {
         let base = base_name(name);
         let schema = match name.rsplit_once('.') {

@@ -40,3 +40,9 @@ CREATE TABLE IF NOT EXISTS {inbox} (
     PRIMARY KEY (consumer, message_id),
     KEY {inbox_base}_processed (processed_at)
 ) ENGINE = InnoDB;
+-- Named locks with an expiry, held by one relay at a time (retention).
+CREATE TABLE IF NOT EXISTS {locks} (
+    name VARCHAR(64) NOT NULL PRIMARY KEY,
+    holder VARCHAR(128) NULL,
+    locked_until DATETIME(6) NULL
+) ENGINE = InnoDB;

@@ -41,3 +41,10 @@ CREATE TABLE IF NOT EXISTS {inbox} (
     PRIMARY KEY (consumer, message_id)
 );
 CREATE INDEX IF NOT EXISTS {inbox_base}_processed ON {inbox} (processed_at);
+-- Named locks with an expiry, held by one relay at a time (retention). A row rather than an
+-- advisory lock: the same on every backend, and it survives the pool handing out connections.
+CREATE TABLE IF NOT EXISTS {locks} (
+    name VARCHAR(64) PRIMARY KEY,
+    holder VARCHAR(128) NULL,
+    locked_until TIMESTAMPTZ NULL
+);

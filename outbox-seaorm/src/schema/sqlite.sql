@@ -43,3 +43,9 @@ CREATE TABLE IF NOT EXISTS {inbox} (
     PRIMARY KEY (consumer, message_id)
 );
 CREATE INDEX IF NOT EXISTS {inbox_schema}{inbox_base}_processed ON {inbox_table} (processed_at);
+-- Named locks with an expiry, held by one relay at a time (retention).
+CREATE TABLE IF NOT EXISTS {locks} (
+    name TEXT PRIMARY KEY,
+    holder TEXT NULL,
+    locked_until TEXT NULL
+);
