@@ -1,0 +1,95 @@
+//! Relays keep going through a PostgreSQL restart. In a binary of its own (cargo runs test
+//! binaries one at a time, so no other test sees the server go down), and only when
+//! `OUTBOX_TEST_PG_RESTART` is set: it restarts the server it is pointed at.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use outbox_seaorm::{Admin, HandlerContext, HandlerEntry, Registry, Relay};
+use outbox_tests::fixtures::{Numbered, Recorder, commit_numbered};
+use outbox_tests::{Backend, TestDb, wait_for};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_reconnect_and_finish_after_a_postgresql_restart() {
+    if std::env::var("OUTBOX_TEST_PG_RESTART").is_err() {
+        eprintln!("skipped: set OUTBOX_TEST_PG_RESTART=1 to let this test restart PostgreSQL");
+        return;
+    }
+    outbox_tests::run(Backend::Postgres, body).await;
+}
+
+async fn restart_postgres() {
+    let version = std::fs::read_dir("/etc/postgresql")
+        .expect("/etc/postgresql")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .next()
+        .expect("a cluster version");
+    let status = tokio::process::Command::new("pg_ctlcluster")
+        .args(["--skip-systemctl-redirect", &version, "main", "restart"])
+        .status()
+        .await
+        .expect("run pg_ctlcluster");
+    assert!(status.success(), "pg_ctlcluster restart failed");
+}
+
+async fn body(t: TestDb) {
+    let total = commit_numbered(&t.db, 10, 30).await;
+    let seen = Recorder::<String>::new();
+    let mut relays = Vec::new();
+    for i in 0..2 {
+        let seen = seen.clone();
+        let handler = HandlerEntry::new("slow", move |_: Numbered, ctx: HandlerContext| {
+            let seen = seen.clone();
+            async move {
+                seen.push(ctx.message_id().to_string());
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                Ok::<_, std::io::Error>(())
+            }
+        });
+        relays.push(
+            Relay::builder(t.connect_again().await)
+                .id(format!("survivor-{i}"))
+                .registry(Registry::new([handler]).unwrap())
+                .batch_size(10)
+                .lease(Duration::from_secs(2))
+                .poll_interval(Duration::from_millis(50))
+                .spawn()
+                .unwrap(),
+        );
+    }
+    wait_for("deliveries to start", Duration::from_secs(30), || async {
+        (seen.len() >= 20).then_some(())
+    })
+    .await;
+    restart_postgres().await;
+    let admin = Admin::new(t.db.clone());
+    wait_for(
+        "the backlog to drain after the restart",
+        Duration::from_secs(120),
+        || async {
+            match admin.counts().await {
+                Ok(c) if c.pending == 0 && c.delivered as usize == total => Some(()),
+                _ => None,
+            }
+        },
+    )
+    .await;
+    let errors: u64 = relays.iter().map(|r| r.stats().errors).sum();
+    for r in relays {
+        r.shutdown().await;
+    }
+    let all = seen.all();
+    let distinct: HashSet<&String> = all.iter().collect();
+    eprintln!(
+        "{total} events, {} deliveries ({} duplicates), {errors} relay errors during the restart",
+        all.len(),
+        all.len() - distinct.len()
+    );
+    assert_eq!(distinct.len(), total, "nothing lost");
+    assert!(
+        errors > 0,
+        "the relays saw the outage and recovered from it"
+    );
+    t.cleanup().await;
+}
