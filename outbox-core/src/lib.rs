@@ -63,12 +63,14 @@
 extern crate self as outbox_core;
 
 mod aggregate;
+pub mod cloudevents;
 pub mod context;
 pub mod dispatch;
 mod envelope;
 mod error;
 mod event;
 mod handler;
+pub mod publish;
 mod registry;
 mod retry;
 pub mod trace;

@@ -3,12 +3,15 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use crate::envelope::Envelope;
 use crate::error::{Error, Result, check_name};
 use crate::event::{EventTypeRegistration, registered_event_types};
 use crate::handler::{HandlerEntry, HandlerRegistration};
+use crate::publish::{Matcher, Route};
 use crate::upcast::Upcasters;
 
-/// Handlers by event type, plus the upcasters and the event types the process knows.
+/// Handlers by event type, routes to publishers, plus the upcasters and the event types the
+/// process knows.
 ///
 /// Build it from everything `#[event_handler]` registered ([`Registry::from_inventory`]) or
 /// from an explicit list ([`Registry::new`]), which is what tests want. Both validate: handler
@@ -18,6 +21,7 @@ pub struct Registry {
     handlers: Vec<HandlerEntry>,
     by_event_type: HashMap<String, Vec<usize>>,
     event_types: BTreeMap<String, Vec<u32>>,
+    routes: Vec<(Matcher, HandlerEntry)>,
     upcasters: Arc<Upcasters>,
 }
 
@@ -105,8 +109,42 @@ impl Registry {
             handlers,
             by_event_type,
             event_types: types,
+            routes: Vec::new(),
             upcasters: Arc::new(upcasters),
         })
+    }
+
+    /// Adds a route to a publisher. Its name shares the namespace of handler names (both key
+    /// delivery state), so a clash is [`Error::DuplicateHandler`].
+    pub fn with_route(mut self, route: Route) -> Result<Self> {
+        let (matcher, entry) = route.into_entry()?;
+        let taken = self.handlers.iter().any(|h| h.name == entry.name)
+            || self.routes.iter().any(|(_, r)| r.name == entry.name);
+        if taken {
+            return Err(Error::DuplicateHandler {
+                name: entry.name.to_string(),
+            });
+        }
+        self.routes.push((matcher, entry));
+        Ok(self)
+    }
+
+    /// Every delivery of `envelope`: the handlers of its event type, then the routes it matches.
+    pub fn deliveries_for<'a>(
+        &'a self,
+        envelope: &'a Envelope,
+    ) -> impl Iterator<Item = &'a HandlerEntry> + 'a {
+        self.handlers_for(&envelope.event_type).chain(
+            self.routes
+                .iter()
+                .filter(|(m, _)| m.matches(envelope))
+                .map(|(_, e)| e),
+        )
+    }
+
+    /// The routes, in the order they were added.
+    pub fn routes(&self) -> impl Iterator<Item = &HandlerEntry> {
+        self.routes.iter().map(|(_, e)| e)
     }
 
     /// Replaces the upcasters.
@@ -149,12 +187,19 @@ impl Registry {
             .map(|(k, v)| (k.as_str(), v.as_slice()))
     }
 
-    /// Event types that were derived with `DomainEvent` but that no handler handles.
+    /// Event types that were derived with `DomainEvent` but that no handler handles and no
+    /// route takes by event type (a route by aggregate type may still take them).
     pub fn event_types_without_handlers(&self) -> impl Iterator<Item = &str> {
         self.event_types
             .keys()
             .map(String::as_str)
             .filter(|t| !self.by_event_type.contains_key(*t))
+            .filter(|t| {
+                !self.routes.iter().any(|(m, _)| match m {
+                    Matcher::All | Matcher::AggregateTypes(_) => true,
+                    Matcher::EventTypes(types) => types.iter().any(|x| x == t),
+                })
+            })
     }
 
     /// The upcasters handlers decode through.

@@ -85,6 +85,7 @@ mod admin;
 mod config;
 pub mod entity;
 mod error;
+pub mod inbox;
 mod listen;
 mod relay;
 pub mod schema;
@@ -98,6 +99,8 @@ pub use self::admin::{Admin, DeadLetter, DeliveryInfo, OutboxCounts};
 pub use self::config::OutboxConfig;
 #[doc(inline)]
 pub use self::error::{Error, Result};
+#[doc(inline)]
+pub use self::inbox::{ExactlyOnce, Inbox, Processed};
 #[doc(inline)]
 pub use self::relay::{
     BatchReport, DeliveredRows, HandlerContextExt, Relay, RelayBuilder, RelayHandle, RelayStats,

@@ -92,16 +92,19 @@ pub struct RelayBuilder {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Retention {
     keep_for: Duration,
+    inbox_keep_for: Duration,
     every: Duration,
     batch_size: u32,
 }
 
 impl Default for Retention {
-    /// Delivered rows are kept 7 days (long enough to investigate an incident, and longer than
-    /// any consumer's redelivery window), checked every 5 minutes, deleted 1000 at a time.
+    /// Delivered rows are kept 7 days (long enough to investigate an incident), inbox rows 30
+    /// days (longer than any broker's redelivery or replay window, so a late duplicate is still
+    /// recognized), checked every 5 minutes, deleted 1000 at a time.
     fn default() -> Self {
         Self {
             keep_for: Duration::from_secs(7 * 24 * 3600),
+            inbox_keep_for: Duration::from_secs(30 * 24 * 3600),
             every: Duration::from_secs(300),
             batch_size: 1000,
         }
@@ -115,6 +118,13 @@ impl Retention {
             keep_for,
             ..Self::default()
         }
+    }
+
+    /// Deletes inbox marks older than `keep_for`. Keep them longer than the longest window in
+    /// which a broker may redeliver or replay a message, or a late duplicate runs again.
+    pub fn inbox_after(mut self, keep_for: Duration) -> Self {
+        self.inbox_keep_for = keep_for;
+        self
     }
 
     /// How often a relay tries to run a round.
@@ -135,6 +145,8 @@ impl Retention {
 pub struct RetentionReport {
     /// Delivered messages deleted.
     pub deleted: usize,
+    /// Inbox marks deleted.
+    pub inbox_deleted: usize,
     /// `true` when another relay held the retention lock, so this one did nothing.
     pub skipped: bool,
 }
@@ -287,6 +299,7 @@ impl RelayBuilder {
             .unwrap_or_else(|| format!("relay-{}-{:08x}", std::process::id(), fastrand::u32(..)));
         let mut extensions = self.extensions;
         extensions.insert(self.db.clone());
+        extensions.insert(self.config.clone());
         tracing::info!(
             relay = %id,
             handlers = registry.len(),
@@ -560,9 +573,10 @@ impl Inner {
                 _ = tokio::time::sleep(retention.every) => {}
             }
             match self.retention_round(&retention).await {
-                Ok(r) if r.deleted > 0 => {
-                    tracing::info!(relay = %self.id, deleted = r.deleted, "outbox retention round")
-                }
+                Ok(r) if r.deleted > 0 || r.inbox_deleted > 0 => tracing::info!(
+                    relay = %self.id, deleted = r.deleted, inbox_deleted = r.inbox_deleted,
+                    "outbox retention round"
+                ),
                 Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(relay = %self.id, error = %report(&e), "outbox retention failed")
@@ -582,12 +596,14 @@ impl Inner {
             .await?
         {
             return Ok(RetentionReport {
-                deleted: 0,
                 skipped: true,
+                ..Default::default()
             });
         }
         let cutoff = now - retention.keep_for;
+        let inbox_cutoff = now - retention.inbox_keep_for;
         let mut deleted = 0;
+        let mut inbox_deleted = 0;
         let result = async {
             loop {
                 let n = self
@@ -595,7 +611,12 @@ impl Inner {
                     .delete_delivered(&self.db, cutoff, retention.batch_size)
                     .await?;
                 deleted += n;
-                if n < retention.batch_size as usize {
+                let m = self
+                    .store
+                    .delete_inbox_before(&self.db, inbox_cutoff, retention.batch_size)
+                    .await?;
+                inbox_deleted += m;
+                if n < retention.batch_size as usize && m < retention.batch_size as usize {
                     return Ok(());
                 }
                 let now = Utc::now();
@@ -614,6 +635,7 @@ impl Inner {
             .await?;
         result.map(|()| RetentionReport {
             deleted,
+            inbox_deleted,
             skipped: false,
         })
     }
@@ -803,8 +825,7 @@ impl Inner {
     ) -> Fate {
         let now = Utc::now();
         let envelope = Arc::new(claimed.envelope);
-        let handlers: Vec<&HandlerEntry> =
-            self.registry.handlers_for(&envelope.event_type).collect();
+        let handlers: Vec<&HandlerEntry> = self.registry.deliveries_for(&envelope).collect();
         if handlers.is_empty() {
             let err = CoreError::UnknownEventType {
                 event_type: envelope.event_type.clone(),

@@ -154,6 +154,7 @@ pub(crate) struct Store {
     backend: DbBackend,
     messages: String,
     deliveries: String,
+    inbox: String,
     locks: String,
     /// The channel commits `NOTIFY` on (PostgreSQL with `pg_notify` only).
     notify_channel: Option<String>,
@@ -169,6 +170,7 @@ impl Store {
             backend,
             messages: quote(backend, config.messages_table()),
             deliveries: quote(backend, config.deliveries_table()),
+            inbox: quote(backend, config.inbox_table()),
             locks: quote(backend, config.locks_table()),
             notify_channel: (backend == DbBackend::Postgres && config.notifies())
                 .then(|| config.notify_channel().to_owned()),
@@ -223,6 +225,58 @@ impl Store {
             l = self.locks
         );
         Ok(db.execute_raw(p.statement(sql)).await?.rows_affected() == 1)
+    }
+
+    /// Marks `message_id` processed by `consumer`, in `db`'s transaction. Returns `false` when
+    /// it already was: a concurrent transaction marking the same pair blocks on the key until
+    /// the first commits (then this one sees the mark) or rolls back (then this one wins).
+    pub(crate) async fn mark_processed(
+        &self,
+        db: &impl ConnectionTrait,
+        consumer: &str,
+        message_id: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let mut p = Params::new(self.backend);
+        let c = p.bind(consumer.to_owned());
+        let id = p.bind(message_id);
+        let at = p.bind(now);
+        let sql = match self.backend {
+            DbBackend::MySql => format!(
+                "INSERT IGNORE INTO {i} (consumer, message_id, processed_at) VALUES ({c}, {id}, {at})",
+                i = self.inbox
+            ),
+            _ => format!(
+                "INSERT INTO {i} (consumer, message_id, processed_at) VALUES ({c}, {id}, {at}) \
+                 ON CONFLICT (consumer, message_id) DO NOTHING",
+                i = self.inbox
+            ),
+        };
+        Ok(db.execute_raw(p.statement(sql)).await?.rows_affected() == 1)
+    }
+
+    /// Deletes up to `limit` inbox rows processed before `cutoff`. Returns how many.
+    pub(crate) async fn delete_inbox_before(
+        &self,
+        db: &impl ConnectionTrait,
+        cutoff: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<usize> {
+        let mut p = Params::new(self.backend);
+        let c = p.bind(cutoff);
+        let lim = p.bind(limit as i64);
+        let sql = match self.backend {
+            DbBackend::MySql => format!(
+                "DELETE FROM {i} WHERE processed_at < {c} ORDER BY processed_at LIMIT {lim}",
+                i = self.inbox
+            ),
+            _ => format!(
+                "DELETE FROM {i} WHERE (consumer, message_id) IN (SELECT consumer, message_id \
+                 FROM {i} WHERE processed_at < {c} ORDER BY processed_at LIMIT {lim})",
+                i = self.inbox
+            ),
+        };
+        Ok(db.execute_raw(p.statement(sql)).await?.rows_affected() as usize)
     }
 
     /// Lets go of the named lock if `holder` has it.

@@ -1,0 +1,273 @@
+//! CloudEvents 1.0: how an outbox message looks on a broker or a webhook.
+//!
+//! | CloudEvents attribute | from the outbox row |
+//! | --- | --- |
+//! | `id` | message id |
+//! | `source` | the publisher's configured source (`/orders-service`) |
+//! | `type` | event type |
+//! | `subject` | aggregate id |
+//! | `time` | when the event was recorded |
+//! | `datacontenttype` | `application/json` |
+//! | `aggregatetype`, `eventversion` | extension attributes |
+//! | `traceparent` | the distributed-tracing extension |
+//! | `correlationid`, `causationid` | extension attributes, when set |
+//!
+//! In **structured** mode the whole event is one JSON document whose `data` is the payload as
+//! stored (embedded, never re-parsed). In **binary** mode the body is the payload and every
+//! attribute is a header (`ce-id`, ... for HTTP and NATS; `cloudEvents:id`, ... for AMQP).
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+use crate::envelope::{Envelope, Headers};
+use crate::error::{Error, Result};
+
+/// The `datacontenttype` of every event: payloads are JSON.
+pub const CONTENT_TYPE: &str = "application/json";
+/// The `Content-Type` of a structured-mode event.
+pub const STRUCTURED_CONTENT_TYPE: &str = "application/cloudevents+json";
+
+/// Structured (one JSON document) or binary (payload body, attributes as headers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// `Content-Type: application/cloudevents+json`, attributes and data in the body.
+    #[default]
+    Structured,
+    /// The body is the payload; attributes travel as headers.
+    Binary,
+}
+
+#[derive(Serialize)]
+struct Structured<'a> {
+    specversion: &'static str,
+    id: Uuid,
+    source: &'a str,
+    #[serde(rename = "type")]
+    ty: &'a str,
+    subject: &'a str,
+    time: String,
+    datacontenttype: &'static str,
+    aggregatetype: &'a str,
+    eventversion: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    traceparent: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    correlationid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    causationid: Option<String>,
+    data: &'a RawValue,
+}
+
+fn time(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// The event as a structured-mode JSON document.
+///
+/// Fails with [`Error::Deserialize`] if the stored payload is not JSON.
+pub fn to_structured(envelope: &Envelope, source: &str) -> Result<Vec<u8>> {
+    let data: &RawValue =
+        serde_json::from_str(&envelope.payload).map_err(|source| Error::Deserialize {
+            event_type: envelope.event_type.clone(),
+            source,
+        })?;
+    let doc = Structured {
+        specversion: "1.0",
+        id: envelope.message_id,
+        source,
+        ty: &envelope.event_type,
+        subject: &envelope.aggregate_id,
+        time: time(&envelope.occurred_at),
+        datacontenttype: CONTENT_TYPE,
+        aggregatetype: &envelope.aggregate_type,
+        eventversion: envelope.event_version.to_string(),
+        traceparent: envelope.headers.traceparent.as_deref(),
+        correlationid: envelope.headers.correlation_id.map(|u| u.to_string()),
+        causationid: envelope.headers.causation_id.map(|u| u.to_string()),
+        data,
+    };
+    Ok(serde_json::to_vec(&doc).expect("strings and raw JSON always serialize"))
+}
+
+/// The attributes of the event as binary-mode headers, each name prefixed with `prefix`
+/// (`"ce-"` for HTTP and NATS, `"cloudEvents:"` for AMQP). The body is the payload itself.
+pub fn binary_headers(envelope: &Envelope, source: &str, prefix: &str) -> Vec<(String, String)> {
+    let mut h = vec![
+        (format!("{prefix}specversion"), "1.0".to_owned()),
+        (format!("{prefix}id"), envelope.message_id.to_string()),
+        (format!("{prefix}source"), source.to_owned()),
+        (format!("{prefix}type"), envelope.event_type.clone()),
+        (format!("{prefix}subject"), envelope.aggregate_id.clone()),
+        (format!("{prefix}time"), time(&envelope.occurred_at)),
+        (
+            format!("{prefix}aggregatetype"),
+            envelope.aggregate_type.clone(),
+        ),
+        (
+            format!("{prefix}eventversion"),
+            envelope.event_version.to_string(),
+        ),
+    ];
+    if let Some(tp) = &envelope.headers.traceparent {
+        h.push((format!("{prefix}traceparent"), tp.clone()));
+    }
+    if let Some(c) = envelope.headers.correlation_id {
+        h.push((format!("{prefix}correlationid"), c.to_string()));
+    }
+    if let Some(c) = envelope.headers.causation_id {
+        h.push((format!("{prefix}causationid"), c.to_string()));
+    }
+    h
+}
+
+/// Reads a structured-mode event back into an [`Envelope`] (for consumers).
+pub fn from_structured(body: &[u8]) -> Result<Envelope> {
+    let mut doc: BTreeMap<String, Box<RawValue>> =
+        serde_json::from_slice(body).map_err(|source| Error::Deserialize {
+            event_type: "cloudevent".into(),
+            source,
+        })?;
+    let data = doc
+        .remove("data")
+        .map(|d| d.get().to_owned())
+        .unwrap_or_else(|| "null".into());
+    let attrs: BTreeMap<String, String> = doc
+        .into_iter()
+        .filter_map(|(k, v)| serde_json::from_str::<String>(v.get()).ok().map(|s| (k, s)))
+        .collect();
+    envelope_from(|name| attrs.get(name).cloned(), data)
+}
+
+/// Reads a binary-mode event back into an [`Envelope`]: `header` looks an attribute up by
+/// its name without prefix.
+pub fn from_binary(header: impl Fn(&str) -> Option<String>, body: &[u8]) -> Result<Envelope> {
+    let data = String::from_utf8(body.to_vec()).map_err(|e| Error::Deserialize {
+        event_type: "cloudevent".into(),
+        source: serde::de::Error::custom(e),
+    })?;
+    envelope_from(header, data)
+}
+
+fn envelope_from(attr: impl Fn(&str) -> Option<String>, payload: String) -> Result<Envelope> {
+    let missing = |name: &str| Error::Deserialize {
+        event_type: attr("type").unwrap_or_else(|| "cloudevent".into()),
+        source: serde::de::Error::custom(format!("missing CloudEvents attribute `{name}`")),
+    };
+    let bad = |name: &str, e: String| Error::Deserialize {
+        event_type: attr("type").unwrap_or_else(|| "cloudevent".into()),
+        source: serde::de::Error::custom(format!("bad CloudEvents attribute `{name}`: {e}")),
+    };
+    let get = |name: &str| attr(name).ok_or_else(|| missing(name));
+    let uuid = |name: &str| -> Result<Option<Uuid>> {
+        attr(name)
+            .map(|s| s.parse().map_err(|e: uuid::Error| bad(name, e.to_string())))
+            .transpose()
+    };
+    Ok(Envelope {
+        message_id: get("id")?
+            .parse()
+            .map_err(|e: uuid::Error| bad("id", e.to_string()))?,
+        sequence: 0,
+        aggregate_type: attr("aggregatetype").unwrap_or_default(),
+        aggregate_id: attr("subject").unwrap_or_default(),
+        event_type: get("type")?,
+        event_version: match attr("eventversion") {
+            Some(v) => v.parse().map_err(|e| bad("eventversion", format!("{e}")))?,
+            None => 1,
+        },
+        payload,
+        headers: Headers {
+            correlation_id: uuid("correlationid")?,
+            causation_id: uuid("causationid")?,
+            traceparent: attr("traceparent"),
+            extra: Default::default(),
+        },
+        occurred_at: match attr("time") {
+            Some(t) => DateTime::parse_from_rfc3339(&t)
+                .map_err(|e| bad("time", e.to_string()))?
+                .with_timezone(&Utc),
+            None => Utc::now(),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope() -> Envelope {
+        Envelope {
+            message_id: Uuid::now_v7(),
+            sequence: 7,
+            aggregate_type: "order".into(),
+            aggregate_id: "42".into(),
+            event_type: "order.placed".into(),
+            event_version: 2,
+            payload: r#"{"amount": 5, "note": "a \"quoted\" word"}"#.into(),
+            headers: Headers {
+                correlation_id: Some(Uuid::now_v7()),
+                causation_id: None,
+                traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+                extra: Default::default(),
+            },
+            occurred_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn structured_round_trips_and_embeds_the_payload_as_is() {
+        let e = envelope();
+        let bytes = to_structured(&e, "/orders").unwrap();
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert!(
+            text.contains(r#""data":{"amount": 5, "note": "a \"quoted\" word"}"#),
+            "{text}"
+        );
+        let back = from_structured(&bytes).unwrap();
+        assert_eq!(back.message_id, e.message_id);
+        assert_eq!(back.event_type, e.event_type);
+        assert_eq!(back.aggregate_id, "42");
+        assert_eq!(back.aggregate_type, "order");
+        assert_eq!(back.event_version, 2);
+        assert_eq!(back.headers.correlation_id, e.headers.correlation_id);
+        assert_eq!(back.headers.traceparent, e.headers.traceparent);
+        let a: serde_json::Value = serde_json::from_str(&back.payload).unwrap();
+        let b: serde_json::Value = serde_json::from_str(&e.payload).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(
+            back.occurred_at.timestamp_micros(),
+            e.occurred_at.timestamp_micros()
+        );
+    }
+
+    #[test]
+    fn binary_round_trips() {
+        let e = envelope();
+        let headers: BTreeMap<String, String> =
+            binary_headers(&e, "/orders", "ce-").into_iter().collect();
+        let back = from_binary(
+            |n| headers.get(&format!("ce-{n}")).cloned(),
+            e.payload.as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(back.message_id, e.message_id);
+        assert_eq!(back.payload, e.payload);
+        assert_eq!(back.event_version, 2);
+    }
+
+    #[test]
+    fn a_payload_that_is_not_json_is_a_typed_error() {
+        let mut e = envelope();
+        e.payload = "{not json".into();
+        assert!(matches!(
+            to_structured(&e, "/x"),
+            Err(Error::Deserialize { .. })
+        ));
+        assert!(from_structured(b"[]").is_err());
+        assert!(from_structured(br#"{"specversion":"1.0"}"#).is_err());
+    }
+}

@@ -1,0 +1,299 @@
+//! Publishing to brokers and webhooks: the [`Publisher`] trait and the [`Route`]s that say which
+//! messages go where.
+//!
+//! A route is one more delivery of a message, next to its in-process handlers: it has a stable
+//! name, its own state, retries and dead letter. Publishers return a [`HandlerError`]; make it
+//! [permanent](HandlerError::permanent) for failures no retry can fix (a 4xx from a webhook).
+
+use std::fmt;
+use std::sync::Arc;
+
+#[cfg(feature = "amqp")]
+pub mod amqp;
+#[cfg(feature = "nats")]
+pub mod nats;
+#[cfg(feature = "webhook")]
+pub mod webhook;
+
+use crate::envelope::Envelope;
+use crate::error::{Error, Result};
+use crate::handler::{BoxFuture, Handler, HandlerContext, HandlerEntry, HandlerError};
+
+/// Something the relay delivers messages to: a broker, a webhook, a log.
+#[async_trait::async_trait]
+pub trait Publisher: Send + Sync + 'static {
+    /// Publishes one message to `destination` (a subject, a routing key, a URL: the route's
+    /// template, rendered for this message). Returns once the receiver has it (a JetStream ack,
+    /// a publisher confirm, a 2xx).
+    async fn publish(&self, envelope: &Envelope, destination: &str) -> Result<(), HandlerError>;
+}
+
+/// Which messages a route takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Matcher {
+    /// Every message.
+    All,
+    /// Messages of these event types.
+    EventTypes(Vec<String>),
+    /// Messages of aggregates of these types.
+    AggregateTypes(Vec<String>),
+}
+
+impl Matcher {
+    /// Whether `envelope` matches.
+    pub fn matches(&self, envelope: &Envelope) -> bool {
+        match self {
+            Matcher::All => true,
+            Matcher::EventTypes(t) => t.contains(&envelope.event_type),
+            Matcher::AggregateTypes(t) => t.contains(&envelope.aggregate_type),
+        }
+    }
+}
+
+/// A template of a destination: `{aggregate_type}`, `{aggregate_id}`, `{event_type}` and
+/// `{event_version}` are replaced by the message's values (`"orders.{event_type}"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    parts: Vec<Part>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Text(String),
+    AggregateType,
+    AggregateId,
+    EventType,
+    EventVersion,
+}
+
+impl Template {
+    /// Parses a template. Fails on an unknown `{placeholder}` or an unclosed `{`.
+    pub fn parse(template: &str) -> Result<Self, TemplateError> {
+        let mut parts = Vec::new();
+        let mut rest = template;
+        while let Some(open) = rest.find('{') {
+            if open > 0 {
+                parts.push(Part::Text(rest[..open].to_owned()));
+            }
+            let after = &rest[open + 1..];
+            let close = after.find('}').ok_or_else(|| TemplateError {
+                template: template.to_owned(),
+                reason: "a `{` is not closed".into(),
+            })?;
+            parts.push(match &after[..close] {
+                "aggregate_type" => Part::AggregateType,
+                "aggregate_id" => Part::AggregateId,
+                "event_type" => Part::EventType,
+                "event_version" => Part::EventVersion,
+                other => {
+                    return Err(TemplateError {
+                        template: template.to_owned(),
+                        reason: format!(
+                            "unknown placeholder `{{{other}}}`; expected `{{aggregate_type}}`, \
+                             `{{aggregate_id}}`, `{{event_type}}` or `{{event_version}}`"
+                        ),
+                    });
+                }
+            });
+            rest = &after[close + 1..];
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Text(rest.to_owned()));
+        }
+        Ok(Self { parts })
+    }
+
+    /// The destination of `envelope`.
+    pub fn render(&self, envelope: &Envelope) -> String {
+        let mut out = String::new();
+        for p in &self.parts {
+            match p {
+                Part::Text(t) => out.push_str(t),
+                Part::AggregateType => out.push_str(&envelope.aggregate_type),
+                Part::AggregateId => out.push_str(&envelope.aggregate_id),
+                Part::EventType => out.push_str(&envelope.event_type),
+                Part::EventVersion => out.push_str(&envelope.event_version.to_string()),
+            }
+        }
+        out
+    }
+}
+
+/// A destination template that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid destination template `{template}`: {reason}")]
+pub struct TemplateError {
+    /// The template.
+    pub template: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// Messages matching a [`Matcher`], published by a [`Publisher`] to a templated destination.
+///
+/// ```
+/// # use outbox_core::{Envelope, HandlerError, Registry};
+/// # use outbox_core::publish::{Publisher, Route};
+/// struct Log;
+/// #[async_trait::async_trait]
+/// impl Publisher for Log {
+///     async fn publish(&self, e: &Envelope, destination: &str) -> Result<(), HandlerError> {
+///         println!("{destination}: {}", e.payload);
+///         Ok(())
+///     }
+/// }
+///
+/// let route = Route::new("orders-to-log", Log)
+///     .aggregate_types(["order"])
+///     .destination("orders.{event_type}")?;
+/// let registry = Registry::new([])?.with_route(route)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct Route {
+    pub(crate) name: String,
+    pub(crate) matcher: Matcher,
+    pub(crate) template: Template,
+    pub(crate) publisher: Arc<dyn Publisher>,
+    pub(crate) timeout: Option<std::time::Duration>,
+}
+
+impl Route {
+    /// A route named `name` (stored with its delivery state: keep it stable) to `publisher`,
+    /// taking every message to the destination `{event_type}` until told otherwise.
+    pub fn new(name: impl Into<String>, publisher: impl Publisher) -> Self {
+        Self::shared(name, Arc::new(publisher))
+    }
+
+    /// Like [`new`](Self::new), for a publisher shared by several routes.
+    pub fn shared(name: impl Into<String>, publisher: Arc<dyn Publisher>) -> Self {
+        Self {
+            name: name.into(),
+            matcher: Matcher::All,
+            template: Template {
+                parts: vec![Part::EventType],
+            },
+            publisher,
+            timeout: None,
+        }
+    }
+
+    /// Takes only these event types.
+    pub fn event_types<I, S>(mut self, types: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.matcher = Matcher::EventTypes(types.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Takes only messages of these aggregate types.
+    pub fn aggregate_types<I, S>(mut self, types: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.matcher = Matcher::AggregateTypes(types.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// The destination template (subject, routing key, URL).
+    pub fn destination(mut self, template: &str) -> Result<Self, TemplateError> {
+        self.template = Template::parse(template)?;
+        Ok(self)
+    }
+
+    /// Overrides the relay's timeout for this route.
+    pub fn timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// The route's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// What it matches.
+    pub fn matcher(&self) -> &Matcher {
+        &self.matcher
+    }
+
+    pub(crate) fn into_entry(self) -> Result<(Matcher, HandlerEntry)> {
+        crate::error::check_name("route", &self.name)?;
+        let mut entry = HandlerEntry::erased(
+            self.name.clone(),
+            "*",
+            RouteHandler {
+                template: self.template,
+                publisher: self.publisher,
+            },
+        );
+        if let Some(t) = self.timeout {
+            entry = entry.timeout(t);
+        }
+        Ok((self.matcher, entry))
+    }
+}
+
+impl fmt::Debug for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Route")
+            .field("name", &self.name)
+            .field("matcher", &self.matcher)
+            .field("template", &self.template)
+            .finish_non_exhaustive()
+    }
+}
+
+struct RouteHandler {
+    template: Template,
+    publisher: Arc<dyn Publisher>,
+}
+
+impl Handler for RouteHandler {
+    fn call<'a>(&'a self, ctx: &'a HandlerContext) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            let envelope = ctx.envelope();
+            let destination = self.template.render(envelope);
+            self.publisher.publish(envelope, &destination).await
+        })
+    }
+}
+
+impl From<TemplateError> for Error {
+    fn from(e: TemplateError) -> Self {
+        Error::InvalidName {
+            what: "destination template",
+            name: e.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_render_and_reject_unknown_placeholders() {
+        let t =
+            Template::parse("orders.{aggregate_type}.{event_type}.v{event_version}/{aggregate_id}")
+                .unwrap();
+        let e = Envelope {
+            message_id: uuid::Uuid::nil(),
+            sequence: 1,
+            aggregate_type: "order".into(),
+            aggregate_id: "7".into(),
+            event_type: "order.placed".into(),
+            event_version: 2,
+            payload: "{}".into(),
+            headers: Default::default(),
+            occurred_at: chrono::Utc::now(),
+        };
+        assert_eq!(t.render(&e), "orders.order.order.placed.v2/7");
+        assert!(Template::parse("x.{nope}").is_err());
+        assert!(Template::parse("x.{event_type").is_err());
+        assert_eq!(Template::parse("plain").unwrap().render(&e), "plain");
+    }
+}
