@@ -115,6 +115,10 @@ pub use self::store::{OnFailure, Ordering};
 pub use self::uow::{UnitOfWork, save_aggregate, save_aggregate_with, stage_aggregate};
 
 #[doc(no_inline)]
+pub use outbox_core::cloudevents;
+#[doc(no_inline)]
+pub use outbox_core::publish::{Publisher, Route};
+#[doc(no_inline)]
 pub use outbox_core::{
     Aggregate, DomainEvent, DomainEvents, Envelope, Events, Extensions, HandlerContext,
     HandlerEntry, HandlerError, Headers, RecordOptions, Registry, RetryPolicy, Upcasters,

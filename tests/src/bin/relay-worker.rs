@@ -1,12 +1,19 @@
-//! A relay in a process of its own, for the fault tests: it delivers `test.numbered` events to
-//! a handler that appends them to `relay_log`, until it is killed.
+//! A relay in a process of its own, for the fault tests, until it is killed.
 //!
-//! `relay-worker <database url> <relay id> <lease ms> <handler delay ms>`
+//! ```text
+//! relay-worker <database url> <relay id> <lease ms> <handler delay ms>
+//!     delivers `test.numbered` events to a handler that appends them to `relay_log`
+//! relay-worker <database url> <relay id> <lease ms> <delay ms> nats <nats url> <subject template>
+//! relay-worker <database url> <relay id> <lease ms> <delay ms> amqp <amqp uri> <exchange> <routing key template>
+//!     publishes every event to the broker instead
+//! ```
 
 use std::time::Duration;
 
+use outbox_seaorm::core::publish::amqp::AmqpPublisher;
+use outbox_seaorm::core::publish::nats::JetStreamPublisher;
 use outbox_seaorm::{
-    HandlerContext, HandlerContextExt, HandlerEntry, Registry, Relay, RetryPolicy,
+    HandlerContext, HandlerContextExt, HandlerEntry, Registry, Relay, RetryPolicy, Route,
 };
 use outbox_tests::fixtures::{Numbered, log_delivery};
 use sea_orm::{ConnectOptions, Database};
@@ -14,8 +21,9 @@ use sea_orm::{ConnectOptions, Database};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let [_, url, id, lease_ms, delay_ms] = &args[..] else {
-        anyhow::bail!("usage: relay-worker <url> <relay id> <lease ms> <handler delay ms>");
+    let (url, id, lease_ms, delay_ms, broker) = match &args[1..] {
+        [url, id, lease, delay, broker @ ..] => (url, id, lease, delay, broker),
+        _ => anyhow::bail!("usage: see the module documentation"),
     };
     let lease = Duration::from_millis(lease_ms.parse()?);
     let delay = Duration::from_millis(delay_ms.parse()?);
@@ -23,18 +31,36 @@ async fn main() -> anyhow::Result<()> {
     opts.sqlx_logging(false).max_connections(4);
     let db = Database::connect(opts).await?;
 
-    let relay_id = id.clone();
-    let handler = HandlerEntry::new("log", move |e: Numbered, ctx: HandlerContext| {
-        let relay_id = relay_id.clone();
-        async move {
-            log_delivery(ctx.db()?, ctx.message_id(), &e, &relay_id).await?;
-            tokio::time::sleep(delay).await;
-            anyhow::Ok(())
+    let registry = match broker {
+        [] => {
+            let relay_id = id.clone();
+            Registry::new([HandlerEntry::new(
+                "log",
+                move |e: Numbered, ctx: HandlerContext| {
+                    let relay_id = relay_id.clone();
+                    async move {
+                        log_delivery(ctx.db()?, ctx.message_id(), &e, &relay_id).await?;
+                        tokio::time::sleep(delay).await;
+                        anyhow::Ok(())
+                    }
+                },
+            )])?
         }
-    });
+        [kind, nats_url, subject] if kind == "nats" => {
+            let client = async_nats::connect(nats_url.as_str()).await?;
+            let publisher = JetStreamPublisher::new(client, "/relay-worker");
+            Registry::new([])?.with_route(Route::new("to-nats", publisher).destination(subject)?)?
+        }
+        [kind, uri, exchange, routing_key] if kind == "amqp" => {
+            let publisher = AmqpPublisher::new(uri.clone(), exchange, "/relay-worker")?;
+            Registry::new([])?
+                .with_route(Route::new("to-rabbitmq", publisher).destination(routing_key)?)?
+        }
+        _ => anyhow::bail!("unknown broker arguments: {broker:?}"),
+    };
     let relay = Relay::builder(db)
         .id(id.clone())
-        .registry(Registry::new([handler])?)
+        .registry(registry)
         .lease(lease)
         .batch_size(10)
         .poll_interval(Duration::from_millis(50))
