@@ -29,7 +29,6 @@ async fn killed_relay_processes_lose_nothing_and_keep_aggregate_order(t: TestDb)
     let mut workers: Vec<Child> = (0..3)
         .map(|i| spawn_worker(&t.url, &format!("w{i}")))
         .collect();
-    let mut spawned = workers.len();
     let mut kills_mid_backlog = 0;
     for round in 0..8 {
         // Pacing of the fault injection, not a wait for a condition.
@@ -41,8 +40,7 @@ async fn killed_relay_processes_lose_nothing_and_keep_aggregate_order(t: TestDb)
         workers[victim].start_kill().expect("SIGKILL");
         workers[victim].wait().await.expect("reap");
         kills_mid_backlog += 1;
-        workers[victim] = spawn_worker(&t.url, &format!("w{spawned}"));
-        spawned += 1;
+        workers[victim] = spawn_worker(&t.url, &format!("w{}", round + 3));
     }
     wait_for("the backlog to drain", Duration::from_secs(90), || async {
         let c = admin.counts().await.unwrap();

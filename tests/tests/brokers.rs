@@ -1,0 +1,351 @@
+//! Delivery to real brokers: NATS JetStream and RabbitMQ, with relays killed mid-batch.
+//!
+//! Needs `OUTBOX_TEST_NATS_URL` (`nats://127.0.0.1:4222`) and `OUTBOX_TEST_AMQP_URL`
+//! (`amqp://guest:guest@127.0.0.1:5672/%2f`); skipped with a printed reason otherwise. The outbox
+//! itself lives in a SQLite file here: the broker path does not depend on the database.
+
+use std::collections::{HashMap, HashSet};
+use std::process::Stdio;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull, stream};
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties, ExchangeKind};
+use outbox_seaorm::core::cloudevents::Mode;
+use outbox_seaorm::core::publish::nats::JetStreamPublisher;
+use outbox_seaorm::{Admin, Inbox, Registry, Relay, Route};
+use outbox_tests::fixtures::{Numbered, commit_numbered};
+use outbox_tests::{Backend, TestDb, wait_for};
+use sea_orm::ConnectionTrait;
+use tokio::process::{Child, Command};
+use uuid::Uuid;
+
+fn env(var: &str) -> Option<String> {
+    let v = std::env::var(var).ok();
+    if v.is_none() {
+        eprintln!("skipped: {var} is not set");
+    }
+    v
+}
+
+fn spawn_worker(db_url: &str, name: &str, broker: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_relay-worker"))
+        .args([db_url, name, "700", "2"])
+        .args(broker)
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn relay-worker")
+}
+
+/// Runs workers publishing through `broker`, kills one every 250 ms while the backlog drains,
+/// and waits until everything is delivered. Returns how many were killed mid-backlog.
+async fn drain_with_kills(t: &TestDb, broker: &[&str], total: usize) -> usize {
+    let admin = Admin::new(t.db.clone());
+    let mut workers: Vec<Child> = (0..2)
+        .map(|i| spawn_worker(&t.url, &format!("w{i}"), broker))
+        .collect();
+    let mut kills = 0;
+    for round in 0..6 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if admin.counts().await.unwrap().pending == 0 {
+            break;
+        }
+        let victim = round % workers.len();
+        workers[victim].start_kill().unwrap();
+        workers[victim].wait().await.unwrap();
+        kills += 1;
+        workers[victim] = spawn_worker(&t.url, &format!("w{}", round + 2), broker);
+    }
+    wait_for("the outbox to drain", Duration::from_secs(90), || async {
+        let c = admin.counts().await.unwrap();
+        (c.pending == 0 && c.delivered as usize == total).then_some(())
+    })
+    .await;
+    for w in &mut workers {
+        w.start_kill().ok();
+        w.wait().await.ok();
+    }
+    kills
+}
+
+/// Per key, the `n`s in arrival order must be 1, 2, 3, ... once each.
+fn assert_once_in_order(received: &[(String, u32)], keys: usize, per_key: u32) {
+    let mut by_key: HashMap<&str, Vec<u32>> = HashMap::new();
+    for (k, n) in received {
+        by_key.entry(k).or_default().push(*n);
+    }
+    assert_eq!(by_key.len(), keys);
+    for (k, ns) in by_key {
+        assert_eq!(ns, (1..=per_key).collect::<Vec<_>>(), "arrivals of {k}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_consumer_gets_every_event_once_in_order_after_relay_kills() {
+    let Some(nats_url) = env("OUTBOX_TEST_NATS_URL") else {
+        return;
+    };
+    let t = TestDb::new(Backend::Sqlite).await.unwrap();
+    let total = commit_numbered(&t.db, 8, 25).await;
+
+    let client = async_nats::connect(&nats_url).await.unwrap();
+    let js = jetstream::new(client.clone());
+    let tag = Uuid::new_v4().simple().to_string();
+    let stream_name = format!("OUTBOX_TEST_{tag}");
+    let stream = js
+        .create_stream(stream::Config {
+            name: stream_name.clone(),
+            subjects: vec![format!("t{tag}.>")],
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    let subject = format!("t{tag}.{{aggregate_type}}.{{aggregate_id}}");
+    let kills = drain_with_kills(&t, &["nats", &nats_url, &subject], total).await;
+    assert!(kills >= 1);
+
+    // A consumer written with the broker's own client.
+    let consumer = stream
+        .create_consumer(pull::Config {
+            durable_name: Some("checker".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    let mut received = Vec::new();
+    let mut ids = HashSet::new();
+    while received.len() < total {
+        let msg = tokio::time::timeout(Duration::from_secs(10), messages.next())
+            .await
+            .expect("the stream holds every event")
+            .unwrap()
+            .unwrap();
+        // What we publish is a valid structured CloudEvent for the SDK.
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            "content-type",
+            "application/cloudevents+json".parse().unwrap(),
+        );
+        let event = cloudevents::binding::http::to_event(&headers, msg.payload.to_vec())
+            .expect("valid CloudEvent");
+        assert_eq!(cloudevents::AttributesReader::ty(&event), "test.numbered");
+        assert_eq!(
+            cloudevents::AttributesReader::source(&event).as_str(),
+            "/relay-worker"
+        );
+        let data: Numbered = match event.data() {
+            Some(cloudevents::Data::Json(v)) => serde_json::from_value(v.clone()).unwrap(),
+            other => panic!("unexpected data {other:?}"),
+        };
+        ids.insert(cloudevents::AttributesReader::id(&event).to_owned());
+        received.push((data.key, data.n));
+        msg.ack().await.unwrap();
+    }
+    let info = js
+        .get_stream(&stream_name)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .clone();
+    eprintln!(
+        "JetStream: {total} events, {kills} relay kills, {} messages in the stream",
+        info.state.messages
+    );
+    assert_eq!(
+        info.state.messages as usize, total,
+        "relay retries dropped by the duplicate window"
+    );
+    assert_eq!(ids.len(), total);
+    assert_once_in_order(&received, 8, 25);
+    js.delete_stream(&stream_name).await.unwrap();
+    t.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_consumer_with_inbox_has_effects_once_in_order_after_relay_kills() {
+    let Some(amqp_url) = env("OUTBOX_TEST_AMQP_URL") else {
+        return;
+    };
+    let t = TestDb::new(Backend::Sqlite).await.unwrap();
+    let total = commit_numbered(&t.db, 8, 25).await;
+
+    let conn = Connection::connect(&amqp_url, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let tag = Uuid::new_v4().simple().to_string();
+    let exchange = format!("outbox-test-{tag}");
+    let queue = format!("outbox-test-{tag}");
+    ch.exchange_declare(
+        exchange.clone().into(),
+        ExchangeKind::Topic,
+        ExchangeDeclareOptions {
+            auto_delete: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_declare(
+        queue.clone().into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_bind(
+        queue.clone().into(),
+        exchange.clone().into(),
+        "#".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+
+    let kills = drain_with_kills(
+        &t,
+        &[
+            "amqp",
+            &amqp_url,
+            &exchange,
+            "{aggregate_type}.{event_type}",
+        ],
+        total,
+    )
+    .await;
+    assert!(kills >= 1);
+
+    // The consumer's own database, with the inbox and its effects.
+    let consumer_db = TestDb::new(Backend::Sqlite).await.unwrap();
+    let deliveries = ch
+        .basic_consume(
+            queue.clone().into(),
+            "checker".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let effects = outbox_tests::fixtures::Recorder::<(String, u32)>::new();
+    let inbox = Inbox::new(consumer_db.db.clone());
+    let consumer = {
+        let effects = effects.clone();
+        tokio::spawn(async move {
+            outbox_seaorm::inbox::consume_amqp(&inbox, "checker", deliveries, |envelope, _uow| {
+                let effects = effects.clone();
+                Box::pin(async move {
+                    let e: Numbered = envelope.decode(&Default::default())?;
+                    effects.push((e.key, e.n));
+                    Ok(())
+                })
+            })
+            .await
+        })
+    };
+    wait_for("every effect", Duration::from_secs(30), || async {
+        (effects.len() >= total).then_some(())
+    })
+    .await;
+    // Give redelivered duplicates (if any) a moment to be seen and skipped.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    consumer.abort();
+    let marks = consumer_db
+        .db
+        .query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Sqlite,
+            "SELECT COUNT(*) AS n FROM outbox_inbox",
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get::<i64>("", "n")
+        .unwrap();
+    eprintln!(
+        "RabbitMQ: {total} events, {kills} relay kills, {} effects",
+        effects.len()
+    );
+    assert_eq!(marks as usize, total);
+    assert_once_in_order(&effects.all(), 8, 25);
+    ch.queue_delete(queue.into(), Default::default())
+        .await
+        .unwrap();
+    consumer_db.cleanup().await;
+    t.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_mode_jetstream_events_are_valid_cloudevents() {
+    let Some(nats_url) = env("OUTBOX_TEST_NATS_URL") else {
+        return;
+    };
+    let t = TestDb::new(Backend::Sqlite).await.unwrap();
+    commit_numbered(&t.db, 1, 1).await;
+    let client = async_nats::connect(&nats_url).await.unwrap();
+    let js = jetstream::new(client.clone());
+    let tag = Uuid::new_v4().simple().to_string();
+    let stream = js
+        .create_stream(stream::Config {
+            name: format!("OUTBOX_BIN_{tag}"),
+            subjects: vec![format!("b{tag}.>")],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let route = Route::new(
+        "binary",
+        JetStreamPublisher::new(client, "/orders").mode(Mode::Binary),
+    )
+    .destination(&format!("b{tag}.{{event_type}}"))
+    .unwrap();
+    let relay = Relay::builder(t.db.clone())
+        .registry(Registry::new([]).unwrap().with_route(route).unwrap())
+        .build()
+        .unwrap();
+    assert_eq!(relay.drain().await.unwrap().delivered, 1);
+    let consumer = stream
+        .create_consumer(pull::Config::default())
+        .await
+        .unwrap();
+    let msg = consumer
+        .messages()
+        .await
+        .unwrap()
+        .next()
+        .await
+        .unwrap()
+        .unwrap();
+    let mut headers = http::HeaderMap::new();
+    for (k, v) in msg.headers.as_ref().unwrap().iter() {
+        let key: &str = k.as_ref();
+        let name: http::HeaderName = key.to_ascii_lowercase().parse().unwrap();
+        headers.insert(name, v[0].as_str().parse().unwrap());
+    }
+    let event = cloudevents::binding::http::to_event(&headers, msg.payload.to_vec())
+        .expect("valid binary-mode CloudEvent");
+    assert_eq!(cloudevents::AttributesReader::ty(&event), "test.numbered");
+    assert_eq!(
+        cloudevents::AttributesReader::subject(&event),
+        Some("agg-0")
+    );
+    assert_eq!(
+        event.extension("aggregatetype").map(|v| v.to_string()),
+        Some("counter".into())
+    );
+    js.delete_stream(format!("OUTBOX_BIN_{tag}")).await.unwrap();
+    t.cleanup().await;
+}

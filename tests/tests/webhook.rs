@@ -1,0 +1,214 @@
+//! Webhooks against a local HTTP receiver on 127.0.0.1: signatures, retries, dead letters.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use outbox_seaorm::core::cloudevents::Mode;
+use outbox_seaorm::core::publish::webhook::{SignatureError, WebhookPublisher, verify};
+use outbox_seaorm::entity::DeliveryStatus;
+use outbox_seaorm::{Admin, Registry, Relay, RetryPolicy, Route};
+use outbox_tests::fixtures::commit_numbered;
+use outbox_tests::{Backend, TestDb, wait_for};
+
+const SECRET: &[u8] = b"whsec_outbox_tests";
+
+#[derive(Clone, Default)]
+struct Receiver {
+    /// (path, headers, body) of every request.
+    requests: Arc<Mutex<Vec<(String, HeaderMap, Bytes)>>>,
+    flaky_calls: Arc<Mutex<u32>>,
+}
+
+impl Receiver {
+    fn record(&self, path: &str, headers: &HeaderMap, body: &Bytes) {
+        self.requests
+            .lock()
+            .unwrap()
+            .push((path.to_owned(), headers.clone(), body.clone()));
+    }
+
+    fn on(&self, path: &str) -> Vec<(HeaderMap, Bytes)> {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.0 == path)
+            .map(|r| (r.1.clone(), r.2.clone()))
+            .collect()
+    }
+}
+
+fn check_signature(headers: &HeaderMap, body: &[u8]) -> Result<(), SignatureError> {
+    let h = |n: &str| headers.get(n).unwrap().to_str().unwrap().to_owned();
+    verify(
+        SECRET,
+        &h("webhook-id"),
+        h("webhook-timestamp").parse().unwrap(),
+        body,
+        &h("webhook-signature"),
+        Duration::from_secs(300),
+    )
+}
+
+async fn ok(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    r.record("/ok", &headers, &body);
+    match check_signature(&headers, &body) {
+        Ok(()) => StatusCode::NO_CONTENT,
+        Err(_) => StatusCode::UNAUTHORIZED,
+    }
+}
+
+async fn binary(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    r.record("/binary", &headers, &body);
+    match check_signature(&headers, &body) {
+        Ok(()) => StatusCode::NO_CONTENT,
+        Err(_) => StatusCode::UNAUTHORIZED,
+    }
+}
+
+async fn flaky(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    r.record("/flaky", &headers, &body);
+    let mut calls = r.flaky_calls.lock().unwrap();
+    *calls += 1;
+    if *calls == 1 {
+        StatusCode::INTERNAL_SERVER_ERROR
+    } else {
+        StatusCode::OK
+    }
+}
+
+async fn reject(
+    State(r): State<Receiver>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, &'static str) {
+    r.record("/reject", &headers, &body);
+    (StatusCode::BAD_REQUEST, "unknown customer 42")
+}
+
+async fn serve() -> (String, Receiver) {
+    let receiver = Receiver::default();
+    let app = Router::new()
+        .route("/ok", post(ok))
+        .route("/binary", post(binary))
+        .route("/flaky", post(flaky))
+        .route("/reject", post(reject))
+        .with_state(receiver.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}"), receiver)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_are_signed_retried_on_5xx_and_dead_on_4xx() {
+    let (base, receiver) = serve().await;
+    let t = TestDb::new(Backend::Sqlite).await.unwrap();
+    commit_numbered(&t.db, 1, 1).await;
+    let signed = WebhookPublisher::new(SECRET, "/orders-service");
+    let registry = Registry::new([])
+        .unwrap()
+        .with_route(
+            Route::new("hook-ok", signed.clone())
+                .destination(&format!("{base}/ok"))
+                .unwrap(),
+        )
+        .unwrap()
+        .with_route(
+            Route::new("hook-binary", signed.clone().mode(Mode::Binary))
+                .destination(&format!("{base}/binary"))
+                .unwrap(),
+        )
+        .unwrap()
+        .with_route(
+            Route::new("hook-flaky", signed.clone())
+                .destination(&format!("{base}/flaky"))
+                .unwrap(),
+        )
+        .unwrap()
+        .with_route(
+            Route::new("hook-reject", signed)
+                .destination(&format!("{base}/reject"))
+                .unwrap(),
+        )
+        .unwrap();
+    let relay = Relay::builder(t.db.clone())
+        .registry(registry)
+        .retry(
+            RetryPolicy::exponential(Duration::from_millis(5))
+                .jitter(false)
+                .max_attempts(5),
+        )
+        .build()
+        .unwrap();
+    let admin = Admin::new(t.db.clone());
+    wait_for("the message to settle", Duration::from_secs(20), || async {
+        relay.drain().await.unwrap();
+        (admin.counts().await.unwrap().pending == 0).then_some(())
+    })
+    .await;
+
+    // The signed, structured event arrived once and verifies; a tampered body does not.
+    let got = receiver.on("/ok");
+    assert_eq!(got.len(), 1);
+    let (headers, body) = &got[0];
+    assert_eq!(check_signature(headers, body), Ok(()));
+    let mut tampered = body.to_vec();
+    tampered[10] ^= 1;
+    assert_eq!(
+        check_signature(headers, &tampered),
+        Err(SignatureError::Mismatch)
+    );
+    let mut http_headers = http::HeaderMap::new();
+    for (k, v) in headers {
+        http_headers.insert(k.clone(), v.clone());
+    }
+    let event = cloudevents::binding::http::to_event(&http_headers, body.to_vec())
+        .expect("a valid structured CloudEvent");
+    assert_eq!(cloudevents::AttributesReader::ty(&event), "test.numbered");
+    assert_eq!(
+        cloudevents::AttributesReader::id(&event),
+        headers.get("webhook-id").unwrap().to_str().unwrap()
+    );
+
+    // The binary-mode one is valid too.
+    let (bh, bb) = &receiver.on("/binary")[0];
+    let mut http_headers = http::HeaderMap::new();
+    for (k, v) in bh {
+        http_headers.insert(k.clone(), v.clone());
+    }
+    let binary = cloudevents::binding::http::to_event(&http_headers, bb.to_vec())
+        .expect("a valid binary-mode CloudEvent");
+    assert_eq!(
+        cloudevents::AttributesReader::subject(&binary),
+        Some("agg-0")
+    );
+
+    // 500 then 200: retried and delivered. 400: dead at once, the response kept.
+    assert_eq!(receiver.on("/flaky").len(), 2);
+    assert_eq!(receiver.on("/reject").len(), 1, "a 4xx is not retried");
+    let dead = admin.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    let by_route: std::collections::HashMap<_, _> = dead[0]
+        .deliveries
+        .iter()
+        .map(|d| (d.handler.as_str(), d))
+        .collect();
+    let rejected = by_route["hook-reject"];
+    assert_eq!(rejected.status, DeliveryStatus::Dead);
+    assert_eq!(rejected.attempts, 1);
+    let error = rejected.last_error.as_deref().unwrap();
+    assert!(
+        error.contains("400") && error.contains("unknown customer 42"),
+        "{error}"
+    );
+    assert_eq!(by_route["hook-flaky"].status, DeliveryStatus::Delivered);
+    assert_eq!(by_route["hook-flaky"].attempts, 1);
+    assert_eq!(by_route["hook-ok"].status, DeliveryStatus::Delivered);
+    t.cleanup().await;
+}
