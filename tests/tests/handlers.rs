@@ -2,20 +2,17 @@
 //! causation and trace propagation from a saved event to its handler.
 
 use std::sync::Mutex;
-use std::time::Duration;
 
-use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry::trace::TraceContextExt;
 use outbox_seaorm::entity::message;
 use outbox_seaorm::{
     HandlerContext, HandlerContextExt, Headers, Registry, Relay, RetryPolicy, UnitOfWork,
     event_handler,
 };
 use outbox_tests::fixtures::{OrderCancelled, OrderConfirmed, OrderPlaced, order};
-use outbox_tests::{Backend, TestDb, backend_tests};
+use outbox_tests::{TestDb, backend_tests};
 use sea_orm::{EntityTrait, QueryOrder};
-use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::layer::SubscriberExt;
 use uuid::Uuid;
 
 /// What the registered handlers saw: (handler, order id, message id, trace id of their span).
@@ -167,61 +164,6 @@ async fn handlers_registered_with_the_attribute_are_dispatched_by_type(t: TestDb
         headers.correlation_id,
         Some(correlation),
         "same conversation"
-    );
-    t.cleanup().await;
-}
-
-/// The trace of the request that saved an event continues in the handler that receives it.
-#[tokio::test(flavor = "current_thread")]
-async fn delivery_span_continues_the_trace_of_the_saving_request() {
-    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
-    let subscriber = tracing_subscriber::registry()
-        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("outbox-tests")));
-    let _guard = tracing::subscriber::set_default(subscriber);
-
-    let t = TestDb::new(Backend::Sqlite).await.unwrap();
-    let mut o = order::Model::place("ada", 10);
-    let request = tracing::info_span!("http.request");
-    let request_trace = request
-        .context()
-        .span()
-        .span_context()
-        .trace_id()
-        .to_string();
-    assert_ne!(request_trace, "00000000000000000000000000000000");
-    async {
-        // Recorded and saved inside the request's span.
-        o.confirm();
-        let uow = UnitOfWork::begin(&t.db).await.unwrap();
-        uow.save(&mut o).await.unwrap();
-        uow.commit().await.unwrap();
-    }
-    .instrument(request)
-    .await;
-
-    let rows = message::Entity::find().all(&t.db).await.unwrap();
-    for r in &rows {
-        let headers: Headers = serde_json::from_value(r.headers.clone()).unwrap();
-        let tp = headers.traceparent.expect("traceparent stored");
-        assert_eq!(tp.split('-').nth(1), Some(request_trace.as_str()), "{tp}");
-    }
-
-    Relay::builder(t.db.clone())
-        .handler_timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-        .drain()
-        .await
-        .unwrap();
-    let seen = seen_for(o.id);
-    let handler_trace = seen
-        .iter()
-        .find(|s| s.0 == "on_order_placed")
-        .map(|s| s.3.clone())
-        .unwrap();
-    assert_eq!(
-        handler_trace, request_trace,
-        "the handler runs in the request's trace"
     );
     t.cleanup().await;
 }
