@@ -1,4 +1,4 @@
-//! Relays keep going through a PostgreSQL restart. In a binary of its own (cargo runs test
+//! Relays keep going through a PostgreSQL restart: nothing is lost, duplicates are counted. In a binary of its own (cargo runs test
 //! binaries one at a time, so no other test sees the server go down), and only when
 //! `OUTBOX_TEST_PG_RESTART` is set: it restarts the server it is pointed at.
 
@@ -33,8 +33,21 @@ async fn restart_postgres() {
     assert!(status.success(), "pg_ctlcluster restart failed");
 }
 
+async fn postmaster_start(db: &sea_orm::DatabaseConnection) -> String {
+    use sea_orm::ConnectionTrait;
+    db.query_one_raw(sea_orm::Statement::from_string(
+        sea_orm::DbBackend::Postgres,
+        "SELECT pg_postmaster_start_time()::text AS t",
+    ))
+    .await
+    .unwrap()
+    .unwrap()
+    .try_get("", "t")
+    .unwrap()
+}
+
 async fn body(t: TestDb) {
-    let total = commit_numbered(&t.db, 10, 30).await;
+    let total = commit_numbered(&t.db, 10, 100).await;
     let seen = Recorder::<String>::new();
     let mut relays = Vec::new();
     for i in 0..2 {
@@ -43,7 +56,7 @@ async fn body(t: TestDb) {
             let seen = seen.clone();
             async move {
                 seen.push(ctx.message_id().to_string());
-                tokio::time::sleep(Duration::from_millis(5)).await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
                 Ok::<_, std::io::Error>(())
             }
         });
@@ -62,8 +75,14 @@ async fn body(t: TestDb) {
         (seen.len() >= 20).then_some(())
     })
     .await;
-    restart_postgres().await;
     let admin = Admin::new(t.db.clone());
+    // The backlog must outlast the restart, or the test proves nothing.
+    assert!(
+        admin.counts().await.unwrap().pending > 500,
+        "most of the backlog is still pending when PostgreSQL goes down"
+    );
+    let started_before = postmaster_start(&t.db).await;
+    restart_postgres().await;
     wait_for(
         "the backlog to drain after the restart",
         Duration::from_secs(120),
@@ -75,6 +94,13 @@ async fn body(t: TestDb) {
         },
     )
     .await;
+    assert_ne!(
+        postmaster_start(&t.db).await,
+        started_before,
+        "PostgreSQL really restarted"
+    );
+    // Errors surface only for statements in flight on a killed connection: sqlx's pool waits
+    // out a short outage inside `acquire`. Either way nothing may be lost.
     let errors: u64 = relays.iter().map(|r| r.stats().errors).sum();
     for r in relays {
         r.shutdown().await;
@@ -87,9 +113,5 @@ async fn body(t: TestDb) {
         all.len() - distinct.len()
     );
     assert_eq!(distinct.len(), total, "nothing lost");
-    assert!(
-        errors > 0,
-        "the relays saw the outage and recovered from it"
-    );
     t.cleanup().await;
 }
