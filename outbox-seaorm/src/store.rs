@@ -414,6 +414,11 @@ impl Store {
     }
 
     /// Claims up to `limit` available messages for `relay` until `lease_until`, in sequence order.
+    ///
+    /// In per-aggregate order, the claim takes aggregate heads (see [`claim_filter`]), then,
+    /// when the batch has room, the messages that follow those heads: no other relay can claim
+    /// them while this one holds their head, so the relay runs each aggregate's run in order in
+    /// one batch instead of one message per aggregate per round trip.
     pub(crate) async fn claim(
         &self,
         db: &DatabaseConnection,
@@ -423,25 +428,160 @@ impl Store {
         limit: u32,
         ordering: Ordering,
     ) -> Result<Vec<Claimed>> {
-        let mut rows = match self.backend {
+        let plain = |p: &mut Params| {
+            (
+                format!("{} AS o", self.messages),
+                self.claim_filter(p, now, ordering),
+            )
+        };
+        let mut rows = match ordering {
+            Ordering::Unordered => {
+                self.claim_where(db, relay, lease_until, limit, plain)
+                    .await?
+            }
+            Ordering::PerAggregate(on_failure) => {
+                let heads = self
+                    .claim_where(db, relay, lease_until, limit, |p| {
+                        self.windowed_heads(p, now, limit.saturating_mul(10).max(100), on_failure)
+                    })
+                    .await?;
+                if heads.is_empty() {
+                    // The window may be full of blocked aggregates (retrying, or behind a dead
+                    // message): look at the whole backlog so no aggregate starves behind them.
+                    self.claim_where(db, relay, lease_until, limit, plain)
+                        .await?
+                } else {
+                    heads
+                }
+            }
+        };
+        if let Ordering::PerAggregate(_) = ordering
+            && !rows.is_empty()
+            && rows.len() < limit as usize
+        {
+            let mut heads: Vec<(String, String)> = rows
+                .iter()
+                .filter(|c| !c.delayed)
+                .map(|c| {
+                    (
+                        c.envelope.aggregate_type.clone(),
+                        c.envelope.aggregate_id.clone(),
+                    )
+                })
+                .collect();
+            heads.sort();
+            heads.dedup();
+            if !heads.is_empty() {
+                let room = limit - rows.len() as u32;
+                let followers = self
+                    .claim_where(db, relay, lease_until, room, |p| {
+                        self.followers_filter(p, now, &heads)
+                    })
+                    .await?;
+                rows.extend(followers);
+            }
+        }
+        // RETURNING gives no order guarantee.
+        rows.sort_by_key(|c| c.envelope.sequence);
+        Ok(rows)
+    }
+
+    /// The messages, not delayed, that follow heads this relay holds.
+    fn followers_filter(
+        &self,
+        p: &mut Params,
+        now: DateTime<Utc>,
+        heads: &[(String, String)],
+    ) -> (String, String) {
+        let now1 = p.bind(now);
+        let now2 = p.bind(now);
+        // Padded to a power of two like `Params::list`, so few distinct statements are prepared.
+        let n = heads.len().next_power_of_two();
+        let pairs: Vec<String> = (0..n)
+            .map(|i| {
+                let (t, id) = &heads[i.min(heads.len() - 1)];
+                format!("({}, {})", p.bind(t.clone()), p.bind(id.clone()))
+            })
+            .collect();
+        let filter = format!(
+            "o.status = 'pending' AND o.not_before IS NULL AND o.available_at <= {now1} \
+             AND (o.locked_until IS NULL OR o.locked_until < {now2}) \
+             AND (o.aggregate_type, o.aggregate_id) IN ({})",
+            pairs.join(", ")
+        );
+        (format!("{} AS o", self.messages), filter)
+    }
+
+    /// Aggregate heads among the first `window` pending rows in sequence order.
+    ///
+    /// The window is a prefix of the pending rows, so the first row of an aggregate in it is the
+    /// aggregate's head: the claim costs `O(window)`, not `O(backlog)`, which matters when a
+    /// large backlog belongs to few aggregates. Delayed rows each get a partition of their own
+    /// (they stand outside their aggregate's order); those not yet due stay out of the window.
+    fn windowed_heads(
+        &self,
+        p: &mut Params,
+        now: DateTime<Utc>,
+        window: u32,
+        on_failure: OnFailure,
+    ) -> (String, String) {
+        let due = p.bind(now);
+        let w = p.bind(window as i64);
+        let from = format!(
+            "{m} AS o JOIN (SELECT x.seq FROM (SELECT w.seq, ROW_NUMBER() OVER (\
+             PARTITION BY w.aggregate_type, w.aggregate_id, w.lane ORDER BY w.seq) AS rn \
+             FROM (SELECT seq, aggregate_type, aggregate_id, \
+             CASE WHEN not_before IS NULL THEN 0 ELSE seq END AS lane FROM {m} \
+             WHERE status = 'pending' AND (not_before IS NULL OR available_at <= {due}) \
+             ORDER BY seq LIMIT {w}) AS w) AS x WHERE x.rn = 1) AS h ON h.seq = o.seq",
+            m = self.messages
+        );
+        let now1 = p.bind(now);
+        let now2 = p.bind(now);
+        let mut filter = format!(
+            "o.status = 'pending' AND o.available_at <= {now1} \
+             AND (o.locked_until IS NULL OR o.locked_until < {now2})"
+        );
+        if on_failure == OnFailure::Block {
+            filter.push_str(&format!(
+                " AND (o.not_before IS NOT NULL OR NOT EXISTS (SELECT 1 FROM {m} d \
+                 WHERE d.aggregate_type = o.aggregate_type AND d.aggregate_id = o.aggregate_id \
+                 AND d.seq < o.seq AND d.status = 'dead' AND d.not_before IS NULL))",
+                m = self.messages
+            ));
+        }
+        (from, filter)
+    }
+
+    /// Claims up to `limit` rows of the `FROM` clause and filter `source` builds (the messages
+    /// table under the alias `o`).
+    async fn claim_where(
+        &self,
+        db: &DatabaseConnection,
+        relay: &str,
+        lease_until: DateTime<Utc>,
+        limit: u32,
+        source: impl FnOnce(&mut Params) -> (String, String),
+    ) -> Result<Vec<Claimed>> {
+        match self.backend {
             DbBackend::Postgres => {
                 let mut p = Params::new(self.backend);
                 let by = p.bind(relay.to_owned());
                 let until = p.bind(lease_until);
-                let filter = self.claim_filter(&mut p, now, ordering);
+                let (from, filter) = source(&mut p);
                 let lim = p.bind(limit as i64);
                 let sql = format!(
                     "UPDATE {m} AS o SET locked_by = {by}, locked_until = {until}, \
                      attempts = o.attempts + 1 \
-                     FROM (SELECT o.seq FROM {m} AS o WHERE {filter} ORDER BY o.seq LIMIT {lim} \
-                     FOR UPDATE SKIP LOCKED) AS c WHERE o.seq = c.seq \
+                     FROM (SELECT o.seq FROM {from} WHERE {filter} ORDER BY o.seq LIMIT {lim} \
+                     FOR UPDATE OF o SKIP LOCKED) AS c WHERE o.seq = c.seq \
                      RETURNING o.seq, o.id, o.aggregate_type, o.aggregate_id, o.event_type, \
                      o.event_version, o.payload::text AS payload, o.headers::text AS headers, \
                      o.occurred_at, o.not_before, o.attempts, o.last_error_kind",
                     m = self.messages
                 );
                 let rows = db.query_all_raw(p.statement(sql)).await?;
-                rows.iter().map(read_claimed).collect::<Result<Vec<_>>>()?
+                rows.iter().map(read_claimed).collect()
             }
             DbBackend::MySql => {
                 // READ COMMITTED: InnoDB takes no gap locks, so the locking read does not block
@@ -450,12 +590,11 @@ impl Store {
                     .begin_with_config(Some(IsolationLevel::ReadCommitted), None)
                     .await?;
                 let mut p = Params::new(self.backend);
-                let filter = self.claim_filter(&mut p, now, ordering);
+                let (from, filter) = source(&mut p);
                 let lim = p.bind(limit as i64);
                 let sql = format!(
-                    "SELECT {CLAIM_COLUMNS} FROM {m} AS o WHERE {filter} ORDER BY o.seq \
-                     LIMIT {lim} FOR UPDATE SKIP LOCKED",
-                    m = self.messages
+                    "SELECT {CLAIM_COLUMNS} FROM {from} WHERE {filter} ORDER BY o.seq \
+                     LIMIT {lim} FOR UPDATE SKIP LOCKED"
                 );
                 let rows = txn.query_all_raw(p.statement(sql)).await?;
                 let mut claimed = rows.iter().map(read_claimed).collect::<Result<Vec<_>>>()?;
@@ -476,7 +615,7 @@ impl Store {
                     }
                 }
                 txn.commit().await?;
-                claimed
+                Ok(claimed)
             }
             _ => {
                 // SQLite has one writer at a time: a single UPDATE .. RETURNING is atomic, so
@@ -484,23 +623,20 @@ impl Store {
                 let mut p = Params::new(self.backend);
                 let by = p.bind(relay.to_owned());
                 let until = p.bind(lease_until);
-                let filter = self.claim_filter(&mut p, now, ordering);
+                let (from, filter) = source(&mut p);
                 let lim = p.bind(limit as i64);
                 let sql = format!(
                     "UPDATE {m} SET locked_by = {by}, locked_until = {until}, \
-                     attempts = attempts + 1 WHERE seq IN (SELECT o.seq FROM {m} AS o \
+                     attempts = attempts + 1 WHERE seq IN (SELECT o.seq FROM {from} \
                      WHERE {filter} ORDER BY o.seq LIMIT {lim}) \
                      RETURNING seq, id, aggregate_type, aggregate_id, event_type, event_version, \
                      payload, headers, occurred_at, not_before, attempts, last_error_kind",
                     m = self.messages
                 );
                 let rows = db.query_all_raw(p.statement(sql)).await?;
-                rows.iter().map(read_claimed).collect::<Result<Vec<_>>>()?
+                rows.iter().map(read_claimed).collect()
             }
-        };
-        // RETURNING gives no order guarantee.
-        rows.sort_by_key(|c| c.envelope.sequence);
-        Ok(rows)
+        }
     }
 
     /// The stored per-handler states of these messages (only messages that failed before have

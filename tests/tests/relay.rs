@@ -26,6 +26,7 @@ backend_tests!(
     dead_delivery_can_be_requeued,
     per_aggregate_order_holds_across_transactions_and_retries,
     park_mode_lets_an_aggregate_go_on_after_a_dead_message,
+    a_blocked_backlog_larger_than_the_claim_window_does_not_starve_others,
     delayed_event_is_not_delivered_early,
     delete_mode_removes_delivered_rows,
     commit_wakes_a_relay_that_polls_rarely,
@@ -508,9 +509,9 @@ async fn park_mode_lets_an_aggregate_go_on_after_a_dead_message(t: TestDb) {
         .unwrap();
     let r = blocking.drain().await.unwrap();
     assert_eq!(
-        (r.claimed, r.dead),
-        (1, 1),
-        "only the head of an aggregate is claimed"
+        (r.dead, r.released),
+        (1, 2),
+        "the run behind the dead head is given back untouched"
     );
     assert!(received.is_empty());
     assert_eq!(blocking.drain().await.unwrap().claimed, 0, "still blocked");
@@ -662,5 +663,49 @@ async fn shutdown_timeout_gives_unfinished_messages_back(t: TestDb) {
         "released, not left claimed"
     );
     assert_eq!(r.attempts, 0, "an interrupted attempt is not counted");
+    t.cleanup().await;
+}
+
+async fn a_blocked_backlog_larger_than_the_claim_window_does_not_starve_others(t: TestDb) {
+    let received = Recorder::<(String, u32)>::new();
+    let handler = {
+        let received = received.clone();
+        HandlerEntry::new("blocking", move |e: Numbered, _ctx: HandlerContext| {
+            let received = received.clone();
+            async move {
+                if e.key == "stuck" && e.n == 1 {
+                    return Err(HandlerError::permanent(std::io::Error::other("poison")));
+                }
+                received.push((e.key, e.n));
+                Ok(())
+            }
+        })
+    };
+    // 150 messages of one aggregate whose head will be dead, then one of another aggregate:
+    // with batches of 2 the claim window (100 rows) holds only the blocked aggregate.
+    let mut stuck = outbox_tests::fixtures::Counter::new("stuck");
+    let uow = UnitOfWork::begin(&t.db).await.unwrap();
+    for _ in 0..150 {
+        stuck.bump();
+    }
+    uow.stage(&mut stuck).unwrap();
+    let mut healthy = outbox_tests::fixtures::Counter::new("healthy");
+    healthy.bump();
+    uow.stage(&mut healthy).unwrap();
+    uow.commit().await.unwrap();
+
+    let relay = outbox_seaorm::Relay::builder(t.db.clone())
+        .registry(Registry::new([handler]).unwrap())
+        .batch_size(2)
+        .build()
+        .unwrap();
+    relay.drain().await.unwrap();
+    assert_eq!(received.all(), [("healthy".to_owned(), 1)]);
+    let counts = Admin::new(t.db.clone()).counts().await.unwrap();
+    assert_eq!(
+        (counts.dead, counts.pending),
+        (1, 149),
+        "the rest of `stuck` waits"
+    );
     t.cleanup().await;
 }
