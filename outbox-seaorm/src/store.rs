@@ -399,6 +399,8 @@ impl Store {
                 OnFailure::Block => "'pending', 'dead'",
                 OnFailure::Park => "'pending'",
             };
+            // (`status <> 'delivered'` repeats the aggregate index's own condition: SQLite uses
+            // a partial index only when the query states its WHERE term literally.)
             // Only the head of an aggregate is claimable: while an earlier message is pending
             // (queued, claimed by another relay, or waiting for a retry) the later ones wait.
             // Claiming does not change `status`, so no relay can ever see a later message as
@@ -406,7 +408,8 @@ impl Store {
             filter.push_str(&format!(
                 " AND (o.not_before IS NOT NULL OR NOT EXISTS (SELECT 1 FROM {m} p \
                  WHERE p.aggregate_type = o.aggregate_type AND p.aggregate_id = o.aggregate_id \
-                 AND p.seq < o.seq AND p.status IN ({blocking}) AND p.not_before IS NULL))",
+                 AND p.seq < o.seq AND p.status IN ({blocking}) AND p.not_before IS NULL \
+                 AND p.status <> 'delivered'))",
                 m = self.messages
             ));
         }
@@ -442,7 +445,7 @@ impl Store {
             Ordering::PerAggregate(on_failure) => {
                 let heads = self
                     .claim_where(db, relay, lease_until, limit, |p| {
-                        self.windowed_heads(p, now, limit.saturating_mul(10).max(100), on_failure)
+                        self.windowed_heads(p, now, limit.saturating_mul(4).max(100), on_failure)
                     })
                     .await?;
                 if heads.is_empty() {
@@ -506,13 +509,14 @@ impl Store {
         let filter = format!(
             "o.status = 'pending' AND o.not_before IS NULL AND o.available_at <= {now1} \
              AND (o.locked_until IS NULL OR o.locked_until < {now2}) \
-             AND (o.aggregate_type, o.aggregate_id) IN ({})",
+             AND o.status <> 'delivered' AND (o.aggregate_type, o.aggregate_id) IN ({})",
             pairs.join(", ")
         );
         (format!("{} AS o", self.messages), filter)
     }
 
-    /// Aggregate heads among the first `window` pending rows in sequence order.
+    /// Aggregate heads among the first `window` pending rows in sequence order (4 batches: room
+    /// for a few relays to claim side by side before one falls back to the unbounded query).
     ///
     /// The window is a prefix of the pending rows, so the first row of an aggregate in it is the
     /// aggregate's head: the claim costs `O(window)`, not `O(backlog)`, which matters when a
@@ -546,7 +550,8 @@ impl Store {
             filter.push_str(&format!(
                 " AND (o.not_before IS NOT NULL OR NOT EXISTS (SELECT 1 FROM {m} d \
                  WHERE d.aggregate_type = o.aggregate_type AND d.aggregate_id = o.aggregate_id \
-                 AND d.seq < o.seq AND d.status = 'dead' AND d.not_before IS NULL))",
+                 AND d.seq < o.seq AND d.status = 'dead' AND d.not_before IS NULL \
+                 AND d.status <> 'delivered'))",
                 m = self.messages
             ));
         }

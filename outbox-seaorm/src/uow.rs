@@ -231,13 +231,16 @@ impl UnitOfWork {
     ) -> Result<Uuid> {
         let mut events = Events::new();
         let id = events.record_with(event, options);
-        let staged = to_rows(
+        let events = events.take();
+        let aggregate_id = aggregate_id.to_string();
+        validate(aggregate_type, &aggregate_id, &events)?;
+        let staged = into_rows(
             aggregate_type,
-            &aggregate_id.to_string(),
-            events.take(),
+            &aggregate_id,
+            events,
             self.correlation_id,
             self.causation_id,
-        )?;
+        );
         self.lock_staged().extend(staged);
         Ok(id)
     }
@@ -282,22 +285,20 @@ impl UnitOfWork {
         if events.is_empty() {
             return Ok(());
         }
-        match to_rows(
+        let aggregate_id = aggregate.aggregate_id();
+        if let Err(e) = validate(A::AGGREGATE_TYPE, &aggregate_id, &events) {
+            aggregate.events_mut().restore(events);
+            return Err(e);
+        }
+        let rows = into_rows(
             A::AGGREGATE_TYPE,
-            &aggregate.aggregate_id(),
-            events.clone(),
+            &aggregate_id,
+            events,
             self.correlation_id,
             self.causation_id,
-        ) {
-            Ok(rows) => {
-                self.lock_staged().extend(rows);
-                Ok(())
-            }
-            Err(e) => {
-                aggregate.events_mut().restore(events);
-                Err(e)
-            }
-        }
+        );
+        self.lock_staged().extend(rows);
+        Ok(())
     }
 
     fn lock_staged(&self) -> std::sync::MutexGuard<'_, Vec<NewMessage>> {
@@ -376,19 +377,21 @@ async fn stage_aggregate_with<A: Aggregate>(
         return Ok(());
     }
     let (correlation_id, causation_id) = ambient_ids();
-    let rows = match to_rows(
+    let aggregate_id = aggregate.aggregate_id();
+    if let Err(e) = validate(A::AGGREGATE_TYPE, &aggregate_id, &events) {
+        aggregate.events_mut().restore(events);
+        return Err(e);
+    }
+    // Kept only on this path: the rows go to the database now, and a failed insert must give
+    // the aggregate its events back.
+    let backup = events.clone();
+    let rows = into_rows(
         A::AGGREGATE_TYPE,
-        &aggregate.aggregate_id(),
-        events.clone(),
+        &aggregate_id,
+        events,
         correlation_id,
         causation_id,
-    ) {
-        Ok(rows) => rows,
-        Err(e) => {
-            aggregate.events_mut().restore(events);
-            return Err(e);
-        }
-    };
+    );
     let store = Store::new(txn.get_database_backend(), config);
     if let Err(e) = async {
         store.insert(txn, &rows).await?;
@@ -396,7 +399,7 @@ async fn stage_aggregate_with<A: Aggregate>(
     }
     .await
     {
-        aggregate.events_mut().restore(events);
+        aggregate.events_mut().restore(backup);
         return Err(e);
     }
     Ok(())
@@ -445,30 +448,44 @@ where
     Ok(())
 }
 
-fn to_rows(
+/// Checks what would make a row invalid, before anything is consumed: names that do not fit
+/// their columns, payloads that failed to serialize.
+fn validate(aggregate_type: &str, aggregate_id: &str, events: &[PendingEvent]) -> Result<()> {
+    outbox_core_check_name("aggregate type", aggregate_type)?;
+    outbox_core_check_name("aggregate id", aggregate_id)?;
+    if let Some((event_type, failure)) = events
+        .iter()
+        .find_map(|e| e.payload.as_ref().err().map(|f| (e.event_type, f)))
+    {
+        return Err(outbox_core::Error::Serialize {
+            event_type: event_type.to_owned(),
+            source: failure.0.clone(),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// The rows of validated events.
+fn into_rows(
     aggregate_type: &str,
     aggregate_id: &str,
     events: Vec<PendingEvent>,
     correlation_id: Uuid,
     causation_id: Option<Uuid>,
-) -> Result<Vec<NewMessage>> {
-    outbox_core_check_name("aggregate type", aggregate_type)?;
-    outbox_core_check_name("aggregate id", aggregate_id)?;
+) -> Vec<NewMessage> {
     let fallback_trace = outbox_core::trace::current_traceparent();
     events
         .into_iter()
-        .map(|e| {
-            let payload = e.payload.map_err(|f| outbox_core::Error::Serialize {
-                event_type: e.event_type.to_owned(),
-                source: f.0,
-            })?;
+        .filter_map(|e| {
+            let payload = e.payload.ok()?;
             let headers = Headers {
                 correlation_id: Some(correlation_id),
                 causation_id,
                 traceparent: e.traceparent.or_else(|| fallback_trace.clone()),
                 extra: e.headers,
             };
-            Ok(NewMessage {
+            Some(NewMessage {
                 id: e.message_id,
                 aggregate_type: aggregate_type.to_owned(),
                 aggregate_id: aggregate_id.to_owned(),

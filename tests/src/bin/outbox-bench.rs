@@ -107,6 +107,8 @@ async fn server_version(db: &DatabaseConnection) -> String {
 enum Write {
     /// Unit of work: upsert the order, one outbox row, commit.
     UnitOfWork,
+    /// The same with `pg_notify` on (PostgreSQL only): the commit also sends a NOTIFY.
+    UnitOfWorkNotify,
     /// Plain SeaORM: insert the order in a transaction, no outbox.
     SeaOrm,
     /// Raw SQL through sqlx: order insert + outbox insert, prepared, one round trip each.
@@ -115,8 +117,9 @@ enum Write {
     RawOrderOnly,
 }
 
-const WRITES: [Write; 4] = [
+const WRITES: [Write; 5] = [
     Write::UnitOfWork,
+    Write::UnitOfWorkNotify,
     Write::SeaOrm,
     Write::RawTwoRows,
     Write::RawOrderOnly,
@@ -124,9 +127,10 @@ const WRITES: [Write; 4] = [
 
 async fn one_write(db: &DatabaseConnection, w: Write) -> anyhow::Result<()> {
     match w {
-        Write::UnitOfWork => {
+        Write::UnitOfWork | Write::UnitOfWorkNotify => {
+            let config = OutboxConfig::new().pg_notify(w == Write::UnitOfWorkNotify);
             let mut o = order::Model::place("bench", 100);
-            let uow = UnitOfWork::begin(db).await?;
+            let uow = UnitOfWork::begin_with(db, &config).await?;
             uow.save(&mut o).await?;
             uow.commit().await?;
         }
@@ -281,30 +285,47 @@ async fn write_suite(backend: Backend) -> anyhow::Result<()> {
         "\n## write overhead, {backend:?} ({}), {rounds} alternating rounds of {secs} s per cell",
         server_version(&t.db).await
     );
+    let writes: Vec<Write> = WRITES
+        .into_iter()
+        .filter(|w| *w != Write::UnitOfWorkNotify || backend == Backend::Postgres)
+        .collect();
     println!(
-        "| writers | unit of work tps | plain SeaORM tps | raw 2 rows tps | raw order only tps | UoW cost vs raw 2 rows | outbox row cost (raw 2 rows vs 1) |"
+        "| writers | unit of work tps | UoW + NOTIFY tps | plain SeaORM tps | raw 2 rows tps | raw order only tps | UoW cost vs raw 2 rows | NOTIFY cost | outbox row cost (raw 2 rows vs 1) |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     // Warm up connections and statement caches.
-    for w in WRITES {
+    for &w in &writes {
         write_round(&t.db, w, 2, Duration::from_millis(300)).await;
     }
     for writers in [1, 2, 4, 8] {
         let mut done: HashMap<Write, u64> = HashMap::new();
         for _ in 0..rounds {
-            for w in WRITES {
+            for &w in &writes {
                 *done.entry(w).or_default() +=
                     write_round(&t.db, w, writers, Duration::from_secs_f64(secs)).await;
             }
         }
-        let tps = |w: Write| done[&w] as f64 / (secs * rounds as f64);
+        let tps = |w: Write| done.get(&w).copied().unwrap_or(0) as f64 / (secs * rounds as f64);
+        let notify = if backend == Backend::Postgres {
+            (
+                format!("{:.0}", tps(Write::UnitOfWorkNotify)),
+                format!(
+                    "{:.3}×",
+                    tps(Write::UnitOfWork) / tps(Write::UnitOfWorkNotify)
+                ),
+            )
+        } else {
+            ("-".into(), "-".into())
+        };
         println!(
-            "| {writers} | {:.0} | {:.0} | {:.0} | {:.0} | {:.3}× | {:.2}× |",
+            "| {writers} | {:.0} | {} | {:.0} | {:.0} | {:.0} | {:.3}× | {} | {:.2}× |",
             tps(Write::UnitOfWork),
+            notify.0,
             tps(Write::SeaOrm),
             tps(Write::RawTwoRows),
             tps(Write::RawOrderOnly),
             tps(Write::RawTwoRows) / tps(Write::UnitOfWork),
+            notify.1,
             tps(Write::RawOrderOnly) / tps(Write::RawTwoRows),
         );
     }
