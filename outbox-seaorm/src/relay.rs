@@ -380,6 +380,7 @@ impl std::ops::AddAssign for BatchReport {
 /// Counters of a relay since it started.
 #[derive(Debug, Default)]
 struct Stats {
+    polls: AtomicU64,
     batches: AtomicU64,
     claimed: AtomicU64,
     delivered: AtomicU64,
@@ -393,6 +394,8 @@ struct Stats {
 /// A snapshot of a relay's counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RelayStats {
+    /// Claims attempted, empty ones included.
+    pub polls: u64,
     /// Batches that claimed at least one message.
     pub batches: u64,
     /// Messages claimed.
@@ -428,6 +431,7 @@ impl Stats {
     fn snapshot(&self) -> RelayStats {
         let get = |c: &AtomicU64| c.load(AtomicOrdering::Relaxed);
         RelayStats {
+            polls: get(&self.polls),
             batches: get(&self.batches),
             claimed: get(&self.claimed),
             delivered: get(&self.delivered),
@@ -680,6 +684,7 @@ impl Inner {
     }
 
     async fn run_batch(&self, cancel: &CancellationToken) -> Result<BatchReport> {
+        self.stats.polls.fetch_add(1, AtomicOrdering::Relaxed);
         let now = Utc::now();
         let claimed = self
             .store

@@ -23,8 +23,13 @@ async fn body(t: TestDb) {
         .poll_interval(Duration::from_secs(3600))
         .spawn()
         .unwrap();
-    // Let the first poll and the LISTEN happen.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Let the first poll pass; LISTEN is issued alongside it and has no signal of its own, so
+    // leave it a moment more.
+    wait_for("first poll", Duration::from_secs(10), || async {
+        (handle.stats().polls >= 1).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
     // A plain transaction wakes no relay in this process: only the NOTIFY can.
     let mut o = order::Model::place("ada", 1);
     let txn = t.db.begin().await.unwrap();
