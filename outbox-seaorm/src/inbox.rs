@@ -157,6 +157,48 @@ impl ExactlyOnce for HandlerContext {
     }
 }
 
+/// What a broker consumer tells the broker about one delivery.
+#[cfg(any(feature = "nats", feature = "amqp"))]
+enum Verdict {
+    /// Processed now or before: acknowledge.
+    Ack,
+    /// The handler failed: redeliver later.
+    Retry,
+    /// Not a CloudEvent: it will never be processed.
+    Reject,
+}
+
+/// Runs one parsed delivery through the inbox and says what to tell the broker.
+#[cfg(any(feature = "nats", feature = "amqp"))]
+async fn judge<F>(
+    inbox: &Inbox,
+    consumer: &str,
+    parsed: outbox_core::Result<outbox_core::Envelope>,
+    handler: &F,
+) -> Verdict
+where
+    F: for<'c> Fn(outbox_core::Envelope, &'c UnitOfWork) -> BoxFuture<'c, Result<(), HandlerError>>,
+{
+    let envelope = match parsed {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!(consumer, error = %e.report(), "not a CloudEvent; rejecting it");
+            return Verdict::Reject;
+        }
+    };
+    let message_id = envelope.message_id;
+    match inbox
+        .process(consumer, message_id, |uow| handler(envelope, uow))
+        .await
+    {
+        Ok(_) => Verdict::Ack,
+        Err(e) => {
+            tracing::warn!(consumer, %message_id, error = %e, "consumer failed; redelivery requested");
+            Verdict::Retry
+        }
+    }
+}
+
 /// Consumes a JetStream pull consumer's messages (CloudEvents, structured or binary) through
 /// the inbox: each message runs `handler` once per `consumer` name, is acked after its
 /// transaction commits (or when it is a duplicate), nak'ed with a delay when `handler` fails,
@@ -206,25 +248,13 @@ where
                 &msg.payload,
             )
         };
-        let envelope = match parsed {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::error!(consumer, error = %e.report(), "not a CloudEvent; terminating it");
-                let _ = msg.ack_with(AckKind::Term).await;
-                continue;
-            }
-        };
-        let message_id = envelope.message_id;
-        let outcome = inbox
-            .process(consumer, message_id, |uow| handler(envelope, uow))
-            .await;
-        let ack = match outcome {
-            Ok(_) => msg.ack().await,
-            Err(e) => {
-                tracing::warn!(consumer, %message_id, error = %e, "consumer failed; redelivery requested");
+        let ack = match judge(inbox, consumer, parsed, &handler).await {
+            Verdict::Ack => msg.ack().await,
+            Verdict::Retry => {
                 msg.ack_with(AckKind::Nak(Some(std::time::Duration::from_secs(1))))
                     .await
             }
+            Verdict::Reject => msg.ack_with(AckKind::Term).await,
         };
         if let Err(e) = ack {
             tracing::warn!(consumer, error = %e, "could not ack a JetStream message");
@@ -277,22 +307,9 @@ where
                 &delivery.data,
             )
         };
-        let envelope = match parsed {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::error!(consumer, error = %e.report(), "not a CloudEvent; rejecting it");
-                let _ = delivery.reject(BasicRejectOptions { requeue: false }).await;
-                continue;
-            }
-        };
-        let message_id = envelope.message_id;
-        let outcome = inbox
-            .process(consumer, message_id, |uow| handler(envelope, uow))
-            .await;
-        let ack = match outcome {
-            Ok(_) => delivery.ack(BasicAckOptions::default()).await,
-            Err(e) => {
-                tracing::warn!(consumer, %message_id, error = %e, "consumer failed; requeued");
+        let ack = match judge(inbox, consumer, parsed, &handler).await {
+            Verdict::Ack => delivery.ack(BasicAckOptions::default()).await,
+            Verdict::Retry => {
                 delivery
                     .nack(BasicNackOptions {
                         requeue: true,
@@ -300,6 +317,7 @@ where
                     })
                     .await
             }
+            Verdict::Reject => delivery.reject(BasicRejectOptions { requeue: false }).await,
         };
         if let Err(e) = ack {
             tracing::warn!(consumer, error = %e, "could not ack a RabbitMQ delivery");

@@ -162,21 +162,8 @@ impl UnitOfWork {
             + Sync,
         E::ActiveModel: ActiveModelTrait<Entity = E> + ActiveModelBehavior + Send,
     {
-        let span = save_span::<M>(model, "insert");
-        async {
-            let events = model.events_mut().take();
-            let am = model.clone().into_active_model().reset_all();
-            match am.insert(&self.txn).await {
-                Ok(saved) => *model = saved,
-                Err(e) => {
-                    model.events_mut().restore(events);
-                    return Err(e.into());
-                }
-            }
-            self.stage_events(model, events)
-        }
-        .instrument(span)
-        .await
+        self.write_through(model, "insert", |am| am.insert(&self.txn))
+            .await
     }
 
     /// Updates every column of the model's row through SeaORM's `ActiveModel::update` (hooks
@@ -192,11 +179,29 @@ impl UnitOfWork {
             + Sync,
         E::ActiveModel: ActiveModelTrait<Entity = E> + ActiveModelBehavior + Send,
     {
-        let span = save_span::<M>(model, "update");
+        self.write_through(model, "update", |am| am.update(&self.txn))
+            .await
+    }
+
+    /// Writes the model with `write` (every column set), reads the stored model back into
+    /// `model` and stages its events; on error the events are put back.
+    async fn write_through<E, M, F, Fut>(
+        &self,
+        model: &mut M,
+        op: &'static str,
+        write: F,
+    ) -> Result<()>
+    where
+        E: EntityTrait<Model = M>,
+        M: ModelTrait<Entity = E> + Aggregate + IntoActiveModel<E::ActiveModel> + Clone,
+        E::ActiveModel: ActiveModelTrait<Entity = E>,
+        F: FnOnce(E::ActiveModel) -> Fut,
+        Fut: std::future::Future<Output = Result<M, DbErr>>,
+    {
+        let span = save_span::<M>(model, op);
         async {
             let events = model.events_mut().take();
-            let am = model.clone().into_active_model().reset_all();
-            match am.update(&self.txn).await {
+            match write(model.clone().into_active_model().reset_all()).await {
                 Ok(saved) => *model = saved,
                 Err(e) => {
                     model.events_mut().restore(events);
