@@ -42,7 +42,8 @@ fn spawn_worker(db_url: &str, name: &str, broker: &[&str]) -> Child {
         .expect("spawn relay-worker")
 }
 
-/// Runs workers publishing through `broker`, kills one every 250 ms while the backlog drains,
+/// Runs workers publishing through `broker`, kills one after every 20 deliveries while the
+/// backlog drains,
 /// and waits until everything is delivered. Returns how many were killed mid-backlog.
 async fn drain_with_kills(t: &TestDb, broker: &[&str], total: usize) -> usize {
     let admin = Admin::new(t.db.clone());
@@ -51,8 +52,15 @@ async fn drain_with_kills(t: &TestDb, broker: &[&str], total: usize) -> usize {
         .collect();
     let mut kills = 0;
     for round in 0..6 {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        if admin.counts().await.unwrap().pending == 0 {
+        // Kill after every 20 deliveries, while work remains: progress, not a fixed pause, so
+        // a faster relay cannot finish before the first kill.
+        let before = admin.counts().await.unwrap().delivered;
+        let more = wait_for("progress", Duration::from_secs(30), || async {
+            let c = admin.counts().await.unwrap();
+            (c.pending == 0 || c.delivered >= before + 20).then_some(c.pending > 0)
+        })
+        .await;
+        if !more {
             break;
         }
         let victim = round % workers.len();

@@ -31,9 +31,14 @@ async fn killed_relay_processes_lose_nothing_and_keep_aggregate_order(t: TestDb)
         .collect();
     let mut kills_mid_backlog = 0;
     for round in 0..8 {
-        // Pacing of the fault injection, not a wait for a condition.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        if admin.counts().await.unwrap().pending == 0 {
+        // Kill after every 30 deliveries while work remains (progress, not a fixed pause).
+        let before = admin.counts().await.unwrap().delivered;
+        let more = wait_for("progress", Duration::from_secs(30), || async {
+            let c = admin.counts().await.unwrap();
+            (c.pending == 0 || c.delivered >= before + 30).then_some(c.pending > 0)
+        })
+        .await;
+        if !more {
             break;
         }
         let victim = round % workers.len();

@@ -82,6 +82,12 @@ async fn flaky(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> St
     }
 }
 
+async fn slow(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    r.record("/slow", &headers, &body);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    StatusCode::OK
+}
+
 async fn reject(
     State(r): State<Receiver>,
     headers: HeaderMap,
@@ -98,6 +104,7 @@ async fn serve() -> (String, Receiver) {
         .route("/binary", post(binary))
         .route("/flaky", post(flaky))
         .route("/reject", post(reject))
+        .route("/slow", post(slow))
         .with_state(receiver.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -129,6 +136,23 @@ async fn webhooks_are_signed_retried_on_5xx_and_dead_on_4xx() {
             Route::new("hook-flaky", signed.clone())
                 .destination(&format!("{base}/flaky"))
                 .unwrap(),
+        )
+        .unwrap()
+        .with_route(
+            // A receiver slower than the client's timeout: each attempt times out and is retried.
+            Route::new(
+                "hook-slow",
+                WebhookPublisher::with_client(
+                    reqwest::Client::builder()
+                        .timeout(Duration::from_millis(200))
+                        .build()
+                        .unwrap(),
+                    SECRET,
+                    "/orders-service",
+                ),
+            )
+            .destination(&format!("{base}/slow"))
+            .unwrap(),
         )
         .unwrap()
         .with_route(
@@ -210,5 +234,9 @@ async fn webhooks_are_signed_retried_on_5xx_and_dead_on_4xx() {
     assert_eq!(by_route["hook-flaky"].status, DeliveryStatus::Delivered);
     assert_eq!(by_route["hook-flaky"].attempts, 1);
     assert_eq!(by_route["hook-ok"].status, DeliveryStatus::Delivered);
+    // Timeouts are retried until the policy gives up.
+    assert_eq!(receiver.on("/slow").len(), 5);
+    assert_eq!(by_route["hook-slow"].status, DeliveryStatus::Dead);
+    assert_eq!(by_route["hook-slow"].attempts, 5);
     t.cleanup().await;
 }
