@@ -338,7 +338,13 @@ impl HandlerError {
     /// Turns it into the relay's [`Error`], naming the handler.
     pub fn into_error(self, handler: &str) -> Error {
         match self.source.downcast::<Error>() {
-            Ok(e) => *e,
+            // Keep the core error's own kind when the flag agrees with it.
+            Ok(e) if e.is_retryable() != self.permanent => *e,
+            Ok(e) => Error::HandlerFailed {
+                handler: handler.to_owned(),
+                permanent: self.permanent,
+                source: e,
+            },
             Err(source) => Error::HandlerFailed {
                 handler: handler.to_owned(),
                 permanent: self.permanent,

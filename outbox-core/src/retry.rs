@@ -49,7 +49,7 @@ impl RetryPolicy {
     /// The default policy with another first delay.
     pub fn exponential(base_delay: Duration) -> Self {
         Self {
-            base_delay,
+            base_delay: base_delay.min(Duration::from_secs(30 * 86_400)),
             ..Self::default()
         }
     }
@@ -60,9 +60,9 @@ impl RetryPolicy {
         self
     }
 
-    /// The longest delay between two attempts.
+    /// The longest delay between two attempts (at most 30 days).
     pub fn max_delay(mut self, d: Duration) -> Self {
-        self.max_delay = d;
+        self.max_delay = d.min(Duration::from_secs(30 * 86_400));
         self
     }
 

@@ -197,6 +197,8 @@ impl RelayBuilder {
     }
 
     /// The name written to `locked_by` (default: `relay-<pid>-<random>`, unique per relay).
+    /// It fences every write of the relay, so it must be unique among running relays: do not
+    /// give replicas the same id.
     pub fn id(mut self, id: impl Into<String>) -> Self {
         self.id = Some(id.into());
         self
@@ -287,8 +289,30 @@ impl RelayBuilder {
         if self.concurrency == 0 {
             return Err(Error::InvalidSetting("concurrency must be at least 1"));
         }
-        if self.lease.is_zero() {
-            return Err(Error::InvalidSetting("lease must be longer than zero"));
+        if self.batch_size > 10_000 {
+            // Statements bind one parameter per row (padded to a power of two): more would
+            // pass SQLite's and PostgreSQL's parameter limits.
+            return Err(Error::InvalidSetting("batch_size must be at most 10000"));
+        }
+        if self.lease < Duration::from_millis(100) || self.lease > Duration::from_secs(86_400) {
+            return Err(Error::InvalidSetting(
+                "lease must be between 100 ms and 24 h",
+            ));
+        }
+        if self.handler_timeout > Duration::from_secs(86_400)
+            || self.poll_interval > Duration::from_secs(86_400)
+            || self.shutdown_timeout > Duration::from_secs(86_400)
+        {
+            return Err(Error::InvalidSetting(
+                "handler_timeout, poll_interval and shutdown_timeout must be at most 24 h",
+            ));
+        }
+        if let Some(id) = &self.id
+            && (id.is_empty() || id.len() > 128)
+        {
+            // It is written to `locked_by VARCHAR(128)`; a truncated id would fence out every
+            // write of its own relay.
+            return Err(Error::InvalidSetting("relay id must be 1 to 128 bytes"));
         }
         let registry = match self.registry {
             Some(r) => r,
@@ -896,6 +920,9 @@ impl Inner {
             })
             .collect();
         let results: Vec<_> = calls.collect().await;
+        // Back-off counts from when the handlers finished, not from when they started: a
+        // handler that timed out after 30 s must not be due again at once.
+        let now = Utc::now();
 
         if prior.is_empty() && results.iter().all(|(_, _, r)| r.is_ok()) {
             return Fate::Delivered;
@@ -1015,6 +1042,12 @@ impl Inner {
             report.delivered += n;
             report.lease_lost += done.len().saturating_sub(n);
         }
+        // Released rows go back before any outcome is written: an outcome ends the lease of an
+        // aggregate's earlier message, and until then its later ones must stay covered.
+        if !released.is_empty() {
+            self.store.release(&self.db, &self.id, &released).await?;
+            report.released += released.len();
+        }
         for (seq, id, outcome) in outcomes {
             if self
                 .store
@@ -1029,10 +1062,6 @@ impl Inner {
             } else {
                 report.lease_lost += 1;
             }
-        }
-        if !released.is_empty() {
-            self.store.release(&self.db, &self.id, &released).await?;
-            report.released += released.len();
         }
         if report.lease_lost > 0 {
             tracing::warn!(

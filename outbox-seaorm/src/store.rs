@@ -439,26 +439,26 @@ impl Store {
         };
         let mut rows = match ordering {
             Ordering::Unordered => {
-                self.claim_where(db, relay, lease_until, limit, plain)
+                self.claim_where(db, relay, lease_until, limit, true, plain)
                     .await?
             }
             Ordering::PerAggregate(on_failure) => {
                 let heads = self
-                    .claim_where(db, relay, lease_until, limit, |p| {
+                    .claim_where(db, relay, lease_until, limit, true, |p| {
                         self.windowed_heads(p, now, limit.saturating_mul(4).max(100), on_failure)
                     })
                     .await?;
                 if heads.is_empty() {
                     // The window may be full of blocked aggregates (retrying, or behind a dead
                     // message): look at the whole backlog so no aggregate starves behind them.
-                    self.claim_where(db, relay, lease_until, limit, plain)
+                    self.claim_where(db, relay, lease_until, limit, true, plain)
                         .await?
                 } else {
                     heads
                 }
             }
         };
-        if let Ordering::PerAggregate(_) = ordering
+        if let Ordering::PerAggregate(on_failure) = ordering
             && !rows.is_empty()
             && rows.len() < limit as usize
         {
@@ -477,8 +477,8 @@ impl Store {
             if !heads.is_empty() {
                 let room = limit - rows.len() as u32;
                 let followers = self
-                    .claim_where(db, relay, lease_until, room, |p| {
-                        self.followers_filter(p, now, &heads)
+                    .claim_where(db, relay, lease_until, room, false, |p| {
+                        self.followers_filter(p, now, relay, on_failure, &heads)
                     })
                     .await?;
                 rows.extend(followers);
@@ -494,6 +494,8 @@ impl Store {
         &self,
         p: &mut Params,
         now: DateTime<Utc>,
+        relay: &str,
+        on_failure: OnFailure,
         heads: &[(String, String)],
     ) -> (String, String) {
         let now1 = p.bind(now);
@@ -506,11 +508,31 @@ impl Store {
                 format!("({}, {})", p.bind(t.clone()), p.bind(id.clone()))
             })
             .collect();
+        // A follower is claimable only if nothing earlier in its aggregate stands in the way:
+        // a row leased by another relay, a row not due yet (waiting for a retry), or, in block
+        // mode, a dead row. The rows this relay holds, and the due unleased ones this same
+        // statement takes, are its run; any gap stops it.
+        // Bound in the order the text below uses them (`?` placeholders are positional).
+        let now3 = p.bind(now);
+        let me = p.bind(relay.to_owned());
+        let now4 = p.bind(now);
+        let now5 = p.bind(now);
+        let dead = match on_failure {
+            OnFailure::Block => "g.status = 'dead' OR ",
+            OnFailure::Park => "",
+        };
         let filter = format!(
             "o.status = 'pending' AND o.not_before IS NULL AND o.available_at <= {now1} \
              AND (o.locked_until IS NULL OR o.locked_until < {now2}) \
-             AND o.status <> 'delivered' AND (o.aggregate_type, o.aggregate_id) IN ({})",
-            pairs.join(", ")
+             AND o.status <> 'delivered' AND (o.aggregate_type, o.aggregate_id) IN ({}) \
+             AND NOT EXISTS (SELECT 1 FROM {m} g WHERE g.aggregate_type = o.aggregate_type \
+             AND g.aggregate_id = o.aggregate_id AND g.seq < o.seq AND g.not_before IS NULL \
+             AND g.status <> 'delivered' AND ({dead}(g.status = 'pending' AND (\
+             (g.locked_until IS NOT NULL AND g.locked_until >= {now3} \
+             AND COALESCE(g.locked_by, '') <> {me}) \
+             OR (g.available_at > {now4} AND (g.locked_until IS NULL OR g.locked_until < {now5}))))))",
+            pairs.join(", "),
+            m = self.messages
         );
         (format!("{} AS o", self.messages), filter)
     }
@@ -560,14 +582,21 @@ impl Store {
 
     /// Claims up to `limit` rows of the `FROM` clause and filter `source` builds (the messages
     /// table under the alias `o`).
+    ///
+    /// `skip_locked` is off for followers: a row of a held aggregate can be row-locked for an
+    /// instant by another relay's scan (InnoDB locks rows as a locking read scans them), and
+    /// skipping it would claim the rows after it past a gap. Waiting is safe: only this relay
+    /// holds the aggregate's head, and the scans holding such locks never wait themselves.
     async fn claim_where(
         &self,
         db: &DatabaseConnection,
         relay: &str,
         lease_until: DateTime<Utc>,
         limit: u32,
+        skip_locked: bool,
         source: impl FnOnce(&mut Params) -> (String, String),
     ) -> Result<Vec<Claimed>> {
+        let skip = if skip_locked { " SKIP LOCKED" } else { "" };
         match self.backend {
             DbBackend::Postgres => {
                 let mut p = Params::new(self.backend);
@@ -579,7 +608,7 @@ impl Store {
                     "UPDATE {m} AS o SET locked_by = {by}, locked_until = {until}, \
                      attempts = o.attempts + 1 \
                      FROM (SELECT o.seq FROM {from} WHERE {filter} ORDER BY o.seq LIMIT {lim} \
-                     FOR UPDATE OF o SKIP LOCKED) AS c WHERE o.seq = c.seq \
+                     FOR UPDATE OF o{skip}) AS c WHERE o.seq = c.seq \
                      RETURNING o.seq, o.id, o.aggregate_type, o.aggregate_id, o.event_type, \
                      o.event_version, o.payload::text AS payload, o.headers::text AS headers, \
                      o.occurred_at, o.not_before, o.attempts, o.last_error_kind",
@@ -599,7 +628,7 @@ impl Store {
                 let lim = p.bind(limit as i64);
                 let sql = format!(
                     "SELECT {CLAIM_COLUMNS} FROM {from} WHERE {filter} ORDER BY o.seq \
-                     LIMIT {lim} FOR UPDATE SKIP LOCKED"
+                     LIMIT {lim} FOR UPDATE{skip}"
                 );
                 let rows = txn.query_all_raw(p.statement(sql)).await?;
                 let mut claimed = rows.iter().map(read_claimed).collect::<Result<Vec<_>>>()?;
@@ -666,12 +695,12 @@ impl Store {
             let handler: String = row.try_get("", "handler")?;
             let status: String = row.try_get("", "status")?;
             let attempts: i32 = row.try_get("", "attempts")?;
-            let Some(status) = DeliveryStatus::parse(&status) else {
-                // A status written by a newer version: leave the handler alone rather than
-                // run it again.
+            let status = DeliveryStatus::parse(&status).unwrap_or_else(|| {
+                // A status written by a newer version: leave the handler alone (as if it had
+                // succeeded) rather than run it again.
                 tracing::warn!(message_id = %id, handler, status, "unknown delivery status");
-                continue;
-            };
+                DeliveryStatus::Delivered
+            });
             out.entry(id).or_default().insert(
                 handler,
                 DeliveryState {
@@ -687,7 +716,7 @@ impl Store {
     /// many it still held.
     pub(crate) async fn complete(
         &self,
-        db: &impl ConnectionTrait,
+        db: &DatabaseConnection,
         relay: &str,
         now: DateTime<Utc>,
         done: &[(i64, Uuid)],
@@ -717,19 +746,26 @@ impl Store {
                 m = self.messages
             )
         };
-        let n = db.execute_raw(p.statement(sql)).await?.rows_affected();
         if delete && !with_delivery_rows.is_empty() {
             // Per-handler rows only exist for messages that failed before; once the message
-            // is gone they describe nothing.
-            let mut p = Params::new(self.backend);
-            let list = p.list(with_delivery_rows);
-            let sql = format!(
-                "DELETE FROM {d} WHERE message_id IN {list}",
-                d = self.deliveries
+            // is gone they describe nothing. Deleted first, in the same transaction, and only
+            // for messages this relay still holds: another relay's state stays untouched.
+            let txn = begin_write(db).await?;
+            let mut d = Params::new(self.backend);
+            let list = d.list(with_delivery_rows);
+            let by = d.bind(relay.to_owned());
+            let del = format!(
+                "DELETE FROM {dt} WHERE message_id IN {list} AND message_id IN \
+                 (SELECT id FROM {m} WHERE locked_by = {by})",
+                dt = self.deliveries,
+                m = self.messages
             );
-            db.execute_raw(p.statement(sql)).await?;
+            txn.execute_raw(d.statement(del)).await?;
+            let n = txn.execute_raw(p.statement(sql)).await?.rows_affected();
+            txn.commit().await?;
+            return Ok(n);
         }
-        Ok(n)
+        Ok(db.execute_raw(p.statement(sql)).await?.rows_affected())
     }
 
     /// Writes the outcome of a message that did not simply succeed, atomically with its
@@ -879,7 +915,7 @@ impl Store {
         let id = p.bind(message_id);
         let sql = format!(
             "UPDATE {m} SET status = 'pending', available_at = {at}, attempts = 0, \
-             locked_by = NULL, locked_until = NULL WHERE id = {id} AND status <> 'delivered'",
+             locked_by = NULL, locked_until = NULL WHERE id = {id} AND status = 'dead'",
             m = self.messages
         );
         if txn.execute_raw(p.statement(sql)).await?.rows_affected() == 0 {
@@ -908,10 +944,13 @@ impl Store {
     /// Deletes a message that will never be delivered, with its delivery rows.
     pub(crate) async fn discard(&self, db: &DatabaseConnection, message_id: Uuid) -> Result<()> {
         let txn = begin_write(db).await?;
+        // Never a message a relay is handling: dead, or pending and not leased.
         let mut p = Params::new(self.backend);
         let id = p.bind(message_id);
+        let now = p.bind(Utc::now());
         let sql = format!(
-            "DELETE FROM {m} WHERE id = {id} AND status <> 'delivered'",
+            "DELETE FROM {m} WHERE id = {id} AND (status = 'dead' OR (status = 'pending' \
+             AND (locked_until IS NULL OR locked_until < {now})))",
             m = self.messages
         );
         if txn.execute_raw(p.statement(sql)).await?.rows_affected() == 0 {

@@ -27,6 +27,10 @@ backend_tests!(
     per_aggregate_order_holds_across_transactions_and_retries,
     park_mode_lets_an_aggregate_go_on_after_a_dead_message,
     a_blocked_backlog_larger_than_the_claim_window_does_not_starve_others,
+    a_follower_behind_a_row_leased_by_another_relay_is_not_claimed,
+    backoff_counts_from_when_the_handlers_finished,
+    requeue_and_discard_refuse_messages_in_flight,
+    invalid_settings_are_rejected,
     delayed_event_is_not_delivered_early,
     delete_mode_removes_delivered_rows,
     commit_wakes_a_relay_that_polls_rarely,
@@ -706,5 +710,146 @@ async fn a_blocked_backlog_larger_than_the_claim_window_does_not_starve_others(t
         (1, 149),
         "the rest of `stuck` waits"
     );
+    t.cleanup().await;
+}
+
+async fn exec(t: &TestDb, pg: &str, other: &str) {
+    let sql = if t.db.get_database_backend() == sea_orm::DbBackend::Postgres {
+        pg
+    } else {
+        other
+    };
+    t.db.execute_unprepared(sql).await.unwrap();
+}
+
+async fn a_follower_behind_a_row_leased_by_another_relay_is_not_claimed(t: TestDb) {
+    let received = Recorder::<u32>::new();
+    let handler = {
+        let received = received.clone();
+        HandlerEntry::new("gap", move |e: Numbered, _ctx: HandlerContext| {
+            let received = received.clone();
+            async move {
+                received.push(e.n);
+                Ok::<_, std::io::Error>(())
+            }
+        })
+    };
+    let mut c = outbox_tests::fixtures::Counter::new("x");
+    let uow = UnitOfWork::begin(&t.db).await.unwrap();
+    for _ in 0..3 {
+        c.bump();
+    }
+    uow.stage(&mut c).unwrap();
+    uow.commit().await.unwrap();
+    // The state a relay can leave for a moment while it writes a batch's outcomes: the head is
+    // due again and unleased, the second message still leased by that relay.
+    exec(
+        &t,
+        "UPDATE outbox_messages SET locked_by = 'other', locked_until = now() + interval '1 hour' WHERE seq = 2",
+        "UPDATE outbox_messages SET locked_by = 'other', locked_until = '2999-01-01 00:00:00' WHERE seq = 2",
+    )
+    .await;
+    let relay = outbox_seaorm::Relay::builder(t.db.clone())
+        .registry(Registry::new([handler]).unwrap())
+        .build()
+        .unwrap();
+    let r = relay.run_once().await.unwrap();
+    assert_eq!(
+        r.claimed, 1,
+        "the third message stays behind the leased second one"
+    );
+    assert_eq!(received.all(), [1]);
+    t.cleanup().await;
+}
+
+async fn backoff_counts_from_when_the_handlers_finished(t: TestDb) {
+    let slow_failure = HandlerEntry::new(
+        "slow-failure",
+        |_: OrderPlaced, _ctx: HandlerContext| async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Err::<(), _>(std::io::Error::other("late failure"))
+        },
+    );
+    let mut o = order::Model::place("ada", 1);
+    place(&t.db, &mut [&mut o]).await;
+    let relay = outbox_seaorm::Relay::builder(t.db.clone())
+        .registry(Registry::new([slow_failure]).unwrap())
+        .retry(
+            RetryPolicy::exponential(Duration::from_millis(500))
+                .jitter(false)
+                .max_attempts(5),
+        )
+        .build()
+        .unwrap();
+    relay.run_once().await.unwrap();
+    let finished = chrono::Utc::now();
+    let due = rows(&t.db).await[0].available_at;
+    assert!(
+        due > finished + chrono::Duration::milliseconds(300),
+        "due {due} only {} ms after the handler finished",
+        (due - finished).num_milliseconds()
+    );
+    t.cleanup().await;
+}
+
+async fn requeue_and_discard_refuse_messages_in_flight(t: TestDb) {
+    let mut o = order::Model::place("ada", 1);
+    place(&t.db, &mut [&mut o]).await;
+    let id = rows(&t.db).await[0].id;
+    exec(
+        &t,
+        "UPDATE outbox_messages SET locked_by = 'busy', locked_until = now() + interval '1 hour'",
+        "UPDATE outbox_messages SET locked_by = 'busy', locked_until = '2999-01-01 00:00:00'",
+    )
+    .await;
+    let admin = Admin::new(t.db.clone());
+    // Pending and being handled: neither requeued (it is not dead) nor discarded.
+    assert!(matches!(
+        admin.requeue(id).await,
+        Err(outbox_seaorm::Error::MessageNotFound { .. })
+    ));
+    assert!(matches!(
+        admin.discard(id).await,
+        Err(outbox_seaorm::Error::MessageNotFound { .. })
+    ));
+    let r = &rows(&t.db).await[0];
+    assert_eq!(
+        r.locked_by.as_deref(),
+        Some("busy"),
+        "the lease is untouched"
+    );
+    t.cleanup().await;
+}
+
+async fn invalid_settings_are_rejected(t: TestDb) {
+    let build = |b: outbox_seaorm::RelayBuilder| b.registry(Registry::new([]).unwrap()).build();
+    for (what, builder) in [
+        (
+            "batch",
+            outbox_seaorm::Relay::builder(t.db.clone()).batch_size(0),
+        ),
+        (
+            "batch",
+            outbox_seaorm::Relay::builder(t.db.clone()).batch_size(50_000),
+        ),
+        (
+            "lease",
+            outbox_seaorm::Relay::builder(t.db.clone()).lease(Duration::from_millis(1)),
+        ),
+        (
+            "id",
+            outbox_seaorm::Relay::builder(t.db.clone()).id("r".repeat(200)),
+        ),
+        (
+            "concurrency",
+            outbox_seaorm::Relay::builder(t.db.clone()).concurrency(0),
+        ),
+    ] {
+        let err = build(builder).unwrap_err();
+        assert!(
+            matches!(err, outbox_seaorm::Error::InvalidSetting(_)),
+            "{what}: {err:?}"
+        );
+    }
     t.cleanup().await;
 }

@@ -108,6 +108,12 @@ impl Publisher for AmqpPublisher {
             .with_timestamp(envelope.occurred_at.timestamp().max(0) as u64)
             .with_headers(headers);
         let exchange = self.exchange.render(envelope);
+        // AMQP short strings hold 255 bytes; a longer name would corrupt the frame.
+        if exchange.len() > 255 || routing_key.len() > 255 {
+            return Err(HandlerError::permanent(format!(
+                "exchange `{exchange}` or routing key `{routing_key}` is longer than 255 bytes"
+            )));
+        }
         let attempt = async {
             let ch = self.channel().await?;
             let confirm = ch

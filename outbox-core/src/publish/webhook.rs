@@ -119,7 +119,7 @@ pub fn verify(
     tolerance: Duration,
 ) -> Result<(), SignatureError> {
     let now = unix_now();
-    if (now - timestamp).unsigned_abs() > tolerance.as_secs() {
+    if now.abs_diff(timestamp) > tolerance.as_secs() {
         return Err(SignatureError::Stale { timestamp });
     }
     for sig in signatures.split_whitespace() {
