@@ -583,6 +583,9 @@ impl Relay {
     }
 }
 
+/// Where the fates of a batch's messages are collected as they are decided.
+type FateSink = std::sync::Mutex<Vec<(i64, Uuid, Fate)>>;
+
 /// What became of one message in a batch.
 enum Fate {
     /// Every delivery succeeded at the first attempt: no per-handler rows exist.
@@ -734,7 +737,10 @@ impl Inner {
             .collect();
         let prior = self.store.deliveries(&self.db, &retried_ids).await?;
 
-        let processing = self.process(claimed, &prior);
+        // Fates land here as each message is decided, so a shutdown that cuts the batch short
+        // still writes what finished (its handlers are not run again) and gives back the rest.
+        let sink = std::sync::Mutex::new(Vec::with_capacity(seqs.len()));
+        let processing = self.process(claimed, &prior, &sink);
         tokio::pin!(processing);
         let mut heartbeat = tokio::time::interval(self.lease / 3);
         heartbeat.tick().await;
@@ -743,33 +749,38 @@ impl Inner {
             tokio::time::sleep(self.shutdown_timeout).await;
         };
         tokio::pin!(deadline);
-        let fates = loop {
+        let finished = loop {
             tokio::select! {
-                fates = &mut processing => break Some(fates),
+                () = &mut processing => break true,
                 _ = heartbeat.tick() => {
                     let until = Utc::now() + self.lease;
                     if let Err(e) = self.store.extend_lease(&self.db, &self.id, &seqs, until).await {
                         tracing::warn!(relay = %self.id, error = %report(&e), "could not extend lease");
                     }
                 }
-                _ = &mut deadline => break None,
+                _ = &mut deadline => break false,
             }
         };
-        let Some(fates) = fates else {
+        let fates = std::mem::take(&mut *sink.lock().unwrap_or_else(|p| p.into_inner()));
+        let r = if finished {
+            self.write(fates).await?
+        } else {
+            let decided: std::collections::HashSet<i64> = fates.iter().map(|f| f.0).collect();
+            let unfinished: Vec<i64> = seqs
+                .iter()
+                .copied()
+                .filter(|s| !decided.contains(s))
+                .collect();
             tracing::warn!(
-                relay = %self.id, messages = seqs.len(),
-                "shutdown timeout: giving back the unfinished batch"
+                relay = %self.id, finished = fates.len(), unfinished = unfinished.len(),
+                "shutdown timeout: writing what finished, giving back the rest"
             );
-            self.store.release(&self.db, &self.id, &seqs).await?;
-            let r = BatchReport {
-                claimed: seqs.len(),
-                released: seqs.len(),
-                ..Default::default()
-            };
-            self.stats.add(&r);
-            return Ok(r);
+            let mut r = self.write(fates).await?;
+            self.store.release(&self.db, &self.id, &unfinished).await?;
+            r.claimed += unfinished.len();
+            r.released += unfinished.len();
+            r
         };
-        let r = self.write(fates).await?;
         self.stats.add(&r);
         Ok(r)
     }
@@ -780,7 +791,8 @@ impl Inner {
         &self,
         claimed: Vec<Claimed>,
         prior: &HashMap<Uuid, HashMap<String, DeliveryState>>,
-    ) -> Vec<(i64, Uuid, Fate)> {
+        sink: &FateSink,
+    ) {
         let mut groups: Vec<Vec<Claimed>> = Vec::new();
         match self.ordering {
             Ordering::Unordered => groups.extend(claimed.into_iter().map(|c| vec![c])),
@@ -808,27 +820,28 @@ impl Inner {
         let mut running = futures_util::stream::iter(
             groups
                 .into_iter()
-                .map(|group| self.process_group(group, prior)),
+                .map(|group| self.process_group(group, prior, sink)),
         )
         .buffer_unordered(self.concurrency);
-        let mut out = Vec::new();
-        while let Some(fates) = running.next().await {
-            out.extend(fates);
-        }
-        out
+        while running.next().await.is_some() {}
     }
 
     async fn process_group(
         &self,
         group: Vec<Claimed>,
         prior: &HashMap<Uuid, HashMap<String, DeliveryState>>,
-    ) -> Vec<(i64, Uuid, Fate)> {
-        let mut out = Vec::with_capacity(group.len());
+        sink: &FateSink,
+    ) {
+        let push = |seq, id, fate| {
+            sink.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((seq, id, fate))
+        };
         let mut stopped = false;
         for c in group {
             let key = (c.envelope.sequence, c.envelope.message_id);
             if stopped {
-                out.push((key.0, key.1, Fate::Released));
+                push(key.0, key.1, Fate::Released);
                 continue;
             }
             let fate = self.handle(c, prior.get(&key.1)).await;
@@ -841,9 +854,8 @@ impl Inner {
                 },
                 (Fate::Outcome(_), Ordering::Unordered) => false,
             };
-            out.push((key.0, key.1, fate));
+            push(key.0, key.1, fate);
         }
-        out
     }
 
     /// Runs the handlers of one message that have not succeeded yet, and decides its fate.

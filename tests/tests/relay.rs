@@ -36,6 +36,7 @@ backend_tests!(
     commit_wakes_a_relay_that_polls_rarely,
     graceful_shutdown_finishes_the_batch_in_flight,
     shutdown_timeout_gives_unfinished_messages_back,
+    shutdown_timeout_keeps_what_finished,
 );
 
 fn fast_retry(attempts: u32) -> RetryPolicy {
@@ -851,5 +852,55 @@ async fn invalid_settings_are_rejected(t: TestDb) {
             "{what}: {err:?}"
         );
     }
+    t.cleanup().await;
+}
+
+async fn shutdown_timeout_keeps_what_finished(t: TestDb) {
+    let fast_done = Recorder::new();
+    let stuck_started = Recorder::new();
+    let mixed = {
+        let (fast_done, stuck_started) = (fast_done.clone(), stuck_started.clone());
+        HandlerEntry::new("mixed", move |e: OrderPlaced, _ctx: HandlerContext| {
+            let (fast_done, stuck_started) = (fast_done.clone(), stuck_started.clone());
+            async move {
+                if e.amount == 2 {
+                    stuck_started.push(e.order_id);
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                } else {
+                    fast_done.push(e.order_id);
+                }
+                Ok::<_, std::io::Error>(())
+            }
+        })
+    };
+    let mut fast = order::Model::place("ada", 1);
+    let mut stuck = order::Model::place("bob", 2);
+    place(&t.db, &mut [&mut fast, &mut stuck]).await;
+    let handle = outbox_seaorm::Relay::builder(t.db.clone())
+        .registry(Registry::new([mixed]).unwrap())
+        .handler_timeout(Duration::from_secs(3600))
+        .shutdown_timeout(Duration::from_millis(100))
+        .spawn()
+        .unwrap();
+    wait_for("both handlers to run", Duration::from_secs(10), || async {
+        (fast_done.len() == 1 && stuck_started.len() == 1).then_some(())
+    })
+    .await;
+    handle.shutdown().await;
+    let by_aggregate: std::collections::HashMap<String, message::Model> = rows(&t.db)
+        .await
+        .into_iter()
+        .map(|r| (r.aggregate_id.clone(), r))
+        .collect();
+    let f = &by_aggregate[&fast.id.to_string()];
+    assert_eq!(
+        f.status,
+        MessageStatus::Delivered,
+        "what finished is written, not re-run"
+    );
+    let s = &by_aggregate[&stuck.id.to_string()];
+    assert_eq!(s.status, MessageStatus::Pending);
+    assert!(s.locked_by.is_none(), "the unfinished one is given back");
+    assert_eq!(s.attempts, 0);
     t.cleanup().await;
 }
