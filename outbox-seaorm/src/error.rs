@@ -40,16 +40,6 @@ pub enum Error {
         operation: &'static str,
     },
 
-    /// A row of the outbox table holds a value this version cannot read (a status it does not
-    /// know, say): the table was written by a newer version or edited by hand.
-    #[error("outbox row {seq} is invalid: {reason}")]
-    InvalidRow {
-        /// The row's sequence number.
-        seq: i64,
-        /// What is wrong with it.
-        reason: String,
-    },
-
     /// The relay was given an invalid setting.
     #[error("invalid relay setting: {0}")]
     InvalidSetting(&'static str),

@@ -231,6 +231,37 @@ where
     }
 }
 
+/// Kills one of `workers` with SIGKILL after every `every` deliveries while work remains,
+/// replacing it with `spawn(n)` (`n` counts spawned workers), at most `max` times. Kills follow
+/// observed progress, not a fixed pause, so a faster relay cannot finish before the first kill.
+/// Returns how many workers were killed mid-backlog.
+pub async fn kill_on_progress(
+    admin: &outbox_seaorm::Admin,
+    workers: &mut [tokio::process::Child],
+    every: u64,
+    max: usize,
+    mut spawn: impl FnMut(usize) -> tokio::process::Child,
+) -> usize {
+    let mut kills = 0;
+    for round in 0..max {
+        let before = admin.counts().await.unwrap().delivered;
+        let more = wait_for("progress", Duration::from_secs(30), || async {
+            let c = admin.counts().await.unwrap();
+            (c.pending == 0 || c.delivered >= before + every).then_some(c.pending > 0)
+        })
+        .await;
+        if !more {
+            break;
+        }
+        let victim = round % workers.len();
+        workers[victim].start_kill().expect("SIGKILL");
+        workers[victim].wait().await.expect("reap");
+        kills += 1;
+        workers[victim] = spawn(round + workers.len());
+    }
+    kills
+}
+
 /// Runs one test body on a fresh database of `backend`, failing it after 120 s: a hang must
 /// fail the test, not stall the whole run.
 pub async fn run<F, Fut>(backend: Backend, body: F)

@@ -19,7 +19,7 @@ use outbox_seaorm::core::cloudevents::Mode;
 use outbox_seaorm::core::publish::nats::JetStreamPublisher;
 use outbox_seaorm::{Admin, Inbox, Registry, Relay, Route};
 use outbox_tests::fixtures::{Numbered, commit_numbered};
-use outbox_tests::{Backend, TestDb, wait_for};
+use outbox_tests::{Backend, TestDb, kill_on_progress, wait_for};
 use sea_orm::ConnectionTrait;
 use tokio::process::{Child, Command};
 use uuid::Uuid;
@@ -50,25 +50,10 @@ async fn drain_with_kills(t: &TestDb, broker: &[&str], total: usize) -> usize {
     let mut workers: Vec<Child> = (0..2)
         .map(|i| spawn_worker(&t.url, &format!("w{i}"), broker))
         .collect();
-    let mut kills = 0;
-    for round in 0..6 {
-        // Kill after every 20 deliveries, while work remains: progress, not a fixed pause, so
-        // a faster relay cannot finish before the first kill.
-        let before = admin.counts().await.unwrap().delivered;
-        let more = wait_for("progress", Duration::from_secs(30), || async {
-            let c = admin.counts().await.unwrap();
-            (c.pending == 0 || c.delivered >= before + 20).then_some(c.pending > 0)
-        })
-        .await;
-        if !more {
-            break;
-        }
-        let victim = round % workers.len();
-        workers[victim].start_kill().unwrap();
-        workers[victim].wait().await.unwrap();
-        kills += 1;
-        workers[victim] = spawn_worker(&t.url, &format!("w{}", round + 2), broker);
-    }
+    let kills = kill_on_progress(&admin, &mut workers, 20, 6, |n| {
+        spawn_worker(&t.url, &format!("w{n}"), broker)
+    })
+    .await;
     wait_for("the outbox to drain", Duration::from_secs(90), || async {
         let c = admin.counts().await.unwrap();
         (c.pending == 0 && c.delivered as usize == total).then_some(())

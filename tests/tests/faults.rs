@@ -8,7 +8,7 @@ use outbox_seaorm::Admin;
 use outbox_tests::fixtures::{
     commit_numbered, create_relay_log, order_violations, relay_log, replays_after_later,
 };
-use outbox_tests::{TestDb, backend_tests, wait_for};
+use outbox_tests::{TestDb, backend_tests, kill_on_progress, wait_for};
 use tokio::process::{Child, Command};
 
 backend_tests!(killed_relay_processes_lose_nothing_and_keep_aggregate_order);
@@ -31,24 +31,10 @@ async fn killed_relay_processes_lose_nothing_and_keep_aggregate_order(t: TestDb)
     let mut workers: Vec<Child> = (0..3)
         .map(|i| spawn_worker(&t.url, &format!("w{i}")))
         .collect();
-    let mut kills_mid_backlog = 0;
-    for round in 0..8 {
-        // Kill after every 30 deliveries while work remains (progress, not a fixed pause).
-        let before = admin.counts().await.unwrap().delivered;
-        let more = wait_for("progress", Duration::from_secs(30), || async {
-            let c = admin.counts().await.unwrap();
-            (c.pending == 0 || c.delivered >= before + 30).then_some(c.pending > 0)
-        })
-        .await;
-        if !more {
-            break;
-        }
-        let victim = round % workers.len();
-        workers[victim].start_kill().expect("SIGKILL");
-        workers[victim].wait().await.expect("reap");
-        kills_mid_backlog += 1;
-        workers[victim] = spawn_worker(&t.url, &format!("w{}", round + 3));
-    }
+    let kills_mid_backlog = kill_on_progress(&admin, &mut workers, 30, 8, |n| {
+        spawn_worker(&t.url, &format!("w{n}"))
+    })
+    .await;
     wait_for("the backlog to drain", Duration::from_secs(90), || async {
         let c = admin.counts().await.unwrap();
         (c.pending == 0 && c.delivered as usize == total).then_some(())
