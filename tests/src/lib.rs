@@ -3,7 +3,9 @@
 //! [`backend_tests!`] turns `async fn name(t: TestDb)` bodies into one `#[tokio::test]` per
 //! backend. SQLite always runs (a temporary file per test); PostgreSQL and MariaDB run when
 //! `OUTBOX_TEST_POSTGRES_URL` / `OUTBOX_TEST_MYSQL_URL` are set (each test gets its own schema
-//! or database there) and are skipped with a printed reason otherwise.
+//! or database there). Otherwise their tests are ignored with the missing variable as the
+//! reason, or fail if `OUTBOX_TEST_REQUIRE` names the server: see [`Server`] and [`server_url`],
+//! the one gate every server-gated test goes through.
 
 use std::future::Future;
 use std::time::Duration;
@@ -15,11 +17,9 @@ pub use outbox_seaorm;
 pub use sea_orm;
 
 pub mod fixtures;
+mod servers;
 
-/// The environment variable holding the PostgreSQL test server's URL.
-pub const POSTGRES_URL_VAR: &str = "OUTBOX_TEST_POSTGRES_URL";
-/// The environment variable holding the MySQL/MariaDB test server's URL.
-pub const MYSQL_URL_VAR: &str = "OUTBOX_TEST_MYSQL_URL";
+pub use servers::{REQUIRE_VAR, Server, parse_required, required, server_url};
 
 /// A backend the tests run against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,8 +50,12 @@ enum Cleanup {
 }
 
 impl TestDb {
-    /// A fresh database on `backend`, or `None` (with the reason printed) when its server is not
-    /// configured.
+    /// A fresh database on `backend`, or `None` (with the reason written, see [`server_url`])
+    /// when its server is not configured.
+    ///
+    /// # Panics
+    ///
+    /// When the server is not configured but required (`OUTBOX_TEST_REQUIRE`).
     pub async fn new(backend: Backend) -> Option<Self> {
         let t = match backend {
             Backend::Sqlite => Self::sqlite().await,
@@ -82,10 +86,7 @@ impl TestDb {
     }
 
     async fn postgres() -> Option<Self> {
-        let Ok(admin_url) = std::env::var(POSTGRES_URL_VAR) else {
-            eprintln!("skipped on PostgreSQL: {POSTGRES_URL_VAR} is not set");
-            return None;
-        };
+        let admin_url = server_url(Server::Postgres)?;
         let name = format!("outbox_t_{}", Uuid::new_v4().simple());
         let admin = connect(&admin_url, None).await;
         admin
@@ -105,10 +106,7 @@ impl TestDb {
     }
 
     async fn mysql() -> Option<Self> {
-        let Ok(admin_url) = std::env::var(MYSQL_URL_VAR) else {
-            eprintln!("skipped on MariaDB/MySQL: {MYSQL_URL_VAR} is not set");
-            return None;
-        };
+        let admin_url = server_url(Server::MySql)?;
         let name = format!("outbox_t_{}", Uuid::new_v4().simple());
         let admin = connect(&admin_url, None).await;
         admin
@@ -263,7 +261,8 @@ pub async fn kill_on_progress(
 }
 
 /// Runs one test body on a fresh database of `backend`, failing it after 120 s: a hang must
-/// fail the test, not stall the whole run.
+/// fail the test, not stall the whole run. Returns at once when the backend's server is not
+/// configured (see [`TestDb::new`]).
 pub async fn run<F, Fut>(backend: Backend, body: F)
 where
     F: FnOnce(TestDb) -> Fut,
@@ -281,6 +280,11 @@ where
 }
 
 /// One `#[tokio::test]` per backend for each `async fn name(t: TestDb)` named.
+///
+/// The PostgreSQL and MariaDB tests are `#[ignore]`d, with the missing variable as the reason,
+/// unless `build.rs` set `outbox_postgres` / `outbox_mysql` (the server is configured or required
+/// at build time). The `cfg_attr`s are evaluated in the crate expanding the macro, so it is
+/// meant for this package's own test targets, which get the same cfgs.
 #[macro_export]
 macro_rules! backend_tests {
     ($($name:ident),* $(,)?) => {
@@ -295,6 +299,7 @@ macro_rules! backend_tests {
         mod postgres {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[cfg_attr(not(outbox_postgres), ignore = "OUTBOX_TEST_POSTGRES_URL is not set")]
                 async fn $name() {
                     $crate::run($crate::Backend::Postgres, super::$name).await;
                 }
@@ -303,6 +308,7 @@ macro_rules! backend_tests {
         mod mariadb {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[cfg_attr(not(outbox_mysql), ignore = "OUTBOX_TEST_MYSQL_URL is not set")]
                 async fn $name() {
                     $crate::run($crate::Backend::MySql, super::$name).await;
                 }

@@ -1,7 +1,7 @@
 //! Delivery to real brokers: NATS JetStream and RabbitMQ, with relays killed mid-batch.
 //!
 //! Needs `OUTBOX_TEST_NATS_URL` (`nats://127.0.0.1:4222`) and `OUTBOX_TEST_AMQP_URL`
-//! (`amqp://guest:guest@127.0.0.1:5672/%2f`); skipped with a printed reason otherwise. The outbox
+//! (`amqp://guest:guest@127.0.0.1:5672/%2f`); ignored, with the reason, otherwise. The outbox
 //! itself lives in a SQLite file here: the broker path does not depend on the database.
 
 use std::collections::{HashMap, HashSet};
@@ -19,18 +19,10 @@ use outbox_seaorm::core::cloudevents::Mode;
 use outbox_seaorm::core::publish::nats::JetStreamPublisher;
 use outbox_seaorm::{Admin, Inbox, Registry, Relay, Route};
 use outbox_tests::fixtures::{Numbered, commit_numbered};
-use outbox_tests::{Backend, TestDb, kill_on_progress, wait_for};
+use outbox_tests::{Backend, Server, TestDb, kill_on_progress, server_url, wait_for};
 use sea_orm::ConnectionTrait;
 use tokio::process::{Child, Command};
 use uuid::Uuid;
-
-fn env(var: &str) -> Option<String> {
-    let v = std::env::var(var).ok();
-    if v.is_none() {
-        eprintln!("skipped: {var} is not set");
-    }
-    v
-}
 
 fn spawn_worker(db_url: &str, name: &str, broker: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_relay-worker"))
@@ -79,8 +71,9 @@ fn assert_once_in_order(received: &[(String, u32)], keys: usize, per_key: u32) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(outbox_nats), ignore = "OUTBOX_TEST_NATS_URL is not set")]
 async fn jetstream_consumer_gets_every_event_once_in_order_after_relay_kills() {
-    let Some(nats_url) = env("OUTBOX_TEST_NATS_URL") else {
+    let Some(nats_url) = server_url(Server::Nats) else {
         return;
     };
     let t = TestDb::new(Backend::Sqlite).await.unwrap();
@@ -165,8 +158,9 @@ async fn jetstream_consumer_gets_every_event_once_in_order_after_relay_kills() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(outbox_amqp), ignore = "OUTBOX_TEST_AMQP_URL is not set")]
 async fn rabbitmq_consumer_with_inbox_has_effects_once_in_order_after_relay_kills() {
-    let Some(amqp_url) = env("OUTBOX_TEST_AMQP_URL") else {
+    let Some(amqp_url) = server_url(Server::Amqp) else {
         return;
     };
     let t = TestDb::new(Backend::Sqlite).await.unwrap();
@@ -282,8 +276,9 @@ async fn rabbitmq_consumer_with_inbox_has_effects_once_in_order_after_relay_kill
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(outbox_nats), ignore = "OUTBOX_TEST_NATS_URL is not set")]
 async fn binary_mode_jetstream_events_are_valid_cloudevents() {
-    let Some(nats_url) = env("OUTBOX_TEST_NATS_URL") else {
+    let Some(nats_url) = server_url(Server::Nats) else {
         return;
     };
     let t = TestDb::new(Backend::Sqlite).await.unwrap();

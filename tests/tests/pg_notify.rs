@@ -10,6 +10,7 @@ use outbox_tests::{Backend, TestDb, wait_for};
 use sea_orm::{EntityTrait, TransactionTrait};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(outbox_postgres), ignore = "OUTBOX_TEST_POSTGRES_URL is not set")]
 async fn pg_notify_wakes_a_relay_that_polls_rarely() {
     outbox_tests::run(Backend::Postgres, body).await;
 }

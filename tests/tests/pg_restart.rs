@@ -7,12 +7,16 @@ use std::time::Duration;
 
 use outbox_seaorm::{Admin, HandlerContext, HandlerEntry, Registry, Relay};
 use outbox_tests::fixtures::{Numbered, Recorder, commit_numbered};
-use outbox_tests::{Backend, TestDb, wait_for};
+use outbox_tests::{Backend, Server, TestDb, server_url, wait_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(outbox_postgres), ignore = "OUTBOX_TEST_POSTGRES_URL is not set")]
+#[cfg_attr(
+    all(outbox_postgres, not(outbox_pg_restart)),
+    ignore = "OUTBOX_TEST_PG_RESTART is not set (set it to 1 to let the test restart PostgreSQL)"
+)]
 async fn relays_reconnect_and_finish_after_a_postgresql_restart() {
-    if std::env::var("OUTBOX_TEST_PG_RESTART").is_err() {
-        eprintln!("skipped: set OUTBOX_TEST_PG_RESTART=1 to let this test restart PostgreSQL");
+    if server_url(Server::PgRestart).is_none() {
         return;
     }
     outbox_tests::run(Backend::Postgres, body).await;

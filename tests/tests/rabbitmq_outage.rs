@@ -15,7 +15,7 @@ use lapin::{Connection, ConnectionProperties, ExchangeKind};
 use outbox_seaorm::core::publish::amqp::AmqpPublisher;
 use outbox_seaorm::{Admin, Registry, Relay, RetryPolicy, Route};
 use outbox_tests::fixtures::commit_numbered;
-use outbox_tests::{Backend, TestDb, wait_for};
+use outbox_tests::{Backend, Server, TestDb, server_url, wait_for};
 use uuid::Uuid;
 
 async fn rabbitmqctl(command: &str) {
@@ -29,16 +29,18 @@ async fn rabbitmqctl(command: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(outbox_amqp), ignore = "OUTBOX_TEST_AMQP_URL is not set")]
+#[cfg_attr(
+    all(outbox_amqp, not(outbox_rabbitmq_restart)),
+    ignore = "OUTBOX_TEST_RABBITMQ_RESTART is not set (set it to 1 to let the test stop RabbitMQ)"
+)]
 async fn deliveries_retry_through_a_rabbitmq_outage_and_complete() {
-    let (Ok(url), Ok(_)) = (
-        std::env::var("OUTBOX_TEST_AMQP_URL"),
-        std::env::var("OUTBOX_TEST_RABBITMQ_RESTART"),
-    ) else {
-        eprintln!(
-            "skipped: set OUTBOX_TEST_AMQP_URL and OUTBOX_TEST_RABBITMQ_RESTART=1 to let this test stop RabbitMQ"
-        );
+    let Some(url) = server_url(Server::Amqp) else {
         return;
     };
+    if server_url(Server::RabbitMqRestart).is_none() {
+        return;
+    }
     let t = TestDb::new(Backend::Sqlite).await.unwrap();
     let tag = Uuid::new_v4().simple().to_string();
     let (exchange, queue) = (format!("outage-{tag}"), format!("outage-{tag}"));
