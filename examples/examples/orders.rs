@@ -239,7 +239,8 @@ async fn main() -> anyhow::Result<()> {
                 .max_attempts(3)
                 .jitter(false),
         )
-        .spawn()?;
+        .spawn()
+        .await?;
 
     println!("\n1. placing three orders, each in its own unit of work");
     let mut orders = Vec::new();

@@ -97,7 +97,8 @@ async fn produce(nats_url: &str) -> anyhow::Result<()> {
     .destination("orders.{aggregate_type}.{event_type}")?;
     let relay = Relay::builder(db.clone())
         .registry(Registry::new([])?.with_route(route)?)
-        .spawn()?;
+        .spawn()
+        .await?;
 
     for i in 0..ORDERS {
         let mut order = Order {

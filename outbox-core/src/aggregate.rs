@@ -1,18 +1,21 @@
 //! Aggregates and the buffer of events they record while their methods run.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::event::DomainEvent;
 use crate::trace;
+use crate::unsaved;
 
 /// An aggregate root: something with a type, an id and a buffer of recorded [`Events`].
 ///
-/// Derive it with `#[derive(DomainEvents)]`; saving the aggregate through a unit of work drains
-/// the buffer into outbox rows in the same transaction as the aggregate's own row.
+/// Derive it with `#[derive(DomainEvents)]`; saving the aggregate through a unit of work writes
+/// the buffer's events as outbox rows in the same transaction as the aggregate's own row, and
+/// empties the buffer once that transaction commits.
 ///
 /// ```
 /// use outbox_core::{Aggregate, DomainEvent, DomainEvents, Events};
@@ -29,14 +32,15 @@ use crate::trace;
 /// impl Order {
 ///     fn confirm(&mut self) {
 ///         self.confirmed = true;
-///         self.events.record(OrderConfirmed { order_id: self.id });
+///         self.record(OrderConfirmed { order_id: self.id });
 ///     }
 /// }
 ///
 /// let mut order = Order { id: 7, confirmed: false, events: Events::new() };
 /// order.confirm();
 /// assert_eq!(order.aggregate_id(), "7");
-/// assert_eq!(order.events().len(), 1);
+/// assert_eq!(order.events().event_types(), ["order.confirmed"]);
+/// # order.events_mut().discard();
 /// ```
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not an aggregate",
@@ -50,20 +54,96 @@ pub trait Aggregate {
     /// The aggregate's id as stored on each outbox row; events of one id are delivered in order.
     fn aggregate_id(&self) -> String;
 
-    /// The events recorded and not saved yet.
+    /// The events recorded and not committed yet.
     fn events(&self) -> &Events;
 
     /// The buffer, to record into or drain.
     fn events_mut(&mut self) -> &mut Events;
+
+    /// Records `event` on this aggregate. Unlike `self.events.record(..)`, the buffer learns
+    /// which aggregate it belongs to at once, so an event that is dropped unsaved is reported
+    /// with the aggregate's type and id.
+    fn record<E: DomainEvent>(&mut self, event: E) -> Uuid
+    where
+        Self: Sized,
+    {
+        self.record_with(event, RecordOptions::default())
+    }
+
+    /// [`record`](Self::record) with options: a not-before time, extra headers.
+    fn record_with<E: DomainEvent>(&mut self, event: E, options: RecordOptions) -> Uuid
+    where
+        Self: Sized,
+    {
+        let owner = Owner::new(Self::AGGREGATE_TYPE, self.aggregate_id());
+        let events = self.events_mut();
+        events.name_owner(owner);
+        events.record_with(event, options)
+    }
 }
 
 /// The buffer of events an aggregate records while its methods run.
 ///
-/// It is a plain value: `Default`, `Clone`, `Debug` and `PartialEq`, so it fits in a SeaORM
-/// model as a `#[sea_orm(ignore)]` field (SeaORM fills ignored fields with `Default` on load).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// It fits in a SeaORM model as a `#[sea_orm(ignore)]` field (it is `Default`, `Clone`,
+/// `Debug` and `PartialEq`). It is not plain data, though:
+///
+/// - **Saving does not empty it; committing does.** A unit of work that saves the aggregate
+///   stages its events; they leave the buffer when that unit of work commits. When it rolls
+///   back, is dropped, or fails to commit, the events stay in the buffer, so saving the same
+///   instance again in a new unit of work writes them with the state.
+/// - **Clones start empty.** A clone of a model does not carry its events, so saving both the
+///   clone and the original writes each event once. (Equality ignores the buffer for the same
+///   reason: events are not part of the aggregate's state.)
+/// - **Dropping it with unsaved events is a bug, and is reported.** In debug builds (tests
+///   included) it panics; in release builds it logs an error with `tracing`. This catches an
+///   aggregate saved with a plain SeaORM call (`into_active_model().insert(..)`), which writes
+///   the row but not the events, and events recorded on an aggregate that is never saved. Call
+///   [`discard`](Self::discard) when dropping them is what you mean; change the reaction with
+///   [`on_unsaved_events`](crate::on_unsaved_events). Events given back by a unit of work that
+///   rolled back are not reported: nothing of that unit of work was written.
+#[derive(Default)]
 pub struct Events {
-    pending: Vec<PendingEvent>,
+    buffer: Option<Arc<Mutex<Buffer>>>,
+}
+
+#[derive(Default)]
+pub(crate) struct Buffer {
+    slots: Vec<Slot>,
+    owner: Option<Owner>,
+}
+
+struct Slot {
+    event: PendingEvent,
+    state: SlotState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotState {
+    /// Recorded, not in any unit of work.
+    Unsaved,
+    /// Written by this unit of work, which has not ended yet.
+    Staged(u64),
+    /// Given back by a unit of work that did not commit.
+    RolledBack,
+}
+
+/// The aggregate a buffer belongs to, as far as it is known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    /// The aggregate type.
+    pub aggregate_type: &'static str,
+    /// The aggregate id.
+    pub aggregate_id: String,
+}
+
+impl Owner {
+    /// The owner `aggregate_type` / `aggregate_id`.
+    pub fn new(aggregate_type: &'static str, aggregate_id: String) -> Self {
+        Self {
+            aggregate_type,
+            aggregate_id,
+        }
+    }
 }
 
 impl Events {
@@ -81,45 +161,182 @@ impl Events {
 
     /// Records `event` with options: a not-before time, extra headers.
     pub fn record_with<E: DomainEvent>(&mut self, event: E, options: RecordOptions) -> Uuid {
-        let message_id = Uuid::now_v7();
-        let payload = serde_json::to_string(&event).map_err(|e| SerializeFailure(Arc::new(e)));
-        self.pending.push(PendingEvent {
-            message_id,
-            event_type: E::EVENT_TYPE,
-            version: E::VERSION,
-            payload,
-            occurred_at: Utc::now(),
-            not_before: options.not_before,
-            headers: options.headers,
-            traceparent: trace::current_traceparent(),
+        let event = PendingEvent::new(event, options);
+        let id = event.message_id;
+        self.lock_or_create().slots.push(Slot {
+            event,
+            state: SlotState::Unsaved,
         });
-        message_id
+        id
     }
 
-    /// Number of events not saved yet.
+    /// Number of events not committed yet (staged in a unit of work that is still open
+    /// included).
     pub fn len(&self) -> usize {
-        self.pending.len()
+        self.lock().map_or(0, |b| b.slots.len())
     }
 
-    /// Whether nothing is waiting to be saved.
+    /// Whether nothing is waiting to be committed.
     pub fn is_empty(&self) -> bool {
-        self.pending.is_empty()
+        self.len() == 0
     }
 
-    /// The events not saved yet, in recording order.
-    pub fn iter(&self) -> impl Iterator<Item = &PendingEvent> {
-        self.pending.iter()
+    /// A copy of the events not committed yet, in recording order.
+    pub fn pending(&self) -> Vec<PendingEvent> {
+        self.lock().map_or_else(Vec::new, |b| {
+            b.slots.iter().map(|s| s.event.clone()).collect()
+        })
     }
 
-    /// Takes every recorded event out of the buffer, in recording order.
+    /// A copy of the events not committed yet, in recording order (see [`pending`](Self::pending)).
+    pub fn iter(&self) -> std::vec::IntoIter<PendingEvent> {
+        self.pending().into_iter()
+    }
+
+    /// The type names of the events not committed yet, in recording order.
+    pub fn event_types(&self) -> Vec<&'static str> {
+        self.lock().map_or_else(Vec::new, |b| {
+            b.slots.iter().map(|s| s.event.event_type).collect()
+        })
+    }
+
+    /// Checks every event for what would make its row invalid: a payload that failed to
+    /// serialize, a header name or value that cannot be stored (see [`check_name`](crate::check_name)).
+    pub fn validate(&self) -> crate::Result<()> {
+        match self.lock() {
+            Some(b) => b.slots.iter().try_for_each(|s| s.event.validate()),
+            None => Ok(()),
+        }
+    }
+
+    /// Takes the events that no open unit of work holds out of the buffer, in recording order.
+    /// They are yours now: nothing reports them if you drop them.
     pub fn take(&mut self) -> Vec<PendingEvent> {
-        std::mem::take(&mut self.pending)
+        let Some(mut b) = self.lock() else {
+            return Vec::new();
+        };
+        let (taken, kept): (Vec<Slot>, Vec<Slot>) = std::mem::take(&mut b.slots)
+            .into_iter()
+            .partition(|s| !matches!(s.state, SlotState::Staged(_)));
+        b.slots = kept;
+        taken.into_iter().map(|s| s.event).collect()
     }
 
-    /// Puts events back in front of the buffer (after a failed save), keeping their order.
-    pub fn restore(&mut self, mut events: Vec<PendingEvent>) {
-        events.append(&mut self.pending);
-        self.pending = events;
+    /// Drops the events that no open unit of work holds, on purpose (the aggregate's changes
+    /// are abandoned). Returns how many.
+    pub fn discard(&mut self) -> usize {
+        self.take().len()
+    }
+
+    /// Tells the buffer which aggregate it belongs to, for the report of unsaved events.
+    pub fn name_owner(&mut self, owner: Owner) {
+        let mut b = self.lock_or_create();
+        if b.owner.as_ref() != Some(&owner) {
+            b.owner = Some(owner);
+        }
+    }
+
+    fn lock(&self) -> Option<MutexGuard<'_, Buffer>> {
+        self.buffer.as_ref().map(|b| lock(b))
+    }
+
+    fn lock_or_create(&mut self) -> MutexGuard<'_, Buffer> {
+        lock(self.buffer.get_or_insert_with(Default::default))
+    }
+
+    /// Stages the events of this buffer that are not staged yet into the unit of work `unit`,
+    /// on behalf of `owner`. Used by storage integrations ([`staging`](crate::staging)).
+    pub(crate) fn stage(
+        &mut self,
+        unit: u64,
+        owner: Owner,
+    ) -> Result<(Vec<PendingEvent>, Option<SharedBuffer>), u64> {
+        let Some(buffer) = self.buffer.clone() else {
+            return Ok((Vec::new(), None));
+        };
+        let mut b = lock(&buffer);
+        if let Some(other) = b.slots.iter().find_map(|s| match s.state {
+            SlotState::Staged(u) if u != unit => Some(u),
+            _ => None,
+        }) {
+            return Err(other);
+        }
+        b.owner = Some(owner);
+        let mut staged = Vec::new();
+        for s in b.slots.iter_mut() {
+            if s.state != SlotState::Staged(unit) {
+                s.state = SlotState::Staged(unit);
+                staged.push(s.event.clone());
+            }
+        }
+        drop(b);
+        Ok((staged, Some(buffer)))
+    }
+}
+
+/// A buffer shared by an aggregate and the units of work that staged its events.
+pub(crate) type SharedBuffer = Arc<Mutex<Buffer>>;
+
+fn lock(b: &Mutex<Buffer>) -> MutexGuard<'_, Buffer> {
+    // Nothing panics while holding the lock; recover anyway rather than poison the aggregate.
+    b.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Settles the events a unit of work staged in `buffer`: gone when it committed, back to
+/// unsaved-but-excused when it did not.
+pub(crate) fn settle(buffer: &Mutex<Buffer>, unit: u64, committed: bool) {
+    let mut b = lock(buffer);
+    if committed {
+        b.slots.retain(|s| s.state != SlotState::Staged(unit));
+    } else {
+        for s in b.slots.iter_mut() {
+            if s.state == SlotState::Staged(unit) {
+                s.state = SlotState::RolledBack;
+            }
+        }
+    }
+}
+
+impl Clone for Events {
+    /// An empty buffer: a clone of an aggregate does not carry its pending events, so they
+    /// cannot be written twice.
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl PartialEq for Events {
+    /// Always equal: recorded events are not part of an aggregate's state.
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Events {}
+
+impl fmt::Debug for Events {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.event_types()).finish()
+    }
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        let Some(buffer) = self.buffer.take() else {
+            return;
+        };
+        let b = lock(&buffer);
+        // Staged events belong to their unit of work, which settles them; rolled-back ones were
+        // given back by a unit of work that wrote nothing.
+        let unsaved: Vec<&PendingEvent> = b
+            .slots
+            .iter()
+            .filter(|s| s.state == SlotState::Unsaved)
+            .map(|s| &s.event)
+            .collect();
+        if !unsaved.is_empty() {
+            unsaved::report(b.owner.as_ref(), &unsaved);
+        }
     }
 }
 
@@ -169,6 +386,47 @@ pub struct PendingEvent {
     pub headers: BTreeMap<String, String>,
     /// The W3C `traceparent` of the span the event was recorded in, if any.
     pub traceparent: Option<String>,
+}
+
+impl PendingEvent {
+    /// Serializes `event` (keeping a failure for later) and stamps it with a new message id,
+    /// the time and the current trace.
+    pub fn new<E: DomainEvent>(event: E, options: RecordOptions) -> Self {
+        let payload = serde_json::to_string(&event).map_err(|e| SerializeFailure(Arc::new(e)));
+        Self {
+            message_id: Uuid::now_v7(),
+            event_type: E::EVENT_TYPE,
+            version: E::VERSION,
+            payload,
+            occurred_at: Utc::now(),
+            not_before: options.not_before,
+            headers: options.headers,
+            traceparent: trace::current_traceparent(),
+        }
+    }
+}
+
+impl PendingEvent {
+    /// Checks what would make its row invalid: a payload that failed to serialize, a header
+    /// name that is empty, too long or has a NUL, a header value with a NUL.
+    pub fn validate(&self) -> crate::Result<()> {
+        if let Err(f) = &self.payload {
+            return Err(crate::Error::Serialize {
+                event_type: self.event_type.to_owned(),
+                source: f.0.clone(),
+            });
+        }
+        for (name, value) in &self.headers {
+            crate::check_name("header", name)?;
+            if value.contains('\0') {
+                return Err(crate::Error::InvalidName {
+                    what: "header value",
+                    name: value.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A serialization error kept until the event is saved (so recording never panics).

@@ -9,6 +9,7 @@
 //! | `time` | when the event was recorded |
 //! | `datacontenttype` | `application/json` |
 //! | `aggregatetype`, `eventversion` | extension attributes |
+//! | `aggregateposition` | extension: the position in the aggregate's stream (1, 2, 3, ...) |
 //! | `traceparent` | the distributed-tracing extension |
 //! | `correlationid`, `causationid` | extension attributes, when set |
 //!
@@ -53,6 +54,7 @@ struct Structured<'a> {
     datacontenttype: &'static str,
     aggregatetype: &'a str,
     eventversion: String,
+    aggregateposition: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     traceparent: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -85,6 +87,7 @@ pub fn to_structured(envelope: &Envelope, source: &str) -> Result<Vec<u8>> {
         datacontenttype: CONTENT_TYPE,
         aggregatetype: &envelope.aggregate_type,
         eventversion: envelope.event_version.to_string(),
+        aggregateposition: envelope.position.to_string(),
         traceparent: envelope.headers.traceparent.as_deref(),
         correlationid: envelope.headers.correlation_id.map(|u| u.to_string()),
         causationid: envelope.headers.causation_id.map(|u| u.to_string()),
@@ -110,6 +113,10 @@ pub fn binary_headers(envelope: &Envelope, source: &str, prefix: &str) -> Vec<(S
         (
             format!("{prefix}eventversion"),
             envelope.event_version.to_string(),
+        ),
+        (
+            format!("{prefix}aggregateposition"),
+            envelope.position.to_string(),
         ),
     ];
     if let Some(tp) = &envelope.headers.traceparent {
@@ -172,6 +179,12 @@ fn envelope_from(attr: impl Fn(&str) -> Option<String>, payload: String) -> Resu
             .parse()
             .map_err(|e: uuid::Error| bad("id", e.to_string()))?,
         sequence: 0,
+        position: match attr("aggregateposition") {
+            Some(v) => v
+                .parse()
+                .map_err(|e| bad("aggregateposition", format!("{e}")))?,
+            None => 0,
+        },
         aggregate_type: attr("aggregatetype").unwrap_or_default(),
         aggregate_id: attr("subject").unwrap_or_default(),
         event_type: get("type")?,
@@ -203,6 +216,7 @@ mod tests {
         Envelope {
             message_id: Uuid::now_v7(),
             sequence: 7,
+            position: 3,
             aggregate_type: "order".into(),
             aggregate_id: "42".into(),
             event_type: "order.placed".into(),
@@ -233,6 +247,7 @@ mod tests {
         assert_eq!(back.aggregate_id, "42");
         assert_eq!(back.aggregate_type, "order");
         assert_eq!(back.event_version, 2);
+        assert_eq!(back.position, 3);
         assert_eq!(back.headers.correlation_id, e.headers.correlation_id);
         assert_eq!(back.headers.traceparent, e.headers.traceparent);
         let a: serde_json::Value = serde_json::from_str(&back.payload).unwrap();

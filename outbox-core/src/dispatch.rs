@@ -1,4 +1,5 @@
-//! Calling one handler safely: panics caught, time bounded, inside its own span.
+//! Calling one handler safely: on its own task, panics caught, time bounded from outside,
+//! inside its own span.
 
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;
@@ -11,13 +12,20 @@ use crate::error::Error;
 use crate::handler::{HandlerContext, HandlerEntry};
 use crate::trace;
 
-/// Calls `entry`'s handler with `ctx` and turns every way it can end into a `Result`.
+/// Calls `entry`'s handler with `ctx` on a task of its own and turns every way it can end into
+/// a `Result`.
 ///
 /// A panic becomes [`Error::HandlerPanicked`], running past the timeout (the entry's own, or
 /// `default_timeout`) becomes [`Error::HandlerTimedOut`], a returned error keeps its kind. The
-/// call runs in an `outbox.deliver` span whose parent is the trace the event was recorded in
-/// (from the stored `traceparent`), and with the message as the ambient cause, so events the
-/// handler records carry this message's id as their causation id.
+/// timeout is measured by the caller, not inside the handler's task, so a handler that blocks
+/// its thread (a synchronous call, a CPU-heavy step) still times out on time, and costs only
+/// its own message; the timed-out task is aborted at its next `.await`. Dropping the returned
+/// future aborts the handler's task too. The call runs in an `outbox.deliver` span whose parent
+/// is the trace the event was recorded in (from the stored `traceparent`), and with the message
+/// as the ambient cause, so events the handler records carry this message's id as their
+/// causation id.
+///
+/// Needs a Tokio runtime.
 pub async fn invoke(
     entry: &HandlerEntry,
     ctx: &HandlerContext,
@@ -41,26 +49,59 @@ pub async fn invoke(
         message_id: envelope.message_id,
         correlation_id: envelope.headers.correlation_id,
     };
-    let call = AssertUnwindSafe(entry.handler().call(ctx)).catch_unwind();
-    let outcome = tokio::time::timeout(timeout, context::scope(scope, call))
-        .instrument(span.clone())
-        .await;
-    let result = match outcome {
+    let task = {
+        let entry = entry.clone();
+        let ctx = ctx.clone();
+        let span = span.clone();
+        AbortOnDrop(tokio::spawn(async move {
+            let call = AssertUnwindSafe(entry.handler().call(&ctx)).catch_unwind();
+            context::scope(scope, call).instrument(span).await
+        }))
+    };
+    let result = match tokio::time::timeout(timeout, task).await {
         Err(_) => Err(Error::HandlerTimedOut {
             handler: entry.name().to_owned(),
             timeout,
         }),
-        Ok(Err(panic)) => Err(Error::HandlerPanicked {
+        Ok(Err(join)) => Err(Error::HandlerPanicked {
+            handler: entry.name().to_owned(),
+            message: match join.try_into_panic() {
+                Ok(panic) => panic_message(&*panic),
+                Err(e) => e.to_string(),
+            },
+        }),
+        Ok(Ok(Err(panic))) => Err(Error::HandlerPanicked {
             handler: entry.name().to_owned(),
             message: panic_message(&*panic),
         }),
-        Ok(Ok(Err(e))) => Err(e.into_error(entry.name())),
-        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Ok(Err(e)))) => Err(e.into_error(entry.name())),
+        Ok(Ok(Ok(Ok(())))) => Ok(()),
     };
     if let Err(e) = &result {
         span.in_scope(|| tracing::warn!(error = %e.report(), kind = e.kind(), "handler failed"));
     }
     result
+}
+
+/// A task handle that aborts its task when dropped: a caller that stops waiting (a timeout, a
+/// shutdown) does not leave the handler running on its own.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> std::future::Future for AbortOnDrop<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {

@@ -33,8 +33,12 @@ pub struct Headers {
 pub struct Envelope {
     /// The message id (UUIDv7): consumers deduplicate on it.
     pub message_id: Uuid,
-    /// The row's position in the outbox, increasing in commit order for one aggregate.
+    /// The row's position in the whole outbox (a global, increasing sequence number).
     pub sequence: i64,
+    /// The message's position in its aggregate's stream: 1 for the aggregate's first event, then
+    /// 2, 3, ... without gaps, in commit order, like a Kafka offset within a partition. Delayed
+    /// events have positions too but are delivered outside this order.
+    pub position: i64,
     /// The aggregate type (`"order"`).
     pub aggregate_type: String,
     /// The aggregate id.

@@ -135,9 +135,11 @@ pub enum Error {
         second: String,
     },
 
-    /// A name that is stored in the database (event type, aggregate type, handler) is empty or
-    /// longer than 255 bytes.
-    #[error("invalid {what} name `{name}`: it must be 1 to 255 bytes long")]
+    /// A name or id that is stored in the database (event type, aggregate type, aggregate id,
+    /// handler, header) is empty, longer than 255 bytes, or contains a NUL character. The same
+    /// rule holds on every backend, and is checked when the event is recorded or staged, before
+    /// anything is written.
+    #[error("invalid {what} {name:?}: it must be 1 to 255 bytes long and contain no NUL character")]
     InvalidName {
         /// Which kind of name.
         what: &'static str,
@@ -196,9 +198,16 @@ impl Error {
     }
 }
 
-/// Checks a name that will be stored in a `VARCHAR(255)` column.
-pub(crate) fn check_name(what: &'static str, name: &str) -> Result<()> {
-    if name.is_empty() || name.len() > 255 {
+/// Checks a name or id that will be stored in a `VARCHAR(255)` column: 1 to 255 bytes, no NUL
+/// (PostgreSQL cannot store one, and a C client would cut the string there).
+///
+/// ```
+/// assert!(outbox_core::check_name("aggregate id", "order-1").is_ok());
+/// assert!(outbox_core::check_name("aggregate id", "a\0b").is_err());
+/// assert!(outbox_core::check_name("aggregate id", "").is_err());
+/// ```
+pub fn check_name(what: &'static str, name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > 255 || name.contains('\0') {
         return Err(Error::InvalidName {
             what,
             name: name.to_owned(),

@@ -193,6 +193,7 @@ pub struct HandlerContext {
     attempt: u32,
     extensions: Arc<Extensions>,
     upcasters: Arc<Upcasters>,
+    host: Option<Arc<dyn Any + Send + Sync>>,
 }
 
 impl HandlerContext {
@@ -210,7 +211,21 @@ impl HandlerContext {
             attempt,
             extensions,
             upcasters,
+            host: None,
         }
+    }
+
+    /// Attaches what the storage integration running the handler gives its extension traits
+    /// (`outbox-seaorm`'s relay puts its database and tables here, for `ctx.db()` and
+    /// `ctx.exactly_once(..)`).
+    pub fn with_host(mut self, host: Arc<dyn Any + Send + Sync>) -> Self {
+        self.host = Some(host);
+        self
+    }
+
+    /// What [`with_host`](Self::with_host) attached, if it is a `T`.
+    pub fn host<T: Any>(&self) -> Option<&T> {
+        self.host.as_deref()?.downcast_ref()
     }
 
     /// The whole message.
@@ -231,6 +246,13 @@ impl HandlerContext {
     /// The id of the aggregate that recorded the event.
     pub fn aggregate_id(&self) -> &str {
         &self.envelope.aggregate_id
+    }
+
+    /// The message's position in its aggregate's stream (1, 2, 3, ... in commit order, without
+    /// gaps): a handler that keeps the last position it applied per aggregate can tell a
+    /// redelivery (a position it has seen) from a gap.
+    pub fn position(&self) -> i64 {
+        self.envelope.position
     }
 
     /// Which attempt of this handler this is, starting at 1.
@@ -330,6 +352,18 @@ impl HandlerError {
         }
     }
 
+    /// Wraps any boxed error: a `HandlerError` inside stays as it is (permanent or not), a core
+    /// [`Error`] keeps its retryability, anything else is retried.
+    pub fn from_boxed(boxed: BoxError) -> Self {
+        match boxed.downcast::<HandlerError>() {
+            Ok(h) => *h,
+            Err(other) => match other.downcast::<Error>() {
+                Ok(e) => HandlerError::from(*e),
+                Err(other) => HandlerError::retry(other),
+            },
+        }
+    }
+
     /// Whether the failure is permanent.
     pub fn is_permanent(&self) -> bool {
         self.permanent
@@ -395,15 +429,6 @@ impl IntoHandlerResult for () {
 
 impl<E: Into<BoxError>> IntoHandlerResult for Result<(), E> {
     fn into_handler_result(self) -> Result<(), HandlerError> {
-        self.map_err(|e| {
-            let boxed: BoxError = e.into();
-            match boxed.downcast::<HandlerError>() {
-                Ok(h) => *h,
-                Err(other) => match other.downcast::<Error>() {
-                    Ok(e) => HandlerError::from(*e),
-                    Err(other) => HandlerError::retry(other),
-                },
-            }
-        })
+        self.map_err(|e| HandlerError::from_boxed(e.into()))
     }
 }

@@ -39,6 +39,7 @@
 //! let envelope = Arc::new(Envelope {
 //!     message_id: pending.message_id,
 //!     sequence: 1,
+//!     position: 1,
 //!     aggregate_type: Order::AGGREGATE_TYPE.into(),
 //!     aggregate_id: order.aggregate_id(),
 //!     event_type: pending.event_type.into(),
@@ -73,15 +74,19 @@ mod handler;
 pub mod publish;
 mod registry;
 mod retry;
+pub mod staging;
 pub mod trace;
+mod unsaved;
 mod upcast;
 
 #[doc(inline)]
-pub use self::aggregate::{Aggregate, Events, PendingEvent, RecordOptions, SerializeFailure};
+pub use self::aggregate::{
+    Aggregate, Events, Owner, PendingEvent, RecordOptions, SerializeFailure,
+};
 #[doc(inline)]
 pub use self::envelope::{Envelope, Headers};
 #[doc(inline)]
-pub use self::error::{BoxError, Error, Result};
+pub use self::error::{BoxError, Error, Result, check_name};
 #[doc(inline)]
 pub use self::event::{DomainEvent, EventTypeRegistration, registered_event_types};
 #[doc(inline)]
@@ -93,6 +98,8 @@ pub use self::handler::{
 pub use self::registry::Registry;
 #[doc(inline)]
 pub use self::retry::RetryPolicy;
+#[doc(inline)]
+pub use self::unsaved::{UnsavedEvents, on_unsaved_events};
 #[doc(inline)]
 pub use self::upcast::{UpcastFn, UpcasterRegistration, Upcasters};
 

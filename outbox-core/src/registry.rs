@@ -147,6 +147,37 @@ impl Registry {
         self.routes.iter().map(|(_, e)| e)
     }
 
+    /// Declares an event type this process knows without handling it, so that its messages
+    /// complete at once instead of waiting for a relay that knows the type.
+    /// [`Registry::from_inventory`] knows every type derived with `DomainEvent` already.
+    pub fn with_event<E: crate::DomainEvent>(mut self) -> Self {
+        let versions = self
+            .event_types
+            .entry(E::EVENT_TYPE.to_owned())
+            .or_default();
+        if !versions.contains(&E::VERSION) {
+            versions.push(E::VERSION);
+            versions.sort_unstable();
+        }
+        self
+    }
+
+    /// Whether this process knows `event_type`: a type derived with `DomainEvent` in a linked
+    /// crate, declared with [`with_event`](Self::with_event), or handled by a handler.
+    ///
+    /// A relay leaves a message of a type it does not know for a relay that does (a newer
+    /// version during a rolling deployment) instead of failing it.
+    pub fn knows(&self, event_type: &str) -> bool {
+        self.event_types.contains_key(event_type)
+    }
+
+    /// Whether this process can decide what `envelope` needs: it knows the event type (see
+    /// [`knows`](Self::knows)), or a route takes the message (a route forwards the payload as
+    /// it is stored, without the Rust type).
+    pub fn understands(&self, envelope: &Envelope) -> bool {
+        self.knows(&envelope.event_type) || self.routes.iter().any(|(m, _)| m.matches(envelope))
+    }
+
     /// Replaces the upcasters.
     pub fn with_upcasters(mut self, upcasters: Upcasters) -> Self {
         self.upcasters = Arc::new(upcasters);

@@ -6,7 +6,8 @@ use crate::error::{Error, Result};
 
 /// The names of the outbox's tables.
 ///
-/// The defaults are `outbox_messages` and `outbox_deliveries`. Names are validated when they are
+/// The defaults are `outbox_messages`, `outbox_deliveries`, `outbox_streams`, `outbox_inbox` and
+/// `outbox_locks`. Names are validated when they are
 /// set (ASCII letters, digits and `_`, not starting with a digit, at most 63 bytes: PostgreSQL's
 /// limit), optionally qualified by a schema (`messaging.outbox_messages`), and always quoted in
 /// SQL, so a name can never inject SQL.
@@ -19,10 +20,11 @@ use crate::error::{Error, Result};
 /// assert!(OutboxConfig::new().messages("orders; DROP TABLE x").is_err());
 /// # Ok::<(), outbox_seaorm::Error>(())
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct OutboxConfig {
     messages: String,
     deliveries: String,
+    streams: String,
     inbox: String,
     locks: String,
     pg_notify: bool,
@@ -33,6 +35,7 @@ impl Default for OutboxConfig {
         Self {
             messages: "outbox_messages".into(),
             deliveries: "outbox_deliveries".into(),
+            streams: "outbox_streams".into(),
             inbox: "outbox_inbox".into(),
             locks: "outbox_locks".into(),
             pg_notify: false,
@@ -51,6 +54,7 @@ impl OutboxConfig {
         let d = Self::default();
         self.messages(format!("{prefix}{}", d.messages))?
             .deliveries(format!("{prefix}{}", d.deliveries))?
+            .streams(format!("{prefix}{}", d.streams))?
             .inbox(format!("{prefix}{}", d.inbox))?
             .locks(format!("{prefix}{}", d.locks))
     }
@@ -64,6 +68,13 @@ impl OutboxConfig {
     /// Sets the deliveries table (the state of each handler of a message that failed once).
     pub fn deliveries(mut self, name: impl Into<String>) -> Result<Self> {
         self.deliveries = validate(name.into())?;
+        Ok(self)
+    }
+
+    /// Sets the streams table (one row per aggregate: the last position handed out, and whether
+    /// its delivery is held back by a failed message).
+    pub fn streams(mut self, name: impl Into<String>) -> Result<Self> {
+        self.streams = validate(name.into())?;
         Ok(self)
     }
 
@@ -107,6 +118,11 @@ impl OutboxConfig {
     /// The deliveries table's name, unquoted.
     pub fn deliveries_table(&self) -> &str {
         &self.deliveries
+    }
+
+    /// The streams table's name, unquoted.
+    pub fn streams_table(&self) -> &str {
+        &self.streams
     }
 
     /// The inbox table's name, unquoted.

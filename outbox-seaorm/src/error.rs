@@ -6,6 +6,9 @@ use uuid::Uuid;
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// What can go wrong while saving events, relaying them or administering the outbox.
+///
+/// Every variant's message says what happened and why in one line
+/// (`database error: no such table: outbox_messages`), so logging `{}` is enough.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -13,14 +16,49 @@ pub enum Error {
     ///
     /// # Handling
     ///
-    /// On the write side the transaction is rolled back and nothing was written: retry the whole
-    /// unit of work. The relay logs it, backs off and reconnects by itself.
-    #[error("database error")]
-    Db(#[from] sea_orm::DbErr),
+    /// On the write side the transaction is rolled back and nothing was written; the events
+    /// are back in their aggregates, so retrying the whole unit of work with the same
+    /// instances writes them. The relay logs it, backs off and reconnects by itself.
+    // The cause is part of the message (and so not also a `source`, or reporters that walk the
+    // chain would print it twice).
+    #[error("database error: {0}")]
+    Db(sea_orm::DbErr),
 
     /// An event could not be recorded, decoded or handled, or the handler registry is invalid.
     #[error(transparent)]
     Event(#[from] outbox_core::Error),
+
+    /// An outbox table is missing, or lacks a column this version uses (it was created by an
+    /// older version).
+    ///
+    /// # Handling
+    ///
+    /// Create the tables: add [`OutboxMigration`](crate::OutboxMigration) to your
+    /// `sea-orm-migration` `Migrator`, or call
+    /// [`schema::create_tables`](crate::schema::create_tables) at start-up.
+    #[error(
+        "the outbox table `{table}` is missing or outdated ({source}); create the outbox tables \
+         with `OutboxMigration` in your migrator or `outbox_seaorm::schema::create_tables`"
+    )]
+    Schema {
+        /// The table's configured name.
+        table: String,
+        /// What the database said when it was read.
+        source: sea_orm::DbErr,
+    },
+
+    /// The aggregate's events are staged in another unit of work that has not ended (the same
+    /// instance was saved in two units of work at once).
+    #[error(
+        "the events of aggregate `{aggregate_type}` `{aggregate_id}` are staged in another unit \
+         of work that has not ended yet"
+    )]
+    StagedElsewhere {
+        /// The aggregate type.
+        aggregate_type: &'static str,
+        /// The aggregate id.
+        aggregate_id: String,
+    },
 
     /// A table name given to [`OutboxConfig`](crate::OutboxConfig) is not a plain identifier.
     #[error("invalid table name `{name}`: {reason}")]
@@ -43,4 +81,41 @@ pub enum Error {
     /// The relay was given an invalid setting.
     #[error("invalid relay setting: {0}")]
     InvalidSetting(&'static str),
+}
+
+impl From<sea_orm::DbErr> for Error {
+    fn from(e: sea_orm::DbErr) -> Self {
+        Error::Db(e)
+    }
+}
+
+impl Error {
+    /// The message with the messages of its sources, as one line.
+    pub fn report(&self) -> String {
+        let mut out = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(s) = source {
+            out.push_str(": ");
+            out.push_str(&s.to_string());
+            source = s.source();
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_error_shows_its_cause() {
+        let e = Error::from(sea_orm::DbErr::Custom(
+            "no such table: outbox_messages".into(),
+        ));
+        assert_eq!(
+            e.to_string(),
+            "database error: Custom Error: no such table: outbox_messages"
+        );
+        assert_eq!(e.report(), e.to_string());
+    }
 }

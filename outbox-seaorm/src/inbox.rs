@@ -10,16 +10,18 @@
 //! after [`Retention::inbox_after`](crate::Retention::inbox_after) (30 days by default: keep it
 //! longer than the longest redelivery or replay window of your brokers).
 
-use chrono::Utc;
 use sea_orm::DatabaseConnection;
 use uuid::Uuid;
 
-use outbox_core::{BoxFuture, HandlerContext, HandlerError};
+#[cfg(any(feature = "nats", feature = "amqp"))]
+use outbox_core::BoxFuture;
+use outbox_core::{BoxError, HandlerContext, HandlerError};
+
+use std::sync::Arc;
 
 use crate::config::OutboxConfig;
+use crate::driver::{self, Driver};
 use crate::error::Error;
-use crate::relay::HandlerContextExt;
-use crate::store::Store;
 use crate::uow::UnitOfWork;
 
 /// Whether the work ran or the message had been processed before.
@@ -43,7 +45,7 @@ impl<T> Processed<T> {
 pub struct Inbox {
     db: DatabaseConnection,
     config: OutboxConfig,
-    store: Store,
+    driver: Arc<dyn Driver>,
 }
 
 impl Inbox {
@@ -55,7 +57,7 @@ impl Inbox {
     /// The inbox on the tables named by `config`.
     pub fn with_config(db: DatabaseConnection, config: OutboxConfig) -> Self {
         Self {
-            store: Store::new(db.get_database_backend(), &config),
+            driver: driver::cached(db.get_database_backend(), &config),
             db,
             config,
         }
@@ -70,10 +72,10 @@ impl Inbox {
     /// use sea_orm::ConnectionTrait;
     ///
     /// let outcome = Inbox::new(db)
-    ///     .process("billing", id, |uow| Box::pin(async move {
+    ///     .process("billing", id, async |uow| {
     ///         uow.execute_unprepared("UPDATE accounts SET balance = balance - 10").await?;
     ///         Ok::<_, outbox_seaorm::Error>(())
-    ///     }))
+    ///     })
     ///     .await?;
     /// assert!(matches!(outcome, Processed::Done(()) | Processed::Duplicate));
     /// # Ok(()) }
@@ -85,14 +87,14 @@ impl Inbox {
         work: F,
     ) -> Result<Processed<T>, E>
     where
-        F: for<'c> FnOnce(&'c UnitOfWork) -> BoxFuture<'c, Result<T, E>>,
+        F: AsyncFnOnce(&UnitOfWork) -> Result<T, E>,
         E: From<Error>,
     {
         let uow = UnitOfWork::begin_with(&self.db, &self.config).await?;
         // The mark goes first: a concurrent duplicate waits here for this transaction.
         if !self
-            .store
-            .mark_processed(&uow, consumer, message_id, Utc::now())
+            .driver
+            .mark_processed(uow.transaction(), consumer, message_id)
             .await?
         {
             uow.rollback().await?;
@@ -104,15 +106,14 @@ impl Inbox {
         Ok(Processed::Done(value))
     }
 
-    /// Deletes inbox rows processed before `cutoff`, up to `limit`. Returns how many.
+    /// Deletes up to `limit` inbox rows processed more than `age` ago (by the database's
+    /// clock). Returns how many.
     pub async fn delete_processed_before(
         &self,
-        cutoff: chrono::DateTime<Utc>,
+        age: std::time::Duration,
         limit: u32,
     ) -> Result<usize, Error> {
-        self.store
-            .delete_inbox_before(&self.db, cutoff, limit)
-            .await
+        self.driver.delete_inbox(&self.db, age, limit).await
     }
 }
 
@@ -125,34 +126,67 @@ impl From<Error> for HandlerError {
     }
 }
 
-/// Exactly-once effects for in-process handlers.
-pub trait ExactlyOnce {
+/// What a relay adds to the [`HandlerContext`] of the handlers it calls: its database, and
+/// exactly-once effects through the inbox. The one trait to import in handlers.
+pub trait HandlerContextExt {
+    /// The relay's database connection: begin a [`UnitOfWork`] on it and the events you
+    /// record are caused by the message being handled.
+    ///
+    /// Fails with [`outbox_core::Error::MissingState`] for a context that no relay built.
+    fn db(&self) -> outbox_core::Result<&DatabaseConnection>;
+
     /// Runs `work` in a unit of work on the relay's database together with the inbox mark for
     /// this handler and message: if the message was processed before (a redelivery after a
-    /// crash), `work` does not run again.
-    fn exactly_once<T, F>(
-        &self,
-        work: F,
-    ) -> impl std::future::Future<Output = Result<Processed<T>, HandlerError>> + Send
-    where
-        T: Send,
-        F: for<'c> FnOnce(&'c UnitOfWork) -> BoxFuture<'c, Result<T, HandlerError>> + Send;
-}
-
-impl ExactlyOnce for HandlerContext {
+    /// crash), `work` does not run again. Events `work` records commit with it.
+    ///
+    /// `work` is an async closure taking the unit of work; any error converts with `?`
+    /// (database errors included), and a [`HandlerError::permanent`] returned from it stays
+    /// permanent.
+    ///
+    /// ```no_run
+    /// use outbox_seaorm::{event_handler, DomainEvent, HandlerContext, HandlerContextExt};
+    /// use sea_orm::ConnectionTrait;
+    /// # #[derive(serde::Serialize, serde::Deserialize, DomainEvent)]
+    /// # struct OrderPaid { cents: i64 }
+    ///
+    /// #[event_handler(name = "credit-ledger")]
+    /// async fn credit(event: OrderPaid, ctx: &HandlerContext) -> Result<(), outbox_seaorm::HandlerError> {
+    ///     ctx.exactly_once(async |uow| {
+    ///         uow.execute_unprepared(&format!("UPDATE ledger SET cents = cents + {}", event.cents)).await?;
+    ///         Ok(())
+    ///     })
+    ///     .await?;
+    ///     Ok(())
+    /// }
+    /// # fn main() {}
+    /// ```
+    // Handlers are spawned, so their futures must be `Send`; the future here is `Send`
+    // whenever `work`'s is, which the compiler checks where the concrete closure is known.
+    #[allow(async_fn_in_trait)]
     async fn exactly_once<T, F>(&self, work: F) -> Result<Processed<T>, HandlerError>
     where
-        T: Send,
-        F: for<'c> FnOnce(&'c UnitOfWork) -> BoxFuture<'c, Result<T, HandlerError>> + Send,
+        F: AsyncFnOnce(&UnitOfWork) -> Result<T, BoxError>;
+}
+
+impl HandlerContextExt for HandlerContext {
+    fn db(&self) -> outbox_core::Result<&DatabaseConnection> {
+        crate::relay::host(self).map(|h| &h.db)
+    }
+
+    async fn exactly_once<T, F>(&self, work: F) -> Result<Processed<T>, HandlerError>
+    where
+        F: AsyncFnOnce(&UnitOfWork) -> Result<T, BoxError>,
     {
-        let db = self.db()?.clone();
-        let config = self
-            .extensions()
-            .get::<OutboxConfig>()
-            .cloned()
-            .unwrap_or_default();
-        Inbox::with_config(db, config)
-            .process(self.handler_name(), self.message_id(), work)
+        let host = crate::relay::host(self)?;
+        let inbox = Inbox {
+            db: host.db.clone(),
+            config: host.config.clone(),
+            driver: host.driver.clone(),
+        };
+        inbox
+            .process(self.handler_name(), self.message_id(), async |uow| {
+                work(uow).await.map_err(HandlerError::from_boxed)
+            })
             .await
     }
 }
@@ -188,7 +222,9 @@ where
     };
     let message_id = envelope.message_id;
     match inbox
-        .process(consumer, message_id, |uow| handler(envelope, uow))
+        .process(consumer, message_id, async |uow| {
+            handler(envelope, uow).await
+        })
         .await
     {
         Ok(_) => Verdict::Ack,

@@ -58,7 +58,7 @@
 //! uow.save(&mut order).await?;  // order row upserted, OrderConfirmed staged
 //! uow.commit().await?;          // outbox row written in the same transaction, then COMMIT
 //!
-//! let relay = Relay::builder(db.clone()).build()?;
+//! let relay = Relay::builder(db.clone()).build().await?;
 //! let report = relay.drain().await?;  // or `.spawn()` to run in the background
 //! assert_eq!(report.delivered, 1);
 //! # Ok(())
@@ -83,13 +83,13 @@
 
 mod admin;
 mod config;
+mod driver;
 pub mod entity;
 mod error;
 pub mod inbox;
 mod listen;
 mod relay;
 pub mod schema;
-mod store;
 mod uow;
 mod wake;
 
@@ -100,19 +100,17 @@ pub use self::config::OutboxConfig;
 #[doc(inline)]
 pub use self::error::{Error, Result};
 #[doc(inline)]
-pub use self::inbox::{ExactlyOnce, Inbox, Processed};
+pub use self::inbox::{HandlerContextExt, Inbox, Processed};
 #[doc(inline)]
 pub use self::relay::{
-    BatchReport, DeliveredRows, HandlerContextExt, Relay, RelayBuilder, RelayHandle, RelayStats,
-    Retention, RetentionReport,
+    BatchReport, DeliveredRows, DeliveryOrder, OnFailure, Relay, RelayBuilder, RelayHandle,
+    RelayStats, Retention, RetentionReport,
 };
 #[cfg(feature = "migration")]
 #[doc(inline)]
 pub use self::schema::OutboxMigration;
 #[doc(inline)]
-pub use self::store::{OnFailure, Ordering};
-#[doc(inline)]
-pub use self::uow::{UnitOfWork, save_aggregate, save_aggregate_with, stage_aggregate};
+pub use self::uow::{UnitOfWork, Written, save_aggregate, save_aggregate_with, stage_aggregate};
 
 #[doc(no_inline)]
 pub use outbox_core::cloudevents;
@@ -120,9 +118,9 @@ pub use outbox_core::cloudevents;
 pub use outbox_core::publish::{Publisher, Route};
 #[doc(no_inline)]
 pub use outbox_core::{
-    Aggregate, DomainEvent, DomainEvents, Envelope, Events, Extensions, HandlerContext,
-    HandlerEntry, HandlerError, Headers, RecordOptions, Registry, RetryPolicy, Upcasters,
-    event_handler, upcaster,
+    Aggregate, BoxError, DomainEvent, DomainEvents, Envelope, Events, Extensions, HandlerContext,
+    HandlerEntry, HandlerError, Headers, RecordOptions, Registry, RetryPolicy, UnsavedEvents,
+    Upcasters, event_handler, on_unsaved_events, upcaster,
 };
 
 /// The core crate, for what is not re-exported above.

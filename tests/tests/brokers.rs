@@ -303,6 +303,7 @@ async fn binary_mode_jetstream_events_are_valid_cloudevents() {
     let relay = Relay::builder(t.db.clone())
         .registry(Registry::new([]).unwrap().with_route(route).unwrap())
         .build()
+        .await
         .unwrap();
     assert_eq!(relay.drain().await.unwrap().delivered, 1);
     let consumer = stream

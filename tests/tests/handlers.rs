@@ -132,6 +132,7 @@ async fn handlers_registered_with_the_attribute_are_dispatched_by_type(t: TestDb
     let relay = Relay::builder(t.db.clone())
         .retry(RetryPolicy::default().max_attempts(1))
         .build()
+        .await
         .unwrap();
     relay.drain().await.unwrap();
 

@@ -1,11 +1,12 @@
 //! The inbox: effects once per consumer and message, whatever the broker redelivers.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use outbox_seaorm::core::{Envelope, Extensions, HandlerContext, Headers, Upcasters, dispatch};
-use outbox_seaorm::{ExactlyOnce, HandlerEntry, HandlerError, Inbox, Processed};
-use outbox_tests::{TestDb, backend_tests};
+use outbox_seaorm::{
+    HandlerContext, HandlerContextExt, HandlerEntry, HandlerError, Inbox, Processed, Registry,
+    Relay, RetryPolicy, UnitOfWork,
+};
+use outbox_tests::{TestDb, backend_tests, wait_for};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 use uuid::Uuid;
 
@@ -57,11 +58,9 @@ async fn a_message_processed_twice_has_its_effect_once(t: TestDb) {
     let id = Uuid::now_v7();
     for expected_duplicate in [false, true] {
         let outcome = inbox
-            .process("billing", id, |uow| {
-                Box::pin(async move {
-                    bump(uow, "charges").await?;
-                    Ok::<_, outbox_seaorm::Error>("charged")
-                })
+            .process("billing", id, async |uow| {
+                bump(uow, "charges").await?;
+                Ok::<_, outbox_seaorm::Error>("charged")
             })
             .await
             .unwrap();
@@ -69,11 +68,9 @@ async fn a_message_processed_twice_has_its_effect_once(t: TestDb) {
     }
     // Another consumer of the same message has its own mark.
     let other = inbox
-        .process("audit", id, |uow| {
-            Box::pin(async move {
-                bump(uow, "audits").await?;
-                Ok::<_, outbox_seaorm::Error>(())
-            })
+        .process("audit", id, async |uow| {
+            bump(uow, "audits").await?;
+            Ok::<_, outbox_seaorm::Error>(())
         })
         .await
         .unwrap();
@@ -101,26 +98,20 @@ async fn two_racing_deliveries_on_two_connections_run_the_effect_once(t: TestDb)
     t.cleanup().await;
 }
 
-fn ship(
-    uow: &outbox_seaorm::UnitOfWork,
-) -> outbox_seaorm::core::BoxFuture<'_, Result<(), outbox_seaorm::Error>> {
-    Box::pin(async move {
-        bump(uow, "shipments").await?;
-        // Hold the transaction open so the other delivery arrives while it runs.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        Ok(())
-    })
+async fn ship(uow: &outbox_seaorm::UnitOfWork) -> Result<(), outbox_seaorm::Error> {
+    bump(uow, "shipments").await?;
+    // Hold the transaction open so the other delivery arrives while it runs.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Ok(())
 }
 
 async fn failed_work_leaves_no_mark_so_a_retry_runs_it(t: TestDb) {
     let inbox = Inbox::new(t.db.clone());
     let id = Uuid::now_v7();
     let failed = inbox
-        .process("mailer", id, |uow| {
-            Box::pin(async move {
-                bump(uow, "mails").await?;
-                Err::<(), _>(outbox_seaorm::Error::InvalidSetting("smtp down"))
-            })
+        .process("mailer", id, async |uow| {
+            bump(uow, "mails").await?;
+            Err::<(), _>(outbox_seaorm::Error::InvalidSetting("smtp down"))
         })
         .await;
     assert!(failed.is_err());
@@ -130,11 +121,9 @@ async fn failed_work_leaves_no_mark_so_a_retry_runs_it(t: TestDb) {
         "rolled back with the mark"
     );
     let retried = inbox
-        .process("mailer", id, |uow| {
-            Box::pin(async move {
-                bump(uow, "mails").await?;
-                Ok::<_, outbox_seaorm::Error>(())
-            })
+        .process("mailer", id, async |uow| {
+            bump(uow, "mails").await?;
+            Ok::<_, outbox_seaorm::Error>(())
         })
         .await
         .unwrap();
@@ -144,37 +133,33 @@ async fn failed_work_leaves_no_mark_so_a_retry_runs_it(t: TestDb) {
 }
 
 async fn in_process_handler_asks_for_exactly_once(t: TestDb) {
-    let handler = HandlerEntry::erased("ledger", "test.any", LedgerHandler);
-    let mut extensions = Extensions::new();
-    extensions.insert(t.db.clone());
-    let extensions = Arc::new(extensions);
-    let envelope = Arc::new(Envelope {
-        message_id: Uuid::now_v7(),
-        sequence: 1,
-        aggregate_type: "account".into(),
-        aggregate_id: "1".into(),
-        event_type: "test.any".into(),
-        event_version: 1,
-        payload: "{}".into(),
-        headers: Headers::default(),
-        occurred_at: chrono::Utc::now(),
-    });
-    // The same message delivered twice (a relay crashed after the first handling).
-    for attempt in 1..=2 {
-        let ctx = HandlerContext::new(
-            envelope.clone(),
-            "ledger".into(),
-            attempt,
-            extensions.clone(),
-            Arc::new(Upcasters::new()),
-        );
-        dispatch::invoke(&handler, &ctx, Duration::from_secs(10))
-            .await
-            .unwrap();
-    }
+    // The handler's effect commits, then the handler fails: the relay runs it again, and the
+    // inbox keeps the effect from happening twice.
+    let registry =
+        Registry::new([HandlerEntry::erased("ledger", "test.any", LedgerHandler)]).unwrap();
+    let relay = Relay::builder(t.db.clone())
+        .registry(registry)
+        .retry(RetryPolicy::exponential(Duration::from_millis(1)).jitter(false))
+        .build()
+        .await
+        .unwrap();
+    let uow = UnitOfWork::begin(&t.db).await.unwrap();
+    uow.record("account", 1, Any {}, Default::default())
+        .unwrap();
+    uow.commit().await.unwrap();
+    let report = wait_for("the retry", Duration::from_secs(10), || async {
+        let r = relay.drain().await.unwrap();
+        (r.delivered == 1).then_some(r)
+    })
+    .await;
+    assert_eq!(report.retried, 1, "{report:?}");
     assert_eq!(counter(&t.db, "ledger").await, 1);
     t.cleanup().await;
 }
+
+#[derive(serde::Serialize, serde::Deserialize, outbox_seaorm::DomainEvent)]
+#[event(name = "test.any")]
+struct Any {}
 
 struct LedgerHandler;
 
@@ -184,13 +169,16 @@ impl outbox_seaorm::core::Handler for LedgerHandler {
         ctx: &'a HandlerContext,
     ) -> outbox_seaorm::core::BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
-            ctx.exactly_once(|uow| {
-                Box::pin(async move {
-                    bump(uow, "ledger").await.map_err(HandlerError::retry)?;
-                    Ok(())
-                })
+            ctx.exactly_once(async |uow| {
+                bump(uow, "ledger").await?;
+                Ok(())
             })
             .await?;
+            if ctx.attempt() == 1 {
+                return Err(HandlerError::retry(std::io::Error::other(
+                    "failed after the effect",
+                )));
+            }
             Ok(())
         })
     }
@@ -200,19 +188,20 @@ async fn old_inbox_marks_are_deleted(t: TestDb) {
     let inbox = Inbox::new(t.db.clone());
     for _ in 0..5 {
         inbox
-            .process("c", Uuid::now_v7(), |_| {
-                Box::pin(async { Ok::<_, outbox_seaorm::Error>(()) })
+            .process("c", Uuid::now_v7(), async |_| {
+                Ok::<_, outbox_seaorm::Error>(())
             })
             .await
             .unwrap();
     }
     let none = inbox
-        .delete_processed_before(chrono::Utc::now() - chrono::Duration::hours(1), 100)
+        .delete_processed_before(Duration::from_secs(3600), 100)
         .await
         .unwrap();
     assert_eq!(none, 0, "recent marks are kept");
+    tokio::time::sleep(Duration::from_millis(20)).await;
     let all = inbox
-        .delete_processed_before(chrono::Utc::now() + chrono::Duration::seconds(1), 3)
+        .delete_processed_before(Duration::from_millis(10), 3)
         .await
         .unwrap();
     assert_eq!(all, 3, "bounded by the limit");

@@ -23,6 +23,7 @@ async fn body(t: TestDb) {
         .registry(Registry::new([recording::<OrderPlaced>("placed", seen.clone())]).unwrap())
         .poll_interval(Duration::from_secs(3600))
         .spawn()
+        .await
         .unwrap();
     // Let the first poll pass; LISTEN is issued alongside it and has no signal of its own, so
     // leave it a moment more.
@@ -34,8 +35,9 @@ async fn body(t: TestDb) {
     // A plain transaction wakes no relay in this process: only the NOTIFY can.
     let mut o = order::Model::place("ada", 1);
     let txn = t.db.begin().await.unwrap();
-    save_aggregate_with(&txn, &config, &mut o).await.unwrap();
+    let written = save_aggregate_with(&txn, &config, &mut o).await.unwrap();
     txn.commit().await.unwrap();
+    written.committed();
     wait_for("notified delivery", Duration::from_secs(10), || async {
         (seen.len() == 1).then_some(())
     })

@@ -72,6 +72,7 @@ async fn body(t: TestDb) {
                 .lease(Duration::from_secs(2))
                 .poll_interval(Duration::from_millis(50))
                 .spawn()
+                .await
                 .unwrap(),
         );
     }

@@ -96,6 +96,7 @@ async fn deliveries_retry_through_a_rabbitmq_outage_and_complete() {
         )
         .poll_interval(Duration::from_millis(50))
         .spawn()
+        .await
         .unwrap();
     wait_for(
         "failed attempts while RabbitMQ is down",

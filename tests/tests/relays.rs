@@ -52,6 +52,7 @@ async fn many_relays_deliver_each_message_once_in_aggregate_order(t: TestDb) {
                 .batch_size(8)
                 .poll_interval(Duration::from_millis(20))
                 .spawn()
+                .await
                 .unwrap(),
         );
     }
@@ -100,12 +101,14 @@ async fn an_abandoned_claim_is_taken_over_when_its_lease_expires(t: TestDb) {
         .registry(Registry::new([stuck.clone()]).unwrap())
         .lease(lease)
         .build()
+        .await
         .unwrap();
     let survivor = Relay::builder(t.connect_again().await)
         .id("survivor")
         .registry(Registry::new([stuck]).unwrap())
         .lease(lease)
         .build()
+        .await
         .unwrap();
     assert!(
         tokio::time::timeout(Duration::from_millis(100), crashed.run_once())
@@ -138,6 +141,7 @@ async fn retention_deletes_old_delivered_rows_in_batches_one_relay_at_a_time(t: 
         )
         .retention(Retention::delete_delivered_after(Duration::from_secs(3600)).batch_size(10))
         .build()
+        .await
         .unwrap();
     // Deliver 30 of the 33 and age 25 of those; 3 stay pending.
     exec(
@@ -218,6 +222,7 @@ async fn upcaster_lets_a_v2_handler_read_v1_payloads(t: TestDb) {
     let relay = Relay::builder(t.db.clone())
         .registry(registry)
         .build()
+        .await
         .unwrap();
     assert_eq!(relay.drain().await.unwrap().delivered, 1);
     assert_eq!(
@@ -255,6 +260,7 @@ async fn unknown_stored_version_is_dead_with_a_typed_error(t: TestDb) {
         .registry(registry)
         .retry(RetryPolicy::default().max_attempts(5))
         .build()
+        .await
         .unwrap();
     let r = relay.drain().await.unwrap();
     assert_eq!(r.dead, 2, "not retried: no attempt can succeed");

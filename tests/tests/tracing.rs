@@ -90,6 +90,7 @@ async fn delivery_span_continues_the_trace_of_the_saving_request() {
         )
         .handler_timeout(Duration::from_secs(10))
         .build()
+        .await
         .unwrap()
         .drain()
         .await

@@ -283,6 +283,7 @@ mod tests {
         let e = Envelope {
             message_id: uuid::Uuid::nil(),
             sequence: 1,
+            position: 1,
             aggregate_type: "order".into(),
             aggregate_id: "7".into(),
             event_type: "order.placed".into(),

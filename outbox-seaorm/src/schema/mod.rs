@@ -2,12 +2,9 @@
 
 use sea_orm::{ConnectionTrait, DbBackend};
 
-use crate::config::{OutboxConfig, base_name, quote};
+use crate::config::OutboxConfig;
+use crate::driver;
 use crate::error::Result;
-
-const SQLITE: &str = include_str!("sqlite.sql");
-const POSTGRES: &str = include_str!("postgres.sql");
-const MYSQL: &str = include_str!("mysql.sql");
 
 /// Creates the outbox tables and their indexes if they do not exist (idempotent).
 ///
@@ -22,60 +19,21 @@ pub async fn create_tables(db: &impl ConnectionTrait, config: &OutboxConfig) -> 
 
 /// Drops the outbox tables (and everything in them).
 pub async fn drop_tables(db: &impl ConnectionTrait, config: &OutboxConfig) -> Result<()> {
-    let backend = db.get_database_backend();
-    for table in [
-        config.locks_table(),
-        config.inbox_table(),
-        config.deliveries_table(),
-        config.messages_table(),
-    ] {
-        db.execute_unprepared(&format!("DROP TABLE IF EXISTS {}", quote(backend, table)))
-            .await?;
+    let driver = driver::for_backend(db.get_database_backend(), config);
+    for stmt in driver.drop_statements() {
+        db.execute_unprepared(&stmt).await?;
     }
     Ok(())
 }
 
 /// The DDL statements for `backend`, with the configured names filled in.
 pub fn statements(backend: DbBackend, config: &OutboxConfig) -> Vec<String> {
-    let template = match backend {
-        DbBackend::Postgres => POSTGRES,
-        DbBackend::MySql => MYSQL,
-        _ => SQLITE,
-    };
-    let mut sql = template.to_owned();
-    for (key, name) in [
-        ("messages", config.messages_table()),
-        ("deliveries", config.deliveries_table()),
-        ("inbox", config.inbox_table()),
-        ("locks", config.locks_table()),
-    ] {
-        let base = base_name(name);
-        let schema = match name.rsplit_once('.') {
-            Some((schema, _)) => format!("{}.", quote(backend, schema)),
-            None => String::new(),
-        };
-        sql = sql
-            .replace(&format!("{{{key}_schema}}"), &schema)
-            .replace(&format!("{{{key}_table}}"), &quote(backend, base))
-            .replace(&format!("{{{key}_base}}"), base)
-            .replace(&format!("{{{key}}}"), &quote(backend, name));
-    }
-    // Comments go first: they may contain `;`.
-    let sql: String = sql
-        .lines()
-        .filter(|l| !l.trim_start().starts_with("--"))
-        .collect::<Vec<_>>()
-        .join("\n");
-    sql.split(';')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect()
+    driver::for_backend(backend, config).create_statements()
 }
 
 /// A `sea-orm-migration` migration that creates the outbox tables; add it to your `Migrator`.
 ///
-/// Its name is stable (`m20261129_000001_create_outbox_tables`), so it is applied once.
+/// Its name is stable (`m20261130_000001_create_outbox_tables`), so it is applied once.
 ///
 /// ```
 /// use outbox_seaorm::OutboxMigration;
@@ -110,7 +68,7 @@ impl OutboxMigration {
 #[cfg(feature = "migration")]
 impl sea_orm_migration::MigrationName for OutboxMigration {
     fn name(&self) -> &str {
-        "m20261129_000001_create_outbox_tables"
+        "m20261130_000001_create_outbox_tables"
     }
 }
 

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use outbox_seaorm::{
-    DeliveredRows, HandlerContext, HandlerEntry, OnFailure, Ordering, OutboxConfig, Registry,
+    DeliveredRows, DeliveryOrder, HandlerContext, HandlerEntry, OnFailure, OutboxConfig, Registry,
     Relay, UnitOfWork,
 };
 use outbox_tests::fixtures::{OrderPlaced, order};
@@ -482,7 +482,7 @@ async fn reset(db: &DatabaseConnection) -> anyhow::Result<()> {
 async fn drain_with_relays(
     t: &TestDb,
     relays: usize,
-    ordering: Ordering,
+    ordering: DeliveryOrder,
     delivered: DeliveredRows,
     n: u64,
 ) -> anyhow::Result<f64> {
@@ -498,7 +498,8 @@ async fn drain_with_relays(
                 .delivered_rows(delivered)
                 .poll_interval(Duration::from_millis(20))
                 .without_retention()
-                .spawn()?,
+                .spawn()
+                .await?,
         );
     }
     while pending_left(&t.db).await? {
@@ -664,12 +665,15 @@ async fn relay_suite(backend: Backend) -> anyhow::Result<()> {
                     reset(&t.db).await?;
                     seed(&t.db, n, 1000, "pending").await?;
                     match kind {
-                        0 => drain_with_relays(t, relays, Ordering::Unordered, delivered, n).await,
+                        0 => {
+                            drain_with_relays(t, relays, DeliveryOrder::Unordered, delivered, n)
+                                .await
+                        }
                         1 => {
                             drain_with_relays(
                                 t,
                                 relays,
-                                Ordering::PerAggregate(OnFailure::Block),
+                                DeliveryOrder::PerAggregate(OnFailure::Block),
                                 delivered,
                                 n,
                             )
@@ -755,7 +759,8 @@ async fn latency_relay_child(args: &[String]) -> anyhow::Result<()> {
         .registry(latency_registry(seen.clone()))
         .poll_interval(Duration::from_millis(poll_ms.parse()?))
         .without_retention()
-        .spawn()?;
+        .spawn()
+        .await?;
     println!("ready");
     while seen.lock().unwrap().len() < count {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -792,7 +797,8 @@ async fn latency_suite(backend: Backend) -> anyhow::Result<()> {
             let relay = Relay::builder(t.connect_again().await)
                 .registry(latency_registry(seen.clone()))
                 .without_retention()
-                .spawn()?;
+                .spawn()
+                .await?;
             tokio::time::sleep(Duration::from_millis(200)).await;
             let commits = produce_steady(&t.db, &config, count, rate).await?;
             while seen.lock().unwrap().len() < count {
@@ -927,8 +933,14 @@ async fn scale_suite(backend: Backend) -> anyhow::Result<()> {
         } else {
             ("-".into(), "-".into())
         };
-        let rate =
-            drain_with_relays(&t, 1, Ordering::Unordered, DeliveredRows::Keep, pending).await?;
+        let rate = drain_with_relays(
+            &t,
+            1,
+            DeliveryOrder::Unordered,
+            DeliveredRows::Keep,
+            pending,
+        )
+        .await?;
         println!("| {history} | {rate:.0} | {} | {} |", plan.0, plan.1);
     }
 
@@ -950,7 +962,8 @@ async fn scale_suite(backend: Backend) -> anyhow::Result<()> {
             }
         })
     };
-    let rate = drain_with_relays(&t, 1, Ordering::Unordered, DeliveredRows::Delete, big).await?;
+    let rate =
+        drain_with_relays(&t, 1, DeliveryOrder::Unordered, DeliveredRows::Delete, big).await?;
     sampler.abort();
     let s = samples.lock().unwrap().clone();
     let at = |q: f64| s[((s.len() - 1) as f64 * q) as usize] / 1024;
@@ -987,8 +1000,8 @@ async fn order_suite(backend: Backend) -> anyhow::Result<()> {
                 drain_with_relays(t, 1, ordering, DeliveredRows::Delete, n).await
             }
         };
-        let unordered = rate(Ordering::Unordered).await?;
-        let ordered = rate(Ordering::PerAggregate(OnFailure::Block)).await?;
+        let unordered = rate(DeliveryOrder::Unordered).await?;
+        let ordered = rate(DeliveryOrder::PerAggregate(OnFailure::Block)).await?;
         println!(
             "| {aggregates} | {unordered:.0} | {ordered:.0} | {:.0}% |",
             100.0 * ordered / unordered

@@ -65,7 +65,8 @@ async fn main() -> anyhow::Result<()> {
         .batch_size(10)
         .poll_interval(Duration::from_millis(50))
         .retry(RetryPolicy::exponential(Duration::from_millis(10)).max_attempts(20))
-        .spawn()?;
+        .spawn()
+        .await?;
     println!("ready");
     tokio::signal::ctrl_c().await?;
     relay.shutdown().await;

@@ -1,10 +1,12 @@
--- AUTOINCREMENT: a sequence number is never reused after its row is deleted, so `seq` keeps
--- growing in commit order even when delivered rows are removed.
+-- The outbox tables on SQLite. Times are text, `YYYY-MM-DDTHH:MM:SS.fff+00:00`, so they
+-- compare as strings.
+-- AUTOINCREMENT: a sequence number is never reused after its row is deleted.
 CREATE TABLE IF NOT EXISTS {messages} (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     id BLOB NOT NULL UNIQUE,
     aggregate_type TEXT NOT NULL,
     aggregate_id TEXT NOT NULL,
+    position INTEGER NOT NULL,
     event_type TEXT NOT NULL,
     event_version INTEGER NOT NULL,
     payload TEXT NOT NULL,
@@ -14,6 +16,8 @@ CREATE TABLE IF NOT EXISTS {messages} (
     available_at TEXT NOT NULL,
     status TEXT NOT NULL DEFAULT 'pending',
     attempts INTEGER NOT NULL DEFAULT 0,
+    claims INTEGER NOT NULL DEFAULT 0,
+    crashes INTEGER NOT NULL DEFAULT 0,
     locked_by TEXT NULL,
     locked_until TEXT NULL,
     last_error TEXT NULL,
@@ -22,10 +26,17 @@ CREATE TABLE IF NOT EXISTS {messages} (
 );
 -- The claim reads only pending rows, in sequence order.
 CREATE INDEX IF NOT EXISTS {messages_schema}{messages_base}_pending ON {messages_table} (seq) WHERE status = 'pending';
--- The per-aggregate order check looks for an earlier undelivered row of the same aggregate.
-CREATE INDEX IF NOT EXISTS {messages_schema}{messages_base}_aggregate ON {messages_table} (aggregate_type, aggregate_id, seq) WHERE status <> 'delivered';
+-- The order check looks for an earlier undelivered row of the same aggregate.
+CREATE UNIQUE INDEX IF NOT EXISTS {messages_schema}{messages_base}_aggregate ON {messages_table} (aggregate_type, aggregate_id, position) WHERE status <> 'delivered';
 -- Retention deletes delivered rows by age.
 CREATE INDEX IF NOT EXISTS {messages_schema}{messages_base}_delivered ON {messages_table} (delivered_at) WHERE status = 'delivered';
+CREATE TABLE IF NOT EXISTS {streams} (
+    aggregate_type TEXT NOT NULL,
+    aggregate_id TEXT NOT NULL,
+    last_position INTEGER NOT NULL,
+    blocked_until TEXT NULL,
+    PRIMARY KEY (aggregate_type, aggregate_id)
+);
 CREATE TABLE IF NOT EXISTS {deliveries} (
     message_id BLOB NOT NULL,
     handler TEXT NOT NULL,
@@ -43,7 +54,6 @@ CREATE TABLE IF NOT EXISTS {inbox} (
     PRIMARY KEY (consumer, message_id)
 );
 CREATE INDEX IF NOT EXISTS {inbox_schema}{inbox_base}_processed ON {inbox_table} (processed_at);
--- Named locks with an expiry, held by one relay at a time (retention).
 CREATE TABLE IF NOT EXISTS {locks} (
     name TEXT PRIMARY KEY,
     holder TEXT NULL,

@@ -1,0 +1,115 @@
+//! How a storage integration takes events out of aggregates without losing them.
+//!
+//! A unit of work is a [`Unit`]. Staging an aggregate's [`Events`] into it copies the events
+//! that are not staged yet and marks them as held by the unit; the aggregate keeps them. When
+//! the unit ends, [`Unit::settle`] removes them from every aggregate it staged (it committed)
+//! or gives them back (it did not), so an aggregate saved again after a rollback still carries
+//! its events. A unit that is dropped unsettled gives its events back.
+//!
+//! ```
+//! use outbox_core::staging::Unit;
+//! use outbox_core::{Aggregate, DomainEvent, DomainEvents, Events};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize, DomainEvent)]
+//! struct Pinged;
+//!
+//! #[derive(DomainEvents)]
+//! struct Pinger { id: u32, #[events] events: Events }
+//!
+//! let mut p = Pinger { id: 1, events: Events::new() };
+//! p.record(Pinged);
+//!
+//! let mut unit = Unit::new();
+//! let staged = unit.stage(&mut p).unwrap();
+//! assert_eq!(staged.len(), 1);
+//! unit.settle(false);                  // rolled back: the event is still there
+//! assert_eq!(p.events().len(), 1);
+//!
+//! let mut unit = Unit::new();
+//! unit.stage(&mut p).unwrap();
+//! unit.settle(true);                   // committed: gone
+//! assert!(p.events().is_empty());
+//! ```
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::aggregate::{self, Aggregate, Events, Owner, PendingEvent};
+
+static NEXT_UNIT: AtomicU64 = AtomicU64::new(1);
+
+/// One unit of work, as seen by the event buffers it staged.
+#[derive(Default)]
+pub struct Unit {
+    id: u64,
+    buffers: Vec<aggregate::SharedBuffer>,
+}
+
+/// The events of an aggregate are already held by another unit of work that has not ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the aggregate's events are staged in another unit of work that has not ended yet")]
+pub struct StagedElsewhere;
+
+impl Unit {
+    /// A new unit with a process-unique id.
+    pub fn new() -> Self {
+        Self {
+            id: NEXT_UNIT.fetch_add(1, Ordering::Relaxed),
+            buffers: Vec::new(),
+        }
+    }
+
+    /// Stages the aggregate's events that this unit does not hold yet, naming the aggregate as
+    /// their owner, and returns them in recording order.
+    pub fn stage<A: Aggregate>(
+        &mut self,
+        aggregate: &mut A,
+    ) -> Result<Vec<PendingEvent>, StagedElsewhere> {
+        let owner = Owner::new(A::AGGREGATE_TYPE, aggregate.aggregate_id());
+        self.stage_events(aggregate.events_mut(), owner)
+    }
+
+    /// [`stage`](Self::stage) for a buffer whose owner is given explicitly.
+    pub fn stage_events(
+        &mut self,
+        events: &mut Events,
+        owner: Owner,
+    ) -> Result<Vec<PendingEvent>, StagedElsewhere> {
+        let (staged, buffer) = events.stage(self.id, owner).map_err(|_| StagedElsewhere)?;
+        if let Some(buffer) = buffer
+            && !staged.is_empty()
+            && !self.buffers.iter().any(|b| Arc::ptr_eq(b, &buffer))
+        {
+            self.buffers.push(buffer);
+        }
+        Ok(staged)
+    }
+
+    /// Ends the unit: the staged events leave their aggregates when `committed`, and are given
+    /// back otherwise.
+    pub fn settle(mut self, committed: bool) {
+        self.settle_all(committed);
+    }
+
+    fn settle_all(&mut self, committed: bool) {
+        for b in self.buffers.drain(..) {
+            aggregate::settle(&b, self.id, committed);
+        }
+    }
+}
+
+impl Drop for Unit {
+    fn drop(&mut self) {
+        self.settle_all(false);
+    }
+}
+
+impl std::fmt::Debug for Unit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Unit")
+            .field("id", &self.id)
+            .field("aggregates", &self.buffers.len())
+            .finish()
+    }
+}

@@ -1,0 +1,219 @@
+-- The outbox's statements on SQLite. `:name` is a parameter, `{table}` a table name, `{now}`
+-- the current time and `{ts}` the time format. Durations are text seconds (`'+' || :after ||
+-- ' seconds'` is a date modifier). SQLite has one writer at a time, so every claim is a single
+-- statement and no two relays can claim one row.
+
+-- name: check_messages
+SELECT seq, id, aggregate_type, aggregate_id, position, event_type, event_version, payload,
+  headers, occurred_at, not_before, available_at, status, attempts, claims, crashes, locked_by,
+  locked_until, last_error, last_error_kind, delivered_at FROM {messages} WHERE 1 = 0
+-- name: check_deliveries
+SELECT message_id, handler, status, attempts, last_error, last_error_kind, updated_at
+FROM {deliveries} WHERE 1 = 0
+-- name: check_streams
+SELECT aggregate_type, aggregate_id, last_position, blocked_until FROM {streams} WHERE 1 = 0
+-- name: check_inbox
+SELECT consumer, message_id, processed_at FROM {inbox} WHERE 1 = 0
+-- name: check_locks
+SELECT name, holder, locked_until FROM {locks} WHERE 1 = 0
+
+-- name: claim_any
+UPDATE {messages}
+SET locked_by = :relay, locked_until = strftime({ts}, 'now', '+' || :lease || ' seconds'),
+  claims = claims + 1
+WHERE seq IN (
+  SELECT seq FROM {messages}
+  WHERE status = 'pending' AND available_at <= {now} AND (locked_until IS NULL OR locked_until < {now})
+  ORDER BY seq LIMIT :limit)
+RETURNING seq, id, aggregate_type, aggregate_id, position, event_type, event_version, payload,
+  headers, occurred_at, not_before, attempts, claims, crashes, last_error_kind
+
+-- Runs that start at their aggregate's head, from a bounded window (see postgres.sql).
+-- name: claim_ordered
+UPDATE {messages}
+SET locked_by = :relay, locked_until = strftime({ts}, 'now', '+' || :lease || ' seconds'),
+  claims = claims + 1
+WHERE seq IN (
+  WITH w AS (
+    SELECT seq, aggregate_type, aggregate_id, position, not_before IS NOT NULL AS delayed
+    FROM {messages}
+    WHERE status = 'pending' AND available_at <= {now} AND (locked_until IS NULL OR locked_until < {now})
+    ORDER BY seq LIMIT :window
+  ), runs AS (
+    SELECT seq, aggregate_type, aggregate_id, position,
+      position - ROW_NUMBER() OVER (PARTITION BY aggregate_type, aggregate_id ORDER BY position) AS base
+    FROM w WHERE NOT delayed
+  ), heads AS (
+    SELECT aggregate_type, aggregate_id, min(position) AS first FROM runs
+    GROUP BY aggregate_type, aggregate_id
+  ), ok AS (
+    SELECT h.aggregate_type, h.aggregate_id, h.first FROM heads h
+    WHERE NOT EXISTS (
+      SELECT 1 FROM {messages} b
+      WHERE b.aggregate_type = h.aggregate_type AND b.aggregate_id = h.aggregate_id
+        AND b.position < h.first AND b.status <> 'delivered' AND b.not_before IS NULL
+        AND (b.status = 'pending' OR (:block AND b.status = 'dead')))
+  )
+  SELECT seq FROM (
+    SELECT r.seq FROM runs r JOIN ok ON ok.aggregate_type = r.aggregate_type
+      AND ok.aggregate_id = r.aggregate_id AND r.base = ok.first - 1
+    UNION ALL
+    SELECT seq FROM w WHERE delayed
+  ) ORDER BY seq LIMIT :limit)
+RETURNING seq, id, aggregate_type, aggregate_id, position, event_type, event_version, payload,
+  headers, occurred_at, not_before, attempts, claims, crashes, last_error_kind
+
+-- name: prior_deliveries
+SELECT d.message_id, d.handler, d.status, d.attempts FROM {deliveries} d
+JOIN {messages} m ON m.id = d.message_id WHERE m.seq IN (:seqs)
+
+-- name: extend_leases
+UPDATE {messages} SET locked_until = strftime({ts}, 'now', '+' || :lease || ' seconds')
+WHERE seq IN (:seqs) AND locked_by = :relay
+
+-- name: count_crash
+UPDATE {messages} SET crashes = crashes + 1 WHERE seq = :seq AND locked_by = :relay
+
+-- name: mark_delivered
+UPDATE {messages} SET status = 'delivered', delivered_at = {now}, locked_by = NULL,
+  locked_until = NULL, last_error = NULL, last_error_kind = NULL, attempts = attempts + 1,
+  claims = 0, crashes = 0
+WHERE seq IN (:seqs) AND locked_by = :relay
+
+-- name: delete_now
+DELETE FROM {messages} WHERE seq IN (:seqs) AND locked_by = :relay
+
+-- name: delete_deliveries_held
+DELETE FROM {deliveries} WHERE message_id IN (
+  SELECT id FROM {messages} WHERE seq = :seq AND locked_by = :relay)
+
+-- name: delete_held
+DELETE FROM {messages} WHERE seq = :seq AND locked_by = :relay
+
+-- name: write_outcome
+UPDATE {messages} SET status = :status,
+  available_at = strftime({ts}, 'now', '+' || :after || ' seconds'),
+  last_error = :error, last_error_kind = :kind,
+  delivered_at = CASE WHEN :status = 'delivered' THEN {now} END,
+  locked_by = NULL, locked_until = NULL,
+  attempts = attempts + :ran, claims = 0, crashes = 0
+WHERE seq = :seq AND locked_by = :relay
+
+-- name: upsert_delivery
+INSERT INTO {deliveries} (message_id, handler, status, attempts, last_error, last_error_kind, updated_at)
+VALUES (:message_id, :handler, :status, :attempts, :error, :kind, {now})
+ON CONFLICT (message_id, handler) DO UPDATE SET status = excluded.status,
+  attempts = excluded.attempts, last_error = excluded.last_error,
+  last_error_kind = excluded.last_error_kind, updated_at = excluded.updated_at
+
+-- name: release
+UPDATE {messages} SET locked_by = NULL, locked_until = NULL, claims = 0
+WHERE seq IN (:seqs) AND locked_by = :relay
+
+-- name: hold_stream
+UPDATE {streams} SET blocked_until = strftime({ts}, 'now', '+' || :after || ' seconds')
+WHERE aggregate_type = :aggregate_type AND aggregate_id = :aggregate_id
+
+-- name: hold_followers
+UPDATE {messages}
+SET available_at = max(available_at, strftime({ts}, 'now', '+' || :after || ' seconds'))
+WHERE aggregate_type = :aggregate_type AND aggregate_id = :aggregate_id AND position > :position
+  AND status = 'pending' AND status <> 'delivered' AND not_before IS NULL
+  AND (locked_until IS NULL OR locked_until < {now})
+
+-- name: block_stream
+UPDATE {streams} SET blocked_until = '9999-12-31T00:00:00.000+00:00'
+WHERE aggregate_type = :aggregate_type AND aggregate_id = :aggregate_id
+
+-- name: block_followers
+UPDATE {messages} SET available_at = '9999-12-31T00:00:00.000+00:00'
+WHERE aggregate_type = :aggregate_type AND aggregate_id = :aggregate_id AND position > :position
+  AND status = 'pending' AND status <> 'delivered' AND not_before IS NULL
+  AND (locked_until IS NULL OR locked_until < {now})
+
+-- name: unblock_stream
+UPDATE {streams} SET blocked_until = NULL
+WHERE aggregate_type = :aggregate_type AND aggregate_id = :aggregate_id
+
+-- name: unblock_followers
+UPDATE {messages} SET available_at = {now}
+WHERE aggregate_type = :aggregate_type AND aggregate_id = :aggregate_id
+  AND status = 'pending' AND status <> 'delivered' AND not_before IS NULL
+  AND last_error_kind IS NULL AND available_at > {now}
+
+-- name: lock_row
+INSERT INTO {locks} (name) VALUES (:name) ON CONFLICT (name) DO NOTHING
+
+-- name: take_lock
+UPDATE {locks} SET holder = :holder, locked_until = strftime({ts}, 'now', '+' || :hold || ' seconds')
+WHERE name = :name AND (holder IS NULL OR locked_until < {now} OR holder = :holder)
+
+-- name: unlock
+UPDATE {locks} SET holder = NULL, locked_until = NULL WHERE name = :name AND holder = :holder
+
+-- name: old_delivered
+SELECT seq FROM {messages}
+WHERE status = 'delivered' AND delivered_at < strftime({ts}, 'now', '-' || :age || ' seconds')
+ORDER BY delivered_at LIMIT :limit
+
+-- name: delete_deliveries_of
+DELETE FROM {deliveries} WHERE message_id IN (SELECT id FROM {messages} WHERE seq IN (:seqs))
+
+-- name: delete_delivered_rows
+DELETE FROM {messages} WHERE seq IN (:seqs) AND status = 'delivered'
+
+-- name: delete_inbox
+DELETE FROM {inbox} WHERE (consumer, message_id) IN (
+  SELECT consumer, message_id FROM {inbox}
+  WHERE processed_at < strftime({ts}, 'now', '-' || :age || ' seconds')
+  ORDER BY processed_at LIMIT :limit)
+
+-- name: mark_processed
+INSERT INTO {inbox} (consumer, message_id, processed_at) VALUES (:consumer, :message_id, {now})
+ON CONFLICT (consumer, message_id) DO NOTHING
+
+-- name: counts
+SELECT status, COUNT(*) AS n FROM {messages} GROUP BY status
+
+-- name: count_unknown_type
+SELECT COUNT(*) AS n FROM {messages}
+WHERE status = 'pending' AND last_error_kind = 'unknown_event_type'
+
+-- name: dead_letters
+SELECT seq, id, position, event_type, aggregate_type, aggregate_id, attempts, last_error,
+  last_error_kind, occurred_at
+FROM {messages} WHERE status = 'dead' ORDER BY seq LIMIT :limit
+
+-- name: deliveries_of
+SELECT d.message_id, d.handler, d.status, d.attempts, d.last_error, d.last_error_kind
+FROM {deliveries} d JOIN {messages} m ON m.id = d.message_id
+WHERE m.seq IN (:seqs) ORDER BY d.handler
+
+-- name: dead_message
+SELECT aggregate_type, aggregate_id FROM {messages} WHERE id = :id AND status = 'dead'
+
+-- name: requeue
+UPDATE {messages} SET status = 'pending', available_at = {now}, attempts = 0, claims = 0,
+  crashes = 0, locked_by = NULL, locked_until = NULL
+WHERE id = :id AND status = 'dead'
+
+-- name: requeue_deliveries
+UPDATE {deliveries} SET status = 'failed', attempts = 0, updated_at = {now}
+WHERE message_id = :id AND status = 'dead'
+
+-- name: requeue_delivery
+UPDATE {deliveries} SET status = 'failed', attempts = 0, updated_at = {now}
+WHERE message_id = :id AND status = 'dead' AND handler = :handler
+
+-- name: discardable
+SELECT aggregate_type, aggregate_id FROM {messages}
+WHERE id = :id AND (status = 'dead' OR (status = 'pending' AND (locked_until IS NULL OR locked_until < {now})))
+
+-- name: delete_deliveries_by_id
+DELETE FROM {deliveries} WHERE message_id = :id
+
+-- name: delete_by_id
+DELETE FROM {messages} WHERE id = :id
+
+-- name: journal_mode
+PRAGMA journal_mode

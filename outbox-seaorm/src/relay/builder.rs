@@ -1,0 +1,328 @@
+//! The relay's settings, each with a documented default, and their validation.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sea_orm::DatabaseConnection;
+
+use outbox_core::{Extensions, Registry, RetryPolicy};
+
+use super::decide::Policy;
+use super::policy::{DeliveredRows, DeliveryOrder, OnFailure, Retention};
+use super::{Relay, RelayHandle, RelayHost, Settings, Shared};
+use crate::config::OutboxConfig;
+use crate::driver;
+use crate::error::{Error, Result};
+
+/// Settings of a relay, each with a documented default. Consumed by [`build`](Self::build) or
+/// [`spawn`](Self::spawn).
+#[must_use = "a relay builder does nothing until you call `spawn` or `build`"]
+pub struct RelayBuilder {
+    db: DatabaseConnection,
+    config: OutboxConfig,
+    registry: Option<Registry>,
+    extensions: Extensions,
+    id: Option<String>,
+    settings: Settings,
+    retry: RetryPolicy,
+    order: DeliveryOrder,
+    max_crashes: u32,
+    unknown_type_delay: Duration,
+}
+
+impl Relay {
+    /// A builder for a relay on `db`, with the defaults documented on each setting.
+    pub fn builder(db: DatabaseConnection) -> RelayBuilder {
+        RelayBuilder {
+            db,
+            config: OutboxConfig::default(),
+            registry: None,
+            extensions: Extensions::new(),
+            id: None,
+            settings: Settings {
+                batch_size: 100,
+                poll_interval: Duration::from_secs(1),
+                lease: Duration::from_secs(60),
+                handler_timeout: Duration::from_secs(30),
+                concurrency: 16,
+                delivered: DeliveredRows::Keep,
+                shutdown_timeout: Duration::from_secs(30),
+                retention: Some(Retention::default()),
+                window: 200,
+                claim_timeout: Duration::from_secs(5),
+                flush_after: Duration::from_millis(2),
+            },
+            retry: RetryPolicy::default(),
+            order: DeliveryOrder::PerAggregate(OnFailure::Block),
+            max_crashes: 3,
+            unknown_type_delay: Duration::from_secs(60),
+        }
+    }
+}
+
+impl RelayBuilder {
+    /// The outbox tables (default: [`OutboxConfig::default`]).
+    pub fn config(mut self, config: OutboxConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The handlers (default: [`Registry::from_inventory`], every `#[event_handler]` linked in).
+    pub fn registry(mut self, registry: Registry) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
+    /// State handlers reach with `ctx.state::<T>()` (a mailer, an HTTP client).
+    pub fn state<T: std::any::Any + Send + Sync>(mut self, value: T) -> Self {
+        self.extensions.insert(value);
+        self
+    }
+
+    /// The name written to `locked_by` (default: the host name and a UUIDv7, unique per
+    /// process start even where every container is pid 1). It fences every write of the
+    /// relay, so it must be unique among running relays: do not give replicas the same id.
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+
+    /// Messages claimed per round trip (default 100: large enough to amortize the claim, small
+    /// enough that a lease covers the batch). A new batch is claimed once fewer than half a
+    /// batch of this relay's messages are still undecided, so a slow message never holds the
+    /// others back.
+    pub fn batch_size(mut self, n: u32) -> Self {
+        self.settings.batch_size = n;
+        self
+    }
+
+    /// How long an idle relay waits before looking again (default 1 s). Commits in this process
+    /// wake it at once; the poll is what finds messages committed elsewhere, and what bounds the
+    /// delay when a wake-up is missed.
+    pub fn poll_interval(mut self, d: Duration) -> Self {
+        self.settings.poll_interval = d;
+        self
+    }
+
+    /// How long a claim holds (default 60 s). A task of its own renews it every third of the
+    /// lease while the relay holds the message; a relay that dies leaves its messages to the
+    /// others once it expires. Lease times are the database's clock, not this process's.
+    pub fn lease(mut self, d: Duration) -> Self {
+        self.settings.lease = d;
+        self
+    }
+
+    /// How long a handler may run before it counts as failed (default 30 s). Measured outside
+    /// the handler's task, so a handler that blocks its thread times out on time too.
+    pub fn handler_timeout(mut self, d: Duration) -> Self {
+        self.settings.handler_timeout = d;
+        self
+    }
+
+    /// Back-off and attempts before a delivery is dead (default [`RetryPolicy::default`]:
+    /// 10 attempts, 1 s doubling to 5 min, jittered).
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// Delivery order (default: per aggregate, a dead message blocking its aggregate). See
+    /// [`DeliveryOrder`].
+    pub fn ordering(mut self, order: DeliveryOrder) -> Self {
+        self.order = order;
+        self
+    }
+
+    /// How many messages (unordered) or aggregates (ordered) are handled at once (default 16).
+    /// Each runs on its own task. Size the database pool for it: handlers that use the
+    /// database need a connection each, and the relay needs up to 3 of its own (claim,
+    /// completer, heartbeat), so `max_connections ≥ concurrency + 3`.
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.settings.concurrency = n;
+        self
+    }
+
+    /// Keep delivered rows or delete them (default [`DeliveredRows::Keep`]).
+    pub fn delivered_rows(mut self, d: DeliveredRows) -> Self {
+        self.settings.delivered = d;
+        self
+    }
+
+    /// How long [`RelayHandle::shutdown`] lets running messages finish before it gives the
+    /// unfinished ones back (default 30 s).
+    pub fn shutdown_timeout(mut self, d: Duration) -> Self {
+        self.settings.shutdown_timeout = d;
+        self
+    }
+
+    /// When delivered rows are deleted (default [`Retention::default`]: after 7 days). Only
+    /// matters with [`DeliveredRows::Keep`].
+    pub fn retention(mut self, retention: Retention) -> Self {
+        self.settings.retention = Some(retention);
+        self
+    }
+
+    /// Never deletes delivered rows (run [`Relay::run_retention`] yourself, or archive them).
+    pub fn without_retention(mut self) -> Self {
+        self.settings.retention = None;
+        self
+    }
+
+    /// How many times relays may die while running one message alone before it is parked as
+    /// dead with the error kind `crashed` (default 3). After a relay dies (or hangs past its
+    /// lease), the messages it held are run one at a time, with the crash counted against the
+    /// running one first, so a message that aborts its process is parked and no other is.
+    pub fn max_crashes(mut self, n: u32) -> Self {
+        self.max_crashes = n;
+        self
+    }
+
+    /// How long a message whose event type this process does not know waits before a relay
+    /// looks at it again (default 60 s). Such a message was written by a newer version during a
+    /// rolling deployment: it is left for a relay that knows its type, without using an
+    /// attempt, and counted in [`OutboxCounts::unknown_event_type`](crate::OutboxCounts).
+    pub fn unknown_type_delay(mut self, d: Duration) -> Self {
+        self.unknown_type_delay = d;
+        self
+    }
+
+    /// How many available rows an ordered claim looks at to find runs that may go (default
+    /// 200). The claim's cost grows with it; a larger window helps when many of the oldest
+    /// rows belong to aggregates another relay is working on.
+    pub fn claim_window(mut self, n: u32) -> Self {
+        self.settings.window = n;
+        self
+    }
+
+    /// The server-side time limit of a claim statement (default 5 s): a claim left running by
+    /// a relay that died cannot go on and lease rows to nobody.
+    pub fn claim_timeout(mut self, d: Duration) -> Self {
+        self.settings.claim_timeout = d;
+        self
+    }
+
+    /// How long decided outcomes may wait to be written together (default 2 ms; or a batch's
+    /// worth, whichever comes first). After a crash, at most this much of finished work is
+    /// delivered again.
+    pub fn flush_after(mut self, d: Duration) -> Self {
+        self.settings.flush_after = d;
+        self
+    }
+
+    /// Validates the settings and the registry, checks the outbox tables, and logs what the
+    /// relay will handle.
+    ///
+    /// Fails with [`Error::Schema`] when a table is missing or outdated, with
+    /// [`Error::InvalidSetting`] on a setting out of range, and with [`outbox_core::Error`]
+    /// on duplicate handler names or event types.
+    pub async fn build(self) -> Result<Relay> {
+        let s = &self.settings;
+        let invalid = |what| Err(Error::InvalidSetting(what));
+        if s.batch_size == 0 || s.batch_size > 10_000 {
+            // Statements bind one parameter per row on MariaDB and SQLite.
+            return invalid("batch_size must be 1 to 10000");
+        }
+        if s.concurrency == 0 {
+            return invalid("concurrency must be at least 1");
+        }
+        if s.lease < Duration::from_millis(100) || s.lease > Duration::from_secs(86_400) {
+            return invalid("lease must be between 100 ms and 24 h");
+        }
+        if s.handler_timeout > Duration::from_secs(86_400)
+            || s.poll_interval > Duration::from_secs(86_400)
+            || s.shutdown_timeout > Duration::from_secs(86_400)
+            || self.unknown_type_delay > Duration::from_secs(86_400)
+        {
+            return invalid("durations must be at most 24 h");
+        }
+        if s.claim_timeout < Duration::from_millis(10) || s.flush_after > s.lease / 4 {
+            return invalid("claim_timeout must be at least 10 ms, flush_after at most lease / 4");
+        }
+        if let Some(id) = &self.id
+            && (id.is_empty() || id.len() > 128)
+        {
+            // It is written to `locked_by VARCHAR(128)`; a truncated id would fence out every
+            // write of its own relay.
+            return invalid("relay id must be 1 to 128 bytes");
+        }
+        let registry = match self.registry {
+            Some(r) => r,
+            None => Registry::from_inventory()?,
+        };
+        let driver = driver::cached(self.db.get_database_backend(), &self.config);
+        driver.check_schema(&self.db).await?;
+        let id = self.id.unwrap_or_else(default_id);
+        tracing::info!(
+            relay = %id,
+            handlers = registry.len(),
+            routes = registry.routes().count(),
+            event_types = registry.event_types().count(),
+            "outbox relay ready"
+        );
+        if registry.is_empty() && registry.routes().next().is_none() {
+            tracing::warn!(
+                relay = %id,
+                "no event handlers are registered: is the crate that defines them linked? \
+                 (a crate the binary never names is not; add `use that_crate as _;`)"
+            );
+        }
+        for event_type in registry.event_types_without_handlers() {
+            tracing::debug!(relay = %id, event_type, "no handler for event type; its messages complete at once");
+        }
+        let pool = driver.pool_size(&self.db) as usize;
+        if pool < self.settings.concurrency + 3 {
+            tracing::warn!(
+                relay = %id, pool, concurrency = self.settings.concurrency,
+                "the database pool is smaller than concurrency + 3: handlers that use the \
+                 database will wait for connections (size the pool as `concurrency + 3`)"
+            );
+        }
+        let policy = Policy {
+            retry: self.retry,
+            max_crashes: self.max_crashes,
+            unknown_type_delay: self.unknown_type_delay,
+            order: self.order,
+        };
+        let host = Arc::new(RelayHost {
+            db: self.db.clone(),
+            config: self.config.clone(),
+            driver: driver.clone(),
+        });
+        Ok(Relay {
+            shared: Arc::new(Shared {
+                db: self.db,
+                driver,
+                registry,
+                extensions: Arc::new(self.extensions),
+                host,
+                id,
+                settings: self.settings,
+                policy,
+                stats: Default::default(),
+                held: Default::default(),
+            }),
+        })
+    }
+
+    /// Builds the relay and runs it on the current Tokio runtime until the handle is shut down
+    /// or dropped.
+    pub async fn spawn(self) -> Result<RelayHandle> {
+        Ok(self.build().await?.spawn())
+    }
+}
+
+/// `<host>-<uuidv7>`: unique per process start, and says where the relay runs.
+fn default_id() -> String {
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    let host: String = host
+        .chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(64)
+        .collect();
+    let host = if host.is_empty() {
+        "relay".into()
+    } else {
+        host
+    };
+    format!("{host}-{}", uuid::Uuid::now_v7())
+}

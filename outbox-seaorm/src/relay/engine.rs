@@ -1,0 +1,253 @@
+//! The claim loop: claim while there is room, hand groups to tasks, and shut down without
+//! losing anything.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::completer::{Completer, Item};
+use super::stats::{BatchReport, bump};
+use super::worker::{self, Mode, Prior};
+use super::{Shared, lease};
+use crate::driver::{ClaimOrder, ClaimSpec, Claimed};
+use crate::error::Result;
+use crate::relay::policy::{DeliveryOrder, OnFailure};
+use crate::wake;
+
+/// Claims one batch for `shared`'s relay.
+pub(crate) async fn claim(shared: &Shared, limit: u32) -> Result<Vec<Claimed>> {
+    bump(&shared.stats.polls, 1);
+    let s = &shared.settings;
+    let order = match shared.policy.order {
+        DeliveryOrder::Unordered => ClaimOrder::Any,
+        DeliveryOrder::PerAggregate(f) => ClaimOrder::PerAggregate {
+            dead_blocks: f == OnFailure::Block,
+        },
+    };
+    let spec = ClaimSpec {
+        relay: &shared.id,
+        limit,
+        lease: s.lease,
+        order,
+        window: s.window.max(limit),
+        timeout: s.claim_timeout,
+    };
+    let batch = shared.driver.claim(&shared.db, &spec).await?;
+    if !batch.is_empty() {
+        bump(&shared.stats.batches, 1);
+        bump(&shared.stats.claimed, batch.len() as u64);
+        shared
+            .held
+            .claimed(batch.iter().map(|c| c.envelope.sequence));
+    }
+    Ok(batch)
+}
+
+/// The per-handler states of the messages of `batch` that may have some (they failed before,
+/// or a relay claimed them before without writing an outcome).
+async fn prior(shared: &Shared, batch: &[Claimed]) -> Result<Prior> {
+    let seqs: Vec<i64> = batch
+        .iter()
+        .filter(|c| c.failed_before || c.claims > 1)
+        .map(|c| c.envelope.sequence)
+        .collect();
+    shared.driver.prior_deliveries(&shared.db, &seqs).await
+}
+
+/// Starts the groups of `batch`: each on a task of its own under the concurrency limit; or,
+/// when a relay died holding some of them, one message at a time after everything else
+/// finished (see [`Mode::Careful`]).
+pub(crate) async fn dispatch(
+    shared: &Arc<Shared>,
+    batch: Vec<Claimed>,
+    out: &Completer,
+    permits: &Arc<Semaphore>,
+    running: &mut JoinSet<()>,
+) -> Result<()> {
+    let prior = match prior(shared, &batch).await {
+        Ok(p) => Arc::new(p),
+        Err(e) => {
+            // Give the batch back rather than sit on it until the leases expire.
+            let seqs: Vec<i64> = batch.iter().map(|c| c.envelope.sequence).collect();
+            shared.held.decided(seqs.iter().copied());
+            out.send(vec![Item::Release(seqs)]);
+            return Err(e);
+        }
+    };
+    let suspects = batch.iter().filter(|c| c.claims > 1).count();
+    let groups = worker::groups(batch, shared.policy.order);
+    if suspects == 0 {
+        for group in groups {
+            let (shared, out, permits, prior) =
+                (shared.clone(), out.clone(), permits.clone(), prior.clone());
+            running.spawn(async move {
+                let Ok(_permit) = permits.acquire_owned().await else {
+                    return;
+                };
+                worker::run_group(&shared, group, &prior, &out, Mode::Normal).await;
+            });
+        }
+        return Ok(());
+    }
+    bump(&shared.stats.suspects, suspects as u64);
+    tracing::info!(
+        relay = %shared.id, suspects,
+        "a relay died or hung holding some of these messages: running the batch one message at a time"
+    );
+    // Nothing else of this relay may run meanwhile, or a crash would be blamed on the wrong
+    // message.
+    while running.join_next().await.is_some() {}
+    out.send_and_wait(Vec::new()).await;
+    for group in groups {
+        worker::run_group(shared, group, &prior, out, Mode::Careful).await;
+    }
+    Ok(())
+}
+
+/// The background relay: claims while fewer than half a batch of its messages are undecided,
+/// waits for a wake-up, a write of its own or the poll interval when there is nothing to
+/// claim, and on shutdown lets running messages finish (up to the shutdown timeout), gives the
+/// rest back and writes everything decided.
+pub(crate) async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
+    tracing::info!(relay = %shared.id, "outbox relay started");
+    let (out, completer) = Completer::spawn(shared.clone());
+    let stop_heartbeat = CancellationToken::new();
+    let heartbeat = tokio::spawn(lease::heartbeat(shared.clone(), stop_heartbeat.clone()));
+    let permits = Arc::new(Semaphore::new(shared.settings.concurrency));
+    let mut running = JoinSet::new();
+    let mut wake = wake::subscribe();
+    let mut decided = shared.held.on_decided();
+    let mut written = shared.held.on_written();
+    let mut failures = 0u32;
+    let batch_size = shared.settings.batch_size;
+    'claiming: while !cancel.is_cancelled() {
+        while shared.held.open_count() > (batch_size / 2) as usize {
+            tokio::select! {
+                _ = cancel.cancelled() => break 'claiming,
+                _ = decided.changed() => {}
+                Some(_) = running.join_next() => {}
+            }
+        }
+        wake.borrow_and_update();
+        written.borrow_and_update();
+        let room = batch_size - shared.held.open_count().min(batch_size as usize / 2) as u32;
+        let result = match claim(&shared, room).await {
+            Ok(batch) if batch.is_empty() => Ok(0),
+            Ok(batch) => {
+                let n = batch.len();
+                dispatch(&shared, batch, &out, &permits, &mut running)
+                    .await
+                    .map(|()| n)
+            }
+            Err(e) => Err(e),
+        };
+        while running.try_join_next().is_some() {}
+        match result {
+            Ok(n) => {
+                failures = 0;
+                if n as u32 >= room {
+                    continue;
+                }
+                // Nothing (or not much) to claim: wait for new rows, for one of this relay's
+                // writes (which may free an aggregate's next message), or for the next poll.
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = wake.changed() => {}
+                    _ = written.changed(), if !shared.held.is_empty() => {}
+                    _ = tokio::time::sleep(shared.settings.poll_interval) => {}
+                }
+            }
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                bump(&shared.stats.errors, 1);
+                let backoff = Duration::from_millis(100)
+                    .saturating_mul(1 << failures.min(7))
+                    .min(Duration::from_secs(10));
+                tracing::warn!(
+                    relay = %shared.id, error = %e, retry_in = ?backoff,
+                    "outbox relay claim failed"
+                );
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+            }
+        }
+    }
+    finish(&shared, running, &out).await;
+    drop(out);
+    if let Ok(w) = completer.await {
+        tracing::debug!(relay = %shared.id, written = ?w, "completer finished");
+    }
+    stop_heartbeat.cancel();
+    let _ = heartbeat.await;
+    tracing::info!(relay = %shared.id, "outbox relay stopped");
+}
+
+/// Lets running groups finish for up to the shutdown timeout, then stops them and gives their
+/// undecided messages back.
+async fn finish(shared: &Shared, mut running: JoinSet<()>, out: &Completer) {
+    let all_done = async { while running.join_next().await.is_some() {} };
+    let timed_out = tokio::time::timeout(shared.settings.shutdown_timeout, all_done)
+        .await
+        .is_err();
+    if timed_out {
+        running.abort_all();
+        while running.join_next().await.is_some() {}
+    }
+    let open = shared.held.open();
+    if !open.is_empty() {
+        if timed_out {
+            tracing::warn!(
+                relay = %shared.id, unfinished = open.len(),
+                "shutdown timeout: writing what finished, giving back the rest"
+            );
+        }
+        shared.held.decided(open.iter().copied());
+        out.send(vec![Item::Release(open)]);
+    }
+}
+
+/// One batch, in the foreground: claim, run every group, write everything, report.
+pub(crate) async fn run_once(shared: &Arc<Shared>) -> Result<BatchReport> {
+    let batch = claim(shared, shared.settings.batch_size).await?;
+    if batch.is_empty() {
+        return Ok(BatchReport::default());
+    }
+    let claimed = batch.len();
+    // If this future is dropped half-way (a timeout, a cancelled task), the relay forgets the
+    // batch and stops renewing its leases, as if it had died: the messages go back to the
+    // pool when the leases expire.
+    let _forget = Forget(shared, batch.iter().map(|c| c.envelope.sequence).collect());
+    let (out, completer) = Completer::spawn(shared.clone());
+    let stop = CancellationToken::new();
+    let _stop_on_drop = stop.clone().drop_guard();
+    let heartbeat = tokio::spawn(lease::heartbeat(shared.clone(), stop.clone()));
+    let permits = Arc::new(Semaphore::new(shared.settings.concurrency));
+    let mut running = JoinSet::new();
+    let result = dispatch(shared, batch, &out, &permits, &mut running).await;
+    while running.join_next().await.is_some() {}
+    drop(out);
+    let written = completer.await.unwrap_or_default();
+    stop.cancel();
+    let _ = heartbeat.await;
+    result?;
+    let mut report = BatchReport {
+        claimed,
+        ..BatchReport::default()
+    };
+    report.add_written(&written);
+    Ok(report)
+}
+
+/// Forgets held messages when dropped (they were written, or will be redelivered).
+struct Forget<'a>(&'a Shared, Vec<i64>);
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.0.held.written(std::mem::take(&mut self.1));
+    }
+}

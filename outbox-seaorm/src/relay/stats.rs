@@ -1,0 +1,131 @@
+//! What a relay has done since it started.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::driver::Written;
+
+/// What one [`Relay::run_once`](crate::Relay::run_once) or [`Relay::drain`](crate::Relay::drain)
+/// did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchReport {
+    /// Messages claimed.
+    pub claimed: usize,
+    /// Messages whose every delivery succeeded (or that nothing here handles).
+    pub delivered: usize,
+    /// Messages scheduled for another attempt.
+    pub retried: usize,
+    /// Messages that became dead.
+    pub dead: usize,
+    /// Messages given back untouched (behind a failed message of their aggregate, or at
+    /// shutdown).
+    pub released: usize,
+    /// Messages of an event type this process does not know, left for a relay that does.
+    pub left_for_others: usize,
+    /// Messages another relay had taken over when this one wrote their outcome (lease expired).
+    pub lease_lost: usize,
+}
+
+impl BatchReport {
+    pub(crate) fn add_written(&mut self, w: &Written) {
+        self.delivered += w.delivered as usize;
+        self.retried += w.retried as usize;
+        self.dead += w.dead as usize;
+        self.left_for_others += w.left_for_others as usize;
+        self.released += w.released as usize;
+        self.lease_lost += w.lease_lost as usize;
+    }
+}
+
+impl std::ops::AddAssign for BatchReport {
+    fn add_assign(&mut self, o: Self) {
+        self.claimed += o.claimed;
+        self.delivered += o.delivered;
+        self.retried += o.retried;
+        self.dead += o.dead;
+        self.released += o.released;
+        self.left_for_others += o.left_for_others;
+        self.lease_lost += o.lease_lost;
+    }
+}
+
+/// A snapshot of a relay's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RelayStats {
+    /// Claims attempted, empty ones included.
+    pub polls: u64,
+    /// Claims that returned at least one message.
+    pub batches: u64,
+    /// Messages claimed.
+    pub claimed: u64,
+    /// Messages delivered.
+    pub delivered: u64,
+    /// Messages of a type nothing in this process handles, completed at once.
+    pub unhandled: u64,
+    /// Retries scheduled.
+    pub retried: u64,
+    /// Messages that became dead.
+    pub dead: u64,
+    /// Messages given back untouched.
+    pub released: u64,
+    /// Messages of an unknown event type left for another relay.
+    pub left_for_others: u64,
+    /// Messages run alone because a relay died (or hung) while holding them before.
+    pub suspects: u64,
+    /// Outcomes not written because the lease had passed to another relay.
+    pub lease_lost: u64,
+    /// Claims retried at once after a deadlock (MariaDB).
+    pub conflicts_retried: u64,
+    /// Database errors the relay recovered from.
+    pub errors: u64,
+}
+
+/// The live counters.
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    pub(crate) polls: AtomicU64,
+    pub(crate) batches: AtomicU64,
+    pub(crate) claimed: AtomicU64,
+    pub(crate) delivered: AtomicU64,
+    pub(crate) unhandled: AtomicU64,
+    pub(crate) retried: AtomicU64,
+    pub(crate) dead: AtomicU64,
+    pub(crate) released: AtomicU64,
+    pub(crate) left_for_others: AtomicU64,
+    pub(crate) suspects: AtomicU64,
+    pub(crate) lease_lost: AtomicU64,
+    pub(crate) errors: AtomicU64,
+}
+
+pub(crate) fn bump(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+impl Stats {
+    pub(crate) fn written(&self, w: &Written) {
+        bump(&self.delivered, w.delivered);
+        bump(&self.retried, w.retried);
+        bump(&self.dead, w.dead);
+        bump(&self.left_for_others, w.left_for_others);
+        bump(&self.released, w.released);
+        bump(&self.lease_lost, w.lease_lost);
+    }
+
+    pub(crate) fn snapshot(&self, conflicts_retried: u64) -> RelayStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        RelayStats {
+            polls: get(&self.polls),
+            batches: get(&self.batches),
+            claimed: get(&self.claimed),
+            delivered: get(&self.delivered),
+            unhandled: get(&self.unhandled),
+            retried: get(&self.retried),
+            dead: get(&self.dead),
+            released: get(&self.released),
+            left_for_others: get(&self.left_for_others),
+            suspects: get(&self.suspects),
+            lease_lost: get(&self.lease_lost),
+            conflicts_retried,
+            errors: get(&self.errors),
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! Writing an aggregate's own row: an upsert for client-generated keys, an insert that reads
+//! the generated key back for database-generated ones, an update for rows that exist.
+
+use sea_orm::sea_query::OnConflict;
+use sea_orm::{
+    ActiveModelBehavior, ActiveModelTrait, ConnectionTrait, EntityTrait, IntoActiveModel, Iterable,
+    ModelTrait, PrimaryKeyToColumn, PrimaryKeyTrait, Value,
+};
+
+use outbox_core::Aggregate;
+
+use crate::error::Result;
+
+/// How `save` writes a model's row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SaveAs {
+    /// A client-generated key (a UUID, a natural key): insert, or update on a key conflict.
+    Upsert,
+    /// A database-generated key still at its zero value: insert without it and read it back.
+    Insert,
+    /// A database-generated key with a value: the row exists, update it.
+    Update,
+}
+
+/// How `save` writes `model`, from its entity's key.
+pub(crate) fn save_as<E, M>(model: &M) -> SaveAs
+where
+    E: EntityTrait<Model = M>,
+    M: ModelTrait<Entity = E>,
+{
+    match generated_key::<E>() {
+        Some(col) if is_unset(&model.get(col)) => SaveAs::Insert,
+        Some(_) => SaveAs::Update,
+        None => SaveAs::Upsert,
+    }
+}
+
+/// The primary key column when it is a single auto-increment column.
+fn generated_key<E: EntityTrait>() -> Option<E::Column> {
+    if !<E::PrimaryKey as PrimaryKeyTrait>::auto_increment() {
+        return None;
+    }
+    let mut keys = E::PrimaryKey::iter();
+    let key = keys.next()?;
+    keys.next().is_none().then(|| key.into_column())
+}
+
+/// Whether a generated key has not been generated yet: zero (what `Default` gives) or NULL.
+fn is_unset(v: &Value) -> bool {
+    match v {
+        Value::TinyInt(n) => n.is_none_or(|n| n == 0),
+        Value::SmallInt(n) => n.is_none_or(|n| n == 0),
+        Value::Int(n) => n.is_none_or(|n| n == 0),
+        Value::BigInt(n) => n.is_none_or(|n| n == 0),
+        Value::TinyUnsigned(n) => n.is_none_or(|n| n == 0),
+        Value::SmallUnsigned(n) => n.is_none_or(|n| n == 0),
+        Value::Unsigned(n) => n.is_none_or(|n| n == 0),
+        Value::BigUnsigned(n) => n.is_none_or(|n| n == 0),
+        _ => false,
+    }
+}
+
+/// Writes `model`'s row as `how` says, and puts what the database stored (a generated key,
+/// defaults) back into `model`, which keeps its events.
+pub(crate) async fn write<E, M>(db: &impl ConnectionTrait, model: &mut M, how: SaveAs) -> Result<()>
+where
+    E: EntityTrait<Model = M>,
+    M: ModelTrait<Entity = E> + Aggregate + IntoActiveModel<E::ActiveModel> + Clone + Send + Sync,
+    E::ActiveModel: ActiveModelTrait<Entity = E> + ActiveModelBehavior + Send,
+{
+    // A clone carries no events, so the model handed to SeaORM (and dropped by it) is safe.
+    let am = model.clone().into_active_model().reset_all();
+    let stored = match how {
+        SaveAs::Upsert => {
+            upsert::<E, M>(db, am).await?;
+            return Ok(());
+        }
+        SaveAs::Insert => {
+            let mut am = am;
+            if let Some(key) = generated_key::<E>() {
+                am.not_set(key);
+            }
+            am.insert(db).await?
+        }
+        SaveAs::Update => am.update(db).await?,
+    };
+    let events = std::mem::take(model.events_mut());
+    *model = stored;
+    *model.events_mut() = events;
+    Ok(())
+}
+
+/// `INSERT .. ON CONFLICT (key) DO UPDATE SET every other column`: one round trip, for new and
+/// existing rows alike.
+async fn upsert<E, M>(db: &impl ConnectionTrait, am: E::ActiveModel) -> Result<()>
+where
+    E: EntityTrait<Model = M>,
+    M: ModelTrait<Entity = E>,
+    E::ActiveModel: ActiveModelTrait<Entity = E> + Send,
+{
+    use sea_orm::IdenStatic;
+    let pk: Vec<E::Column> = E::PrimaryKey::iter().map(|k| k.into_column()).collect();
+    let rest: Vec<E::Column> = E::Column::iter()
+        .filter(|c| !pk.iter().any(|k| k.as_str() == c.as_str()))
+        .collect();
+    let mut on_conflict = OnConflict::columns(pk);
+    if rest.is_empty() {
+        on_conflict.do_nothing();
+    } else {
+        on_conflict.update_columns(rest);
+    }
+    E::insert(am)
+        .on_conflict(on_conflict)
+        .exec_without_returning(db)
+        .await?;
+    Ok(())
+}
