@@ -268,14 +268,23 @@ where
     F: FnOnce(TestDb) -> Fut,
     Fut: Future<Output = ()>,
 {
+    run_for(backend, 120, body).await
+}
+
+/// [`run`] with a time limit of `secs` seconds, for the long fault tests.
+pub async fn run_for<F, Fut>(backend: Backend, secs: u64, body: F)
+where
+    F: FnOnce(TestDb) -> Fut,
+    Fut: Future<Output = ()>,
+{
     let Some(t) = TestDb::new(backend).await else {
         return;
     };
-    if tokio::time::timeout(Duration::from_secs(120), body(t))
+    if tokio::time::timeout(Duration::from_secs(secs), body(t))
         .await
         .is_err()
     {
-        panic!("test body did not finish within 120 s on {backend:?}");
+        panic!("test body did not finish within {secs} s on {backend:?}");
     }
 }
 
@@ -288,11 +297,14 @@ where
 #[macro_export]
 macro_rules! backend_tests {
     ($($name:ident),* $(,)?) => {
+        $crate::backend_tests!(timeout = 120; $($name),*);
+    };
+    (timeout = $secs:expr; $($name:ident),* $(,)?) => {
         mod sqlite {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    $crate::run($crate::Backend::Sqlite, super::$name).await;
+                    $crate::run_for($crate::Backend::Sqlite, $secs, super::$name).await;
                 }
             )*
         }
@@ -301,7 +313,7 @@ macro_rules! backend_tests {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 #[cfg_attr(not(outbox_postgres), ignore = "OUTBOX_TEST_POSTGRES_URL is not set")]
                 async fn $name() {
-                    $crate::run($crate::Backend::Postgres, super::$name).await;
+                    $crate::run_for($crate::Backend::Postgres, $secs, super::$name).await;
                 }
             )*
         }
@@ -310,7 +322,7 @@ macro_rules! backend_tests {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 #[cfg_attr(not(outbox_mysql), ignore = "OUTBOX_TEST_MYSQL_URL is not set")]
                 async fn $name() {
-                    $crate::run($crate::Backend::MySql, super::$name).await;
+                    $crate::run_for($crate::Backend::MySql, $secs, super::$name).await;
                 }
             )*
         }

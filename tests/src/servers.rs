@@ -28,17 +28,21 @@ pub enum Server {
     PgRestart,
     /// Leave to stop and start the RabbitMQ app, `OUTBOX_TEST_RABBITMQ_RESTART`.
     RabbitMqRestart,
+    /// libfaketime (Debian's `faketime`), to run relays whose clocks are skewed:
+    /// `OUTBOX_TEST_FAKETIME` is the path of `libfaketime.so.1`.
+    Faketime,
 }
 
 impl Server {
     /// Every server, in the order the names are listed in messages.
-    pub const ALL: [Server; 6] = [
+    pub const ALL: [Server; 7] = [
         Server::Postgres,
         Server::MySql,
         Server::Nats,
         Server::Amqp,
         Server::PgRestart,
         Server::RabbitMqRestart,
+        Server::Faketime,
     ];
 
     /// Its name in `OUTBOX_TEST_REQUIRE`; `build.rs` sets the cfg `outbox_<name>`.
@@ -50,6 +54,7 @@ impl Server {
             Server::Amqp => "amqp",
             Server::PgRestart => "pg_restart",
             Server::RabbitMqRestart => "rabbitmq_restart",
+            Server::Faketime => "faketime",
         }
     }
 
@@ -62,6 +67,7 @@ impl Server {
             Server::Amqp => "OUTBOX_TEST_AMQP_URL",
             Server::PgRestart => "OUTBOX_TEST_PG_RESTART",
             Server::RabbitMqRestart => "OUTBOX_TEST_RABBITMQ_RESTART",
+            Server::Faketime => "OUTBOX_TEST_FAKETIME",
         }
     }
 
@@ -80,6 +86,10 @@ impl Server {
         match self {
             Server::PgRestart => " (set it to 1 to let the test restart PostgreSQL)",
             Server::RabbitMqRestart => " (set it to 1 to let the test stop RabbitMQ)",
+            Server::Faketime => {
+                " (install Debian's faketime and set it to \
+                 /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1)"
+            }
             _ => "",
         }
     }
@@ -195,7 +205,7 @@ mod tests {
         let e = parse_required("postgres,postgrs").unwrap_err();
         assert!(e.contains("\"postgrs\""), "{e}");
         assert!(
-            e.contains("postgres, mysql, nats, amqp, pg_restart, rabbitmq_restart"),
+            e.contains("postgres, mysql, nats, amqp, pg_restart, rabbitmq_restart, faketime"),
             "{e}"
         );
     }

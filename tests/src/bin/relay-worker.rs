@@ -7,6 +7,10 @@
 //! relay-worker <database url> <relay id> <lease ms> <delay ms> amqp <amqp uri> <exchange> <routing key template>
 //!     publishes every event to the broker instead
 //! ```
+//!
+//! Environment: `RELAY_BATCH` (default 10), `RELAY_CONCURRENCY` (default 16),
+//! `RELAY_POISON=<key>` (the process aborts when it handles an event of that aggregate key),
+//! `RELAY_POOL` (default 8).
 
 use std::time::Duration;
 
@@ -27,8 +31,17 @@ async fn main() -> anyhow::Result<()> {
     };
     let lease = Duration::from_millis(lease_ms.parse()?);
     let delay = Duration::from_millis(delay_ms.parse()?);
+    let env = |name: &str, default: u32| -> u32 {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let poison = std::env::var("RELAY_POISON").ok();
     let mut opts = ConnectOptions::new(url.clone());
-    opts.sqlx_logging(false).max_connections(4);
+    opts.sqlx_logging(false)
+        .max_connections(env("RELAY_POOL", 8))
+        .acquire_timeout(Duration::from_secs(60));
     let db = Database::connect(opts).await?;
 
     let registry = match broker {
@@ -38,7 +51,12 @@ async fn main() -> anyhow::Result<()> {
                 "log",
                 move |e: Numbered, ctx: HandlerContext| {
                     let relay_id = relay_id.clone();
+                    let poison = poison.clone();
                     async move {
+                        if poison.as_deref() == Some(e.key.as_str()) {
+                            // A handler that takes its process down (an abort, an OOM kill).
+                            std::process::abort();
+                        }
                         log_delivery(ctx.db()?, ctx.message_id(), &e, &relay_id).await?;
                         tokio::time::sleep(delay).await;
                         anyhow::Ok(())
@@ -62,7 +80,8 @@ async fn main() -> anyhow::Result<()> {
         .id(id.clone())
         .registry(registry)
         .lease(lease)
-        .batch_size(10)
+        .batch_size(env("RELAY_BATCH", 10))
+        .concurrency(env("RELAY_CONCURRENCY", 16) as usize)
         .poll_interval(Duration::from_millis(50))
         .retry(RetryPolicy::exponential(Duration::from_millis(10)).max_attempts(20))
         .spawn()
