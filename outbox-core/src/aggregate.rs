@@ -110,6 +110,15 @@ pub struct Events {
 pub(crate) struct Buffer {
     slots: Vec<Slot>,
     owner: Option<Owner>,
+    /// The aggregate's row got a database-generated key from an insert of this unit of work
+    /// (`By`), or from one that did not commit (`RolledBack`): that key is not in the database.
+    inserted: Option<Inserted>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Inserted {
+    By(u64),
+    RolledBack,
 }
 
 struct Slot {
@@ -228,6 +237,14 @@ impl Events {
         self.take().len()
     }
 
+    /// Whether the aggregate's database-generated key came from an insert whose unit of work
+    /// did not commit: the key is not in the database (and may be given to another row), so
+    /// saving the aggregate must insert it again rather than update that key.
+    pub fn key_not_committed(&self) -> bool {
+        self.lock()
+            .is_some_and(|b| b.inserted == Some(Inserted::RolledBack))
+    }
+
     /// Tells the buffer which aggregate it belongs to, for the report of unsaved events.
     pub fn name_owner(&mut self, owner: Owner) {
         let mut b = self.lock_or_create();
@@ -277,6 +294,14 @@ impl Events {
 /// A buffer shared by an aggregate and the units of work that staged its events.
 pub(crate) type SharedBuffer = Arc<Mutex<Buffer>>;
 
+impl Events {
+    /// Marks the aggregate's row as inserted with a generated key by `unit`.
+    pub(crate) fn inserted_by(&mut self, unit: u64) -> SharedBuffer {
+        self.lock_or_create().inserted = Some(Inserted::By(unit));
+        self.buffer.clone().expect("created above")
+    }
+}
+
 fn lock(b: &Mutex<Buffer>) -> MutexGuard<'_, Buffer> {
     // Nothing panics while holding the lock; recover anyway rather than poison the aggregate.
     b.lock().unwrap_or_else(|p| p.into_inner())
@@ -286,6 +311,9 @@ fn lock(b: &Mutex<Buffer>) -> MutexGuard<'_, Buffer> {
 /// unsaved-but-excused when it did not.
 pub(crate) fn settle(buffer: &Mutex<Buffer>, unit: u64, committed: bool) {
     let mut b = lock(buffer);
+    if b.inserted == Some(Inserted::By(unit)) {
+        b.inserted = (!committed).then_some(Inserted::RolledBack);
+    }
     if committed {
         b.slots.retain(|s| s.state != SlotState::Staged(unit));
     } else {

@@ -86,6 +86,16 @@ impl Unit {
         Ok(staged)
     }
 
+    /// Records that this unit inserted the aggregate's row with a key the database generated:
+    /// if the unit does not commit, [`Events::key_not_committed`] says so, and the next save
+    /// inserts again instead of updating a key that is not in the database.
+    pub fn inserted_with_generated_key(&mut self, events: &mut Events) {
+        let buffer = events.inserted_by(self.id);
+        if !self.buffers.iter().any(|b| Arc::ptr_eq(b, &buffer)) {
+            self.buffers.push(buffer);
+        }
+    }
+
     /// Ends the unit: the staged events leave their aggregates when `committed`, and are given
     /// back otherwise.
     pub fn settle(mut self, committed: bool) {

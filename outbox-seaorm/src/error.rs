@@ -60,6 +60,24 @@ pub enum Error {
         aggregate_id: String,
     },
 
+    /// `update` of an aggregate whose database-generated key came from a unit of work that did
+    /// not commit: no row has that key (or another row got it since).
+    ///
+    /// # Handling
+    ///
+    /// Save it with [`UnitOfWork::save`](crate::UnitOfWork::save) or
+    /// [`insert`](crate::UnitOfWork::insert), which insert it again with a new key.
+    #[error(
+        "aggregate `{aggregate_type}` `{aggregate_id}` has a generated key from a unit of work \
+         that did not commit: save or insert it again instead of updating it"
+    )]
+    KeyNotCommitted {
+        /// The aggregate type.
+        aggregate_type: &'static str,
+        /// The key it holds.
+        aggregate_id: String,
+    },
+
     /// A table name given to [`OutboxConfig`](crate::OutboxConfig) is not a plain identifier.
     #[error("invalid table name `{name}`: {reason}")]
     InvalidTableName {

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 backend_tests!(
+    auto_increment_aggregate_saved_again_after_a_rollback,
     seaorm_way_saves_are_caught,
     rollback_keeps_state_and_events_together,
     auto_increment_i32_keys_are_generated_and_read_back,
@@ -633,45 +634,6 @@ auto_increment_test!(
     auto_increment_i64_keys_are_generated_and_read_back,
     ticket64
 );
-
-/// `backend_tests!` takes no attributes: the cases that fail because of a library bug are
-/// written out here, ignored with the reason, so the rest stays green until it is fixed.
-mod known_library_bugs {
-    use outbox_tests::{Backend, run};
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "library bug: uow/model.rs writes the key of a rolled-back insert into the model; \
-                saving it again updates another row (SQLite) or fails with RecordNotUpdated"]
-    async fn sqlite_auto_increment_aggregate_saved_again_after_a_rollback() {
-        run(
-            Backend::Sqlite,
-            super::auto_increment_aggregate_saved_again_after_a_rollback,
-        )
-        .await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "library bug: uow/model.rs writes the key of a rolled-back insert into the model; \
-                saving it again fails with RecordNotUpdated"]
-    async fn postgres_auto_increment_aggregate_saved_again_after_a_rollback() {
-        run(
-            Backend::Postgres,
-            super::auto_increment_aggregate_saved_again_after_a_rollback,
-        )
-        .await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "library bug: uow/model.rs writes the key of a rolled-back insert into the model; \
-                saving it again fails with RecordNotUpdated"]
-    async fn mariadb_auto_increment_aggregate_saved_again_after_a_rollback() {
-        run(
-            Backend::MySql,
-            super::auto_increment_aggregate_saved_again_after_a_rollback,
-        )
-        .await;
-    }
-}
 
 /// A new auto-increment aggregate whose unit of work rolled back, saved again after another
 /// one was committed: it must become a row of its own, with its events, and leave the other

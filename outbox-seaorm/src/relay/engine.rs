@@ -133,7 +133,7 @@ pub(crate) async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
         }
         wake.borrow_and_update();
         written.borrow_and_update();
-        let room = batch_size - shared.held.open_count().min(batch_size as usize / 2) as u32;
+        let room = batch_size;
         let result = match claim(&shared, room).await {
             Ok(batch) if batch.is_empty() => Ok(0),
             Ok(batch) => {

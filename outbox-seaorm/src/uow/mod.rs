@@ -211,7 +211,10 @@ impl UnitOfWork {
         async {
             // Everything that would make a row invalid is checked before anything is written.
             validate(model)?;
-            model::write::<E, M>(&self.txn, model, how).await?;
+            if model::write::<E, M>(&self.txn, model, how).await? {
+                self.lock_unit()
+                    .inserted_with_generated_key(model.events_mut());
+            }
             self.stage(model).map(drop)
         }
         .instrument(span)
@@ -409,8 +412,11 @@ where
     async {
         validate(model)?;
         let how = model::save_as::<E, M>(model);
-        model::write::<E, M>(txn, model, how).await?;
-        stage_aggregate_with(txn, config, model).await
+        let mut unit = Unit::new();
+        if model::write::<E, M>(txn, model, how).await? {
+            unit.inserted_with_generated_key(model.events_mut());
+        }
+        stage_into(txn, config, model, unit).await
     }
     .instrument(span)
     .await
@@ -430,8 +436,16 @@ async fn stage_aggregate_with<A: Aggregate>(
     config: &OutboxConfig,
     aggregate: &mut A,
 ) -> Result<Written> {
+    stage_into(txn, config, aggregate, Unit::new()).await
+}
+
+async fn stage_into<A: Aggregate>(
+    txn: &DatabaseTransaction,
+    config: &OutboxConfig,
+    aggregate: &mut A,
+    mut unit: Unit,
+) -> Result<Written> {
     validate(aggregate)?;
-    let mut unit = Unit::new();
     let events = unit.stage(aggregate).map_err(|_| Error::StagedElsewhere {
         aggregate_type: A::AGGREGATE_TYPE,
         aggregate_id: aggregate.aggregate_id(),

@@ -9,7 +9,7 @@ use sea_orm::{
 
 use outbox_core::Aggregate;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// How `save` writes a model's row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,14 +22,17 @@ pub(crate) enum SaveAs {
     Update,
 }
 
-/// How `save` writes `model`, from its entity's key.
+/// How `save` writes `model`, from its entity's key. A generated key that came from a unit of
+/// work that did not commit is not in the database: the row is inserted again.
 pub(crate) fn save_as<E, M>(model: &M) -> SaveAs
 where
     E: EntityTrait<Model = M>,
-    M: ModelTrait<Entity = E>,
+    M: ModelTrait<Entity = E> + Aggregate,
 {
     match generated_key::<E>() {
-        Some(col) if is_unset(&model.get(col)) => SaveAs::Insert,
+        Some(col) if is_unset(&model.get(col)) || model.events().key_not_committed() => {
+            SaveAs::Insert
+        }
         Some(_) => SaveAs::Update,
         None => SaveAs::Upsert,
     }
@@ -61,8 +64,14 @@ fn is_unset(v: &Value) -> bool {
 }
 
 /// Writes `model`'s row as `how` says, and puts what the database stored (a generated key,
-/// defaults) back into `model`, which keeps its events.
-pub(crate) async fn write<E, M>(db: &impl ConnectionTrait, model: &mut M, how: SaveAs) -> Result<()>
+/// defaults) back into `model`, which keeps its events. Returns whether the database generated
+/// the key just now (the unit of work must then remember it, see
+/// [`Unit::inserted_with_generated_key`](outbox_core::staging::Unit::inserted_with_generated_key)).
+pub(crate) async fn write<E, M>(
+    db: &impl ConnectionTrait,
+    model: &mut M,
+    how: SaveAs,
+) -> Result<bool>
 where
     E: EntityTrait<Model = M>,
     M: ModelTrait<Entity = E> + Aggregate + IntoActiveModel<E::ActiveModel> + Clone + Send + Sync,
@@ -70,24 +79,37 @@ where
 {
     // A clone carries no events, so the model handed to SeaORM (and dropped by it) is safe.
     let am = model.clone().into_active_model().reset_all();
+    let key = generated_key::<E>();
+    let mut generated = false;
     let stored = match how {
         SaveAs::Upsert => {
             upsert::<E, M>(db, am).await?;
-            return Ok(());
+            return Ok(false);
         }
         SaveAs::Insert => {
             let mut am = am;
-            if let Some(key) = generated_key::<E>() {
+            if let Some(key) = key
+                && (is_unset(&model.get(key)) || model.events().key_not_committed())
+            {
                 am.not_set(key);
+                generated = true;
             }
             am.insert(db).await?
         }
-        SaveAs::Update => am.update(db).await?,
+        SaveAs::Update => {
+            if key.is_some() && model.events().key_not_committed() {
+                return Err(Error::KeyNotCommitted {
+                    aggregate_type: M::AGGREGATE_TYPE,
+                    aggregate_id: model.aggregate_id(),
+                });
+            }
+            am.update(db).await?
+        }
     };
     let events = std::mem::take(model.events_mut());
     *model = stored;
     *model.events_mut() = events;
-    Ok(())
+    Ok(generated)
 }
 
 /// `INSERT .. ON CONFLICT (key) DO UPDATE SET every other column`: one round trip, for new and

@@ -389,9 +389,9 @@ async fn seed(
     match backend {
         sea_orm::DbBackend::Postgres => {
             db.execute_unprepared(&format!(
-                "INSERT INTO outbox_messages (id, aggregate_type, aggregate_id, event_type, \
+                "INSERT INTO outbox_messages (id, aggregate_type, aggregate_id, position, event_type, \
                  event_version, payload, headers, occurred_at, available_at, status, delivered_at) \
-                 SELECT gen_random_uuid(), 'bench', (i % {aggregates})::text, 'bench.noop', 1, \
+                 SELECT gen_random_uuid(), 'bench', (i % {aggregates})::text, i / {aggregates} + 1, 'bench.noop', 1, \
                  '{{\"n\":1}}'::json, '{{}}'::json, now(), now() - interval '1 second', '{status}', {delivered_at} \
                  FROM generate_series(1, {n}) i"
             ))
@@ -410,11 +410,12 @@ async fn seed(
             let mut left = n;
             while left > 0 {
                 let chunk = left.min(100_000);
+                let done = n - left;
                 db.execute_unprepared(&format!(
-                    "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < {chunk}) \
-                     INSERT INTO outbox_messages (id, aggregate_type, aggregate_id, event_type, \
+                    "WITH RECURSIVE s(i) AS (SELECT {done} + 1 UNION ALL SELECT i + 1 FROM s WHERE i < {done} + {chunk}) \
+                     INSERT INTO outbox_messages (id, aggregate_type, aggregate_id, position, event_type, \
                      event_version, payload, headers, occurred_at, available_at, status, delivered_at) \
-                     SELECT randomblob(16), 'bench', CAST(i % {aggregates} AS TEXT), 'bench.noop', 1, \
+                     SELECT randomblob(16), 'bench', CAST(i % {aggregates} AS TEXT), i / {aggregates} + 1, 'bench.noop', 1, \
                      '{{\"n\":1}}', '{{}}', '{past}', '{past}', '{status}', {delivered_at} FROM s"
                 ))
                 .await?;
@@ -440,15 +441,16 @@ async fn seed_mysql(
                     .map(|_| {
                         i += 1;
                         format!(
-                            "(UNHEX(REPLACE(UUID(), '-', '')), 'bench', '{}', 'bench.noop', 1, '{{\"n\":1}}', '{{}}', \
-                             NOW(6), NOW(6) - INTERVAL 1 SECOND, '{status}', {})",
+                            "(UNHEX(REPLACE(UUID(), '-', '')), 'bench', '{}', {}, 'bench.noop', 1, '{{\"n\":1}}', '{{}}', \
+                             UTC_TIMESTAMP(6), UTC_TIMESTAMP(6) - INTERVAL 1 SECOND, '{status}', {})",
                             i % aggregates,
-                            if status == "delivered" { "NOW(6)" } else { "NULL" }
+                            i / aggregates + 1,
+                            if status == "delivered" { "UTC_TIMESTAMP(6)" } else { "NULL" }
                         )
                     })
                     .collect();
         db.execute_unprepared(&format!(
-                    "INSERT INTO outbox_messages (id, aggregate_type, aggregate_id, event_type, \
+                    "INSERT INTO outbox_messages (id, aggregate_type, aggregate_id, position, event_type, \
                      event_version, payload, headers, occurred_at, available_at, status, delivered_at) \
                      VALUES {}",
                     rows.join(", ")
@@ -549,13 +551,13 @@ async fn raw_loop_once(db: &DatabaseConnection, me: &str, delete: bool) -> anyho
                 let now = Utc::now();
                 let rows = sqlx::query(
                     "UPDATE outbox_messages AS o SET locked_by = $1, locked_until = $2, \
-                     attempts = o.attempts + 1 FROM (SELECT o.seq FROM outbox_messages AS o \
+                     claims = o.claims + 1 FROM (SELECT o.seq FROM outbox_messages AS o \
                      WHERE o.status = 'pending' AND o.available_at <= $3 \
                      AND (o.locked_until IS NULL OR o.locked_until < $3) ORDER BY o.seq LIMIT 100 \
                      FOR UPDATE SKIP LOCKED) AS c WHERE o.seq = c.seq \
                      RETURNING o.seq, o.id, o.aggregate_type, o.aggregate_id, o.event_type, \
                      o.event_version, o.payload::text AS payload, o.headers::text AS headers, \
-                     o.occurred_at, o.not_before, o.attempts, o.last_error_kind",
+                     o.occurred_at, o.not_before, o.claims, o.last_error_kind",
                 )
                 .bind(me)
                 .bind(now + chrono::Duration::seconds(60))
@@ -598,11 +600,11 @@ async fn raw_loop_once(db: &DatabaseConnection, me: &str, delete: bool) -> anyho
             loop {
                 let now = Utc::now();
                 let rows = sqlx::query(
-                    "UPDATE outbox_messages SET locked_by = ?, locked_until = ?, attempts = attempts + 1 \
+                    "UPDATE outbox_messages SET locked_by = ?, locked_until = ?, claims = claims + 1 \
                      WHERE seq IN (SELECT o.seq FROM outbox_messages AS o WHERE o.status = 'pending' \
                      AND o.available_at <= ? AND (o.locked_until IS NULL OR o.locked_until < ?) \
                      ORDER BY o.seq LIMIT 100) RETURNING seq, id, aggregate_type, aggregate_id, \
-                     event_type, event_version, payload, headers, occurred_at, not_before, attempts, last_error_kind",
+                     event_type, event_version, payload, headers, occurred_at, not_before, claims, last_error_kind",
                 )
                 .bind(me)
                 .bind(now + chrono::Duration::seconds(60))
@@ -648,12 +650,15 @@ async fn relay_suite(backend: Backend) -> anyhow::Result<()> {
         "| relays | rows leave by | relay unordered ev/s | relay ordered ev/s | raw claim+mark ev/s | unordered vs raw | ordered vs raw |"
     );
     println!("|---:|---|---:|---:|---:|---:|---:|");
-    let relay_counts: &[usize] = if backend == Backend::Sqlite {
-        &[1, 2]
-    } else {
-        &[1, 2, 4]
+    let relay_counts: Vec<usize> = match std::env::var("BENCH_RELAYS") {
+        Ok(list) => list
+            .split(',')
+            .filter_map(|n| n.trim().parse().ok())
+            .collect(),
+        Err(_) if backend == Backend::Sqlite => vec![1, 2],
+        Err(_) => vec![1, 2, 4],
     };
-    for &relays in relay_counts {
+    for relays in relay_counts {
         for (label, delivered) in [
             ("update", DeliveredRows::Keep),
             ("delete", DeliveredRows::Delete),
