@@ -114,6 +114,38 @@ impl HandlerEntry {
         }
     }
 
+    /// A typed handler with state shared by all its calls: `f` gets the event, the context and
+    /// the state (an `Arc`, cloned for each call), so the closure needs no clone of its own
+    /// before `async move`.
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use outbox_core::{DomainEvent, HandlerEntry, Registry};
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[derive(Serialize, Deserialize, DomainEvent)]
+    /// struct Pinged { n: u32 }
+    ///
+    /// let seen = Mutex::new(Vec::new());
+    /// let entry = HandlerEntry::with_state("count-pings", seen, |e: Pinged, _ctx, seen| async move {
+    ///     seen.lock().unwrap().push(e.n);
+    ///     Ok::<_, std::io::Error>(())
+    /// });
+    /// assert_eq!(Registry::new([entry])?.handlers_for("Pinged").count(), 1);
+    /// # Ok::<(), outbox_core::Error>(())
+    /// ```
+    pub fn with_state<E, S, F, Fut, R>(name: impl Into<Cow<'static, str>>, state: S, f: F) -> Self
+    where
+        E: DomainEvent,
+        S: Send + Sync + 'static,
+        F: Fn(E, HandlerContext, Arc<S>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = R> + Send + 'static,
+        R: IntoHandlerResult,
+    {
+        let state = Arc::new(state);
+        Self::new(name, move |event: E, ctx| f(event, ctx, state.clone()))
+    }
+
     /// An untyped handler for `event_type`: it reads the raw [`Envelope`] from the context.
     pub fn erased(
         name: impl Into<Cow<'static, str>>,

@@ -2,7 +2,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use outbox_seaorm::{DomainEvent, DomainEvents, Events, HandlerContext, HandlerEntry};
+use outbox_seaorm::{DomainEvent, DomainEvents, Events, HandlerEntry};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -321,11 +321,12 @@ pub fn recording<E>(name: &str, recorder: Recorder<E>) -> HandlerEntry
 where
     E: DomainEvent + Clone + Sync,
 {
-    HandlerEntry::new(name.to_owned(), move |event: E, _ctx: HandlerContext| {
-        let recorder = recorder.clone();
-        async move {
+    HandlerEntry::with_state(
+        name.to_owned(),
+        recorder,
+        |event: E, _ctx, recorder| async move {
             recorder.push(event);
             Ok::<_, std::convert::Infallible>(())
-        }
-    })
+        },
+    )
 }

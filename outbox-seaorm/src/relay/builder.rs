@@ -271,7 +271,9 @@ impl RelayBuilder {
         }
         let pool = driver.pool_size(&self.db) as usize;
         if pool < self.settings.concurrency + 3 {
-            tracing::warn!(
+            // Only handlers that use the database need the extra connections; the relay works
+            // (serially) even on SeaORM's default single SQLite connection.
+            tracing::info!(
                 relay = %id, pool, concurrency = self.settings.concurrency,
                 "the database pool is smaller than concurrency + 3: handlers that use the \
                  database will wait for connections (size the pool as `concurrency + 3`)"
