@@ -67,19 +67,21 @@
 //!
 //! # Guarantees
 //!
-//! - A rolled-back unit of work leaves no outbox row; a committed one leaves one row per
-//!   recorded event, in recording order. The API takes a transaction wherever it writes, so the
-//!   outbox rows cannot be written outside the aggregate's transaction.
+//! - A unit of work that commits leaves the aggregates' state and one row per recorded event;
+//!   one that does not leaves neither, and the events stay on their aggregates for the next
+//!   attempt ([`UnitOfWork`], [`Events`]). Events dropped unsaved are reported.
 //! - Delivery is at least once: a handler may see a message twice (after a crash or an expired
-//!   lease). Deduplicate on [`HandlerContext::message_id`].
-//! - By default the messages of one aggregate reach each handler in the order they were
-//!   recorded ([`Ordering::PerAggregate`]).
+//!   lease). Deduplicate on [`HandlerContext::message_id`], or use the [`inbox`].
+//! - By default the messages of one aggregate reach each handler in the order of their
+//!   positions, which follow commit order even with concurrent writers
+//!   ([`DeliveryOrder::PerAggregate`]).
+//! - A relay that dies loses nothing; only the messages it was running are delivered again, and
+//!   a message that kills its process is parked alone ([`RelayBuilder::max_crashes`]).
 //!
 //! # Backends
 //!
-//! SQLite (the default feature), PostgreSQL (`postgres`) and MySQL 8 / MariaDB 10.6+ (`mysql`).
-//! On SQLite, which has one writer at a time, each claim is a single `UPDATE .. RETURNING`
-//! statement, so relays are serialized by the database itself.
+//! SQLite (the default feature), PostgreSQL (`postgres`) and MariaDB 10.6+ (`mysql`), one
+//! driver each with its own SQL. Lease times are the database's clock.
 
 mod admin;
 mod config;

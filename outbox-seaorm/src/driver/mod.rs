@@ -11,10 +11,12 @@
 //! Time always comes from the database (`now()`, `UTC_TIMESTAMP(6)`, SQLite's `'now'`), never
 //! from the process: a relay whose clock runs ahead cannot take over live leases.
 
+mod maintenance;
 mod mysql;
 mod postgres;
 pub(crate) mod sql;
 mod sqlite;
+mod types;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -23,18 +25,22 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, QueryResult,
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, QueryResult,
     TransactionTrait,
 };
 use uuid::Uuid;
 
 use outbox_core::{Envelope, Headers};
 
-use crate::admin::{DeadLetter, DeliveryInfo, OutboxCounts};
 use crate::config::{OutboxConfig, quote};
 use crate::entity::{DeliveryStatus, MessageStatus};
 use crate::error::{Error, Result};
 use sql::{Arg, Catalog, seqs};
+
+pub(crate) use types::{
+    BlockWrite, ClaimOrder, ClaimSpec, Claimed, Completion, DeliveryState, DeliveryWrite, Hold,
+    NewMessage, OutcomeWrite, ReleaseWrite, Written,
+};
 
 /// The driver for `db`'s backend and the tables of `config`.
 pub(crate) fn for_backend(backend: DbBackend, config: &OutboxConfig) -> Arc<dyn Driver> {
@@ -58,157 +64,6 @@ pub(crate) fn cached(backend: DbBackend, config: &OutboxConfig) -> Arc<dyn Drive
     map.entry((format!("{backend:?}"), config.clone()))
         .or_insert_with(|| for_backend(backend, config))
         .clone()
-}
-
-/// A new row of the messages table.
-#[derive(Debug, Clone)]
-pub(crate) struct NewMessage {
-    pub(crate) id: Uuid,
-    pub(crate) aggregate_type: String,
-    pub(crate) aggregate_id: String,
-    pub(crate) event_type: String,
-    pub(crate) event_version: u32,
-    pub(crate) payload: String,
-    pub(crate) headers: String,
-    pub(crate) occurred_at: DateTime<Utc>,
-    pub(crate) not_before: Option<DateTime<Utc>>,
-}
-
-/// How a claim respects the order of each aggregate's messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ClaimOrder {
-    /// Any available message.
-    Any,
-    /// Only runs of messages that start at their aggregate's head (its first undelivered
-    /// message); `dead_blocks`: a dead message is still the head.
-    PerAggregate { dead_blocks: bool },
-}
-
-/// What to claim.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct ClaimSpec<'a> {
-    pub(crate) relay: &'a str,
-    pub(crate) limit: u32,
-    pub(crate) lease: Duration,
-    pub(crate) order: ClaimOrder,
-    /// How many available rows an ordered claim looks at (a bounded prefix of the pending
-    /// rows, in sequence order).
-    pub(crate) window: u32,
-    /// The server-side time limit of each claim statement.
-    pub(crate) timeout: Duration,
-}
-
-/// A row a relay claimed.
-#[derive(Debug, Clone)]
-pub(crate) struct Claimed {
-    pub(crate) envelope: Envelope,
-    /// Times it was claimed since its last outcome, this claim included: more than 1 means a
-    /// relay claimed it before and never wrote what happened (it died, or hung past its lease).
-    pub(crate) claims: u32,
-    /// Times a relay died while running it alone.
-    pub(crate) crashes: u32,
-    /// Delayed messages stand outside their aggregate's order.
-    pub(crate) delayed: bool,
-    /// Whether an earlier attempt failed, so per-handler states may exist.
-    pub(crate) failed_before: bool,
-}
-
-/// A handler's stored state for one message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct DeliveryState {
-    pub(crate) status: DeliveryStatus,
-    pub(crate) attempts: u32,
-}
-
-/// A row to upsert into the deliveries table.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct DeliveryWrite {
-    pub(crate) handler: String,
-    pub(crate) status: DeliveryStatus,
-    pub(crate) attempts: u32,
-    pub(crate) error: Option<(String, &'static str)>,
-}
-
-/// The new state of a message that did not simply succeed at once.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct OutcomeWrite {
-    pub(crate) seq: i64,
-    pub(crate) message_id: Uuid,
-    pub(crate) status: MessageStatus,
-    /// For a pending message: when it is available again, from now.
-    pub(crate) retry_in: Duration,
-    pub(crate) error: Option<(String, &'static str)>,
-    pub(crate) deliveries: Vec<DeliveryWrite>,
-    /// Whether its handlers ran (counted in `attempts`); a message left for another relay
-    /// did not run.
-    pub(crate) ran: bool,
-    /// Delete the row (and its delivery rows) instead of marking it delivered.
-    pub(crate) delete: bool,
-}
-
-/// How long an aggregate's later messages wait behind a failed one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Hold {
-    /// Until the failed message's retry.
-    For(Duration),
-    /// Until an operator requeues or discards the dead message.
-    Forever,
-}
-
-/// An aggregate whose later messages must wait.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct BlockWrite {
-    pub(crate) aggregate_type: String,
-    pub(crate) aggregate_id: String,
-    pub(crate) after_position: i64,
-    pub(crate) hold: Hold,
-}
-
-/// Messages given back without an outcome (behind a failed message of their aggregate, or at
-/// shutdown). They are not counted as claimed without an outcome.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct ReleaseWrite {
-    pub(crate) seqs: Vec<i64>,
-}
-
-/// Everything the completer writes at once.
-#[derive(Debug, Default, Clone, PartialEq)]
-pub(crate) struct Completion {
-    /// Messages whose every delivery succeeded at the first try (no delivery rows).
-    pub(crate) delivered: Vec<i64>,
-    /// Delete delivered rows instead of marking them.
-    pub(crate) delete: bool,
-    pub(crate) outcomes: Vec<OutcomeWrite>,
-    pub(crate) blocks: Vec<BlockWrite>,
-    pub(crate) releases: Vec<ReleaseWrite>,
-}
-
-/// What a completion wrote.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Written {
-    /// Messages marked delivered (or deleted).
-    pub(crate) delivered: u64,
-    /// Messages scheduled for another attempt.
-    pub(crate) retried: u64,
-    /// Messages that became dead.
-    pub(crate) dead: u64,
-    /// Messages left for a relay that knows their type (pending, not run).
-    pub(crate) left_for_others: u64,
-    /// Messages given back.
-    pub(crate) released: u64,
-    /// Messages this relay no longer held (its lease had passed to another relay).
-    pub(crate) lease_lost: u64,
-}
-
-impl Written {
-    fn count(&mut self, o: &OutcomeWrite) {
-        match (o.status, o.ran) {
-            (MessageStatus::Delivered, _) => self.delivered += 1,
-            (MessageStatus::Dead, _) => self.dead += 1,
-            (MessageStatus::Pending, true) => self.retried += 1,
-            (MessageStatus::Pending, false) => self.left_for_others += 1,
-        }
-    }
 }
 
 /// The SQL of one database.
@@ -468,259 +323,6 @@ pub(crate) trait Driver: Send + Sync + fmt::Debug {
             txn.execute_raw(stmt).await?;
         }
         Ok(true)
-    }
-
-    /// Takes (or renews) the named lock for `holder` for `hold`, if it is free, expired or
-    /// already `holder`'s. Returns whether `holder` has it now.
-    async fn try_lock(
-        &self,
-        db: &DatabaseConnection,
-        name: &str,
-        holder: &str,
-        hold: Duration,
-    ) -> Result<bool> {
-        let sql = self.sql();
-        db.execute_raw(sql.stmt("lock_row", &[("name", name.into())]))
-            .await?;
-        let stmt = sql.stmt(
-            "take_lock",
-            &[
-                ("name", name.into()),
-                ("holder", holder.into()),
-                ("hold", self.span(hold)),
-            ],
-        );
-        Ok(db.execute_raw(stmt).await?.rows_affected() == 1)
-    }
-
-    /// Lets go of the named lock if `holder` has it.
-    async fn unlock(&self, db: &DatabaseConnection, name: &str, holder: &str) -> Result<()> {
-        let stmt = self.sql().stmt(
-            "unlock",
-            &[("name", name.into()), ("holder", holder.into())],
-        );
-        db.execute_raw(stmt).await?;
-        Ok(())
-    }
-
-    /// Deletes up to `limit` messages delivered more than `age` ago, oldest first, with their
-    /// delivery rows. Returns how many.
-    async fn delete_delivered(
-        &self,
-        db: &DatabaseConnection,
-        age: Duration,
-        limit: u32,
-    ) -> Result<usize> {
-        let sql = self.sql();
-        let stmt = sql.stmt(
-            "old_delivered",
-            &[("age", self.span(age)), ("limit", i64::from(limit).into())],
-        );
-        let rows = db.query_all_raw(stmt).await?;
-        if rows.is_empty() {
-            return Ok(0);
-        }
-        let list = rows
-            .iter()
-            .map(|r| r.try_get::<i64>("", "seq"))
-            .collect::<Result<Vec<_>, DbErr>>()?;
-        let txn = self.begin_write(db).await?;
-        txn.execute_raw(sql.stmt("delete_deliveries_of", &[("seqs", seqs(&list))]))
-            .await?;
-        let n = txn
-            .execute_raw(sql.stmt("delete_delivered_rows", &[("seqs", seqs(&list))]))
-            .await?
-            .rows_affected();
-        txn.commit().await?;
-        Ok(n as usize)
-    }
-
-    /// Deletes up to `limit` inbox rows older than `age`. Returns how many.
-    async fn delete_inbox(
-        &self,
-        db: &DatabaseConnection,
-        age: Duration,
-        limit: u32,
-    ) -> Result<usize> {
-        let stmt = self.sql().stmt(
-            "delete_inbox",
-            &[("age", self.span(age)), ("limit", i64::from(limit).into())],
-        );
-        Ok(db.execute_raw(stmt).await?.rows_affected() as usize)
-    }
-
-    /// Marks `message_id` processed by `consumer` in `txn`. Returns `false` when it already
-    /// was: a concurrent transaction marking the same pair waits on the key until the first
-    /// commits (then this one sees the mark) or rolls back (then this one wins).
-    async fn mark_processed(
-        &self,
-        txn: &DatabaseTransaction,
-        consumer: &str,
-        message_id: Uuid,
-    ) -> Result<bool> {
-        let stmt = self.sql().stmt(
-            "mark_processed",
-            &[
-                ("consumer", consumer.into()),
-                ("message_id", message_id.into()),
-            ],
-        );
-        Ok(txn.execute_raw(stmt).await?.rows_affected() == 1)
-    }
-
-    /// Counts messages by state, and the pending ones waiting for a relay that knows their
-    /// event type.
-    async fn counts(&self, db: &DatabaseConnection) -> Result<OutboxCounts> {
-        let rows = db.query_all_raw(self.sql().stmt("counts", &[])).await?;
-        let mut c = OutboxCounts::default();
-        for r in rows {
-            let status: String = r.try_get("", "status")?;
-            let n = r.try_get::<i64>("", "n")?.max(0) as u64;
-            match status.as_str() {
-                "pending" => c.pending += n,
-                "delivered" => c.delivered += n,
-                "dead" => c.dead += n,
-                _ => {}
-            }
-        }
-        let row = db
-            .query_one_raw(self.sql().stmt("count_unknown_type", &[]))
-            .await?;
-        if let Some(r) = row {
-            c.unknown_event_type = r.try_get::<i64>("", "n")?.max(0) as u64;
-        }
-        Ok(c)
-    }
-
-    /// The oldest dead letters, up to `limit`, with their deliveries.
-    async fn dead_letters(&self, db: &DatabaseConnection, limit: u32) -> Result<Vec<DeadLetter>> {
-        let sql = self.sql();
-        let rows = db
-            .query_all_raw(sql.stmt("dead_letters", &[("limit", i64::from(limit).into())]))
-            .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let attempts: i32 = r.try_get("", "attempts")?;
-            out.push(DeadLetter {
-                message_id: r.try_get("", "id")?,
-                sequence: r.try_get("", "seq")?,
-                position: r.try_get("", "position")?,
-                event_type: r.try_get("", "event_type")?,
-                aggregate_type: r.try_get("", "aggregate_type")?,
-                aggregate_id: r.try_get("", "aggregate_id")?,
-                attempts: attempts.max(0) as u32,
-                last_error: r.try_get("", "last_error")?,
-                last_error_kind: r.try_get("", "last_error_kind")?,
-                occurred_at: r.try_get("", "occurred_at")?,
-                deliveries: Vec::new(),
-            });
-        }
-        if out.is_empty() {
-            return Ok(out);
-        }
-        let list: Vec<i64> = out.iter().map(|d| d.sequence).collect();
-        let rows = db
-            .query_all_raw(sql.stmt("deliveries_of", &[("seqs", seqs(&list))]))
-            .await?;
-        let mut by_id: HashMap<Uuid, Vec<DeliveryInfo>> = HashMap::new();
-        for r in rows {
-            let status: String = r.try_get("", "status")?;
-            let Some(status) = DeliveryStatus::parse(&status) else {
-                continue;
-            };
-            let attempts: i32 = r.try_get("", "attempts")?;
-            by_id
-                .entry(r.try_get("", "message_id")?)
-                .or_default()
-                .push(DeliveryInfo {
-                    handler: r.try_get("", "handler")?,
-                    status,
-                    attempts: attempts.max(0) as u32,
-                    last_error: r.try_get("", "last_error")?,
-                    last_error_kind: r.try_get("", "last_error_kind")?,
-                });
-        }
-        for d in &mut out {
-            d.deliveries = by_id.remove(&d.message_id).unwrap_or_default();
-        }
-        Ok(out)
-    }
-
-    /// Puts a dead message back in the queue: its dead deliveries (or only `handler`'s) get a
-    /// fresh retry budget, delivered ones are not run again, and the aggregate's later
-    /// messages, held back behind it, are released.
-    async fn requeue(
-        &self,
-        db: &DatabaseConnection,
-        message_id: Uuid,
-        handler: Option<&str>,
-    ) -> Result<()> {
-        let sql = self.sql();
-        let txn = self.begin_write(db).await?;
-        let Some(row) = txn
-            .query_one_raw(sql.stmt("dead_message", &[("id", message_id.into())]))
-            .await?
-        else {
-            return Err(Error::MessageNotFound {
-                message_id,
-                operation: "requeue",
-            });
-        };
-        txn.execute_raw(sql.stmt("requeue", &[("id", message_id.into())]))
-            .await?;
-        let stmt = match handler {
-            Some(h) => sql.stmt(
-                "requeue_delivery",
-                &[("id", message_id.into()), ("handler", h.into())],
-            ),
-            None => sql.stmt("requeue_deliveries", &[("id", message_id.into())]),
-        };
-        txn.execute_raw(stmt).await?;
-        self.unblock(&txn, &row).await?;
-        txn.commit().await?;
-        Ok(())
-    }
-
-    /// Deletes a message that will never be delivered (dead, or pending and not leased), with
-    /// its delivery rows, and releases the aggregate's later messages held back behind it.
-    async fn discard(&self, db: &DatabaseConnection, message_id: Uuid) -> Result<()> {
-        let sql = self.sql();
-        let txn = self.begin_write(db).await?;
-        let Some(row) = txn
-            .query_one_raw(sql.stmt("discardable", &[("id", message_id.into())]))
-            .await?
-        else {
-            return Err(Error::MessageNotFound {
-                message_id,
-                operation: "discard",
-            });
-        };
-        txn.execute_raw(sql.stmt("delete_deliveries_by_id", &[("id", message_id.into())]))
-            .await?;
-        txn.execute_raw(sql.stmt("delete_by_id", &[("id", message_id.into())]))
-            .await?;
-        self.unblock(&txn, &row).await?;
-        txn.commit().await?;
-        Ok(())
-    }
-
-    /// Lifts the hold on the aggregate of `row` (a row with `aggregate_type`, `aggregate_id`).
-    async fn unblock(&self, txn: &DatabaseTransaction, row: &QueryResult) -> Result<()> {
-        let args = [
-            (
-                "aggregate_type",
-                Arg::from(row.try_get::<String>("", "aggregate_type")?),
-            ),
-            (
-                "aggregate_id",
-                row.try_get::<String>("", "aggregate_id")?.into(),
-            ),
-        ];
-        txn.execute_raw(self.sql().stmt("unblock_stream", &args))
-            .await?;
-        txn.execute_raw(self.sql().stmt("unblock_followers", &args))
-            .await?;
-        Ok(())
     }
 
     /// Wakes relays in other processes (PostgreSQL `NOTIFY`, when configured).

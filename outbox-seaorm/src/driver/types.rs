@@ -1,0 +1,161 @@
+//! What the outbox writes and reads, as the drivers see it.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use outbox_core::Envelope;
+
+use crate::entity::{DeliveryStatus, MessageStatus};
+
+/// A new row of the messages table.
+#[derive(Debug, Clone)]
+pub(crate) struct NewMessage {
+    pub(crate) id: Uuid,
+    pub(crate) aggregate_type: String,
+    pub(crate) aggregate_id: String,
+    pub(crate) event_type: String,
+    pub(crate) event_version: u32,
+    pub(crate) payload: String,
+    pub(crate) headers: String,
+    pub(crate) occurred_at: DateTime<Utc>,
+    pub(crate) not_before: Option<DateTime<Utc>>,
+}
+
+/// How a claim respects the order of each aggregate's messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ClaimOrder {
+    /// Any available message.
+    Any,
+    /// Only runs of messages that start at their aggregate's head (its first undelivered
+    /// message); `dead_blocks`: a dead message is still the head.
+    PerAggregate { dead_blocks: bool },
+}
+
+/// What to claim.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClaimSpec<'a> {
+    pub(crate) relay: &'a str,
+    pub(crate) limit: u32,
+    pub(crate) lease: Duration,
+    pub(crate) order: ClaimOrder,
+    /// How many available rows an ordered claim looks at (a bounded prefix of the pending
+    /// rows, in sequence order).
+    pub(crate) window: u32,
+    /// The server-side time limit of each claim statement.
+    pub(crate) timeout: Duration,
+}
+
+/// A row a relay claimed.
+#[derive(Debug, Clone)]
+pub(crate) struct Claimed {
+    pub(crate) envelope: Envelope,
+    /// Times it was claimed since its last outcome, this claim included: more than 1 means a
+    /// relay claimed it before and never wrote what happened (it died, or hung past its lease).
+    pub(crate) claims: u32,
+    /// Times a relay died while running it alone.
+    pub(crate) crashes: u32,
+    /// Delayed messages stand outside their aggregate's order.
+    pub(crate) delayed: bool,
+    /// Whether an earlier attempt failed, so per-handler states may exist.
+    pub(crate) failed_before: bool,
+}
+
+/// A handler's stored state for one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DeliveryState {
+    pub(crate) status: DeliveryStatus,
+    pub(crate) attempts: u32,
+}
+
+/// A row to upsert into the deliveries table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DeliveryWrite {
+    pub(crate) handler: String,
+    pub(crate) status: DeliveryStatus,
+    pub(crate) attempts: u32,
+    pub(crate) error: Option<(String, &'static str)>,
+}
+
+/// The new state of a message that did not simply succeed at once.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct OutcomeWrite {
+    pub(crate) seq: i64,
+    pub(crate) message_id: Uuid,
+    pub(crate) status: MessageStatus,
+    /// For a pending message: when it is available again, from now.
+    pub(crate) retry_in: Duration,
+    pub(crate) error: Option<(String, &'static str)>,
+    pub(crate) deliveries: Vec<DeliveryWrite>,
+    /// Whether its handlers ran (counted in `attempts`); a message left for another relay
+    /// did not run.
+    pub(crate) ran: bool,
+    /// Delete the row (and its delivery rows) instead of marking it delivered.
+    pub(crate) delete: bool,
+}
+
+/// How long an aggregate's later messages wait behind a failed one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Hold {
+    /// Until the failed message's retry.
+    For(Duration),
+    /// Until an operator requeues or discards the dead message.
+    Forever,
+}
+
+/// An aggregate whose later messages must wait.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct BlockWrite {
+    pub(crate) aggregate_type: String,
+    pub(crate) aggregate_id: String,
+    pub(crate) after_position: i64,
+    pub(crate) hold: Hold,
+}
+
+/// Messages given back without an outcome (behind a failed message of their aggregate, or at
+/// shutdown). They are not counted as claimed without an outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ReleaseWrite {
+    pub(crate) seqs: Vec<i64>,
+}
+
+/// Everything the completer writes at once.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub(crate) struct Completion {
+    /// Messages whose every delivery succeeded at the first try (no delivery rows).
+    pub(crate) delivered: Vec<i64>,
+    /// Delete delivered rows instead of marking them.
+    pub(crate) delete: bool,
+    pub(crate) outcomes: Vec<OutcomeWrite>,
+    pub(crate) blocks: Vec<BlockWrite>,
+    pub(crate) releases: Vec<ReleaseWrite>,
+}
+
+/// What a completion wrote.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Written {
+    /// Messages marked delivered (or deleted).
+    pub(crate) delivered: u64,
+    /// Messages scheduled for another attempt.
+    pub(crate) retried: u64,
+    /// Messages that became dead.
+    pub(crate) dead: u64,
+    /// Messages left for a relay that knows their type (pending, not run).
+    pub(crate) left_for_others: u64,
+    /// Messages given back.
+    pub(crate) released: u64,
+    /// Messages this relay no longer held (its lease had passed to another relay).
+    pub(crate) lease_lost: u64,
+}
+
+impl Written {
+    pub(crate) fn count(&mut self, o: &OutcomeWrite) {
+        match (o.status, o.ran) {
+            (MessageStatus::Delivered, _) => self.delivered += 1,
+            (MessageStatus::Dead, _) => self.dead += 1,
+            (MessageStatus::Pending, true) => self.retried += 1,
+            (MessageStatus::Pending, false) => self.left_for_others += 1,
+        }
+    }
+}
