@@ -5,8 +5,8 @@
 //! two connections serialize on the mark's primary key, and only one runs its effects.
 //!
 //! In-process handlers ask for it with [`HandlerContextExt::exactly_once`]; consumers of the
-//! brokers use [`Inbox::process`] directly or the helpers [`consume_jetstream`] and
-//! [`consume_amqp`] (features `nats`, `amqp`). Inbox rows are deleted by the relay's retention
+//! brokers use [`Inbox::process`] directly or the helpers `consume_jetstream` and
+//! `consume_amqp` (features `nats`, `amqp`). Inbox rows are deleted by the relay's retention
 //! after [`Retention::inbox_after`](crate::Retention::inbox_after) (30 days by default: keep it
 //! longer than the longest redelivery or replay window of your brokers).
 

@@ -39,7 +39,7 @@ pub(crate) use model::SaveAs;
 ///
 /// A plain SeaORM write of an aggregate on `&uow` (`model.into_active_model().insert(&uow)`,
 /// `ActiveModel::save`, `Entity::insert(..).exec(&uow)`) writes the row but not the events;
-/// the event buffer reports them when it is dropped (see [`Events`]).
+/// the event buffer reports them when it is dropped (see [`Events`](outbox_core::Events)).
 ///
 /// ```
 /// # use outbox_seaorm::{Aggregate, DomainEvent, DomainEvents, Events, UnitOfWork};

@@ -285,8 +285,14 @@ async fn write_round(db: &DatabaseConnection, w: Write, writers: usize, dur: Dur
             let (db, done) = (db.clone(), done.clone());
             tokio::spawn(async move {
                 while Instant::now() < deadline {
-                    if one_write(&db, w).await.is_ok() {
-                        done.fetch_add(1, AtomicOrdering::Relaxed);
+                    match one_write(&db, w).await {
+                        Ok(()) => {
+                            done.fetch_add(1, AtomicOrdering::Relaxed);
+                        }
+                        Err(e) => {
+                            eprintln!("{w:?}: {e:#}");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
                     }
                 }
             })
