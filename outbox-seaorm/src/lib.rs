@@ -69,7 +69,7 @@
 //!
 //! - A unit of work that commits leaves the aggregates' state and one row per recorded event;
 //!   one that does not leaves neither, and the events stay on their aggregates for the next
-//!   attempt ([`UnitOfWork`], [`Events`](crate::Events)). Events dropped unsaved are reported.
+//!   attempt ([`UnitOfWork`], [`Events`]). Events dropped unsaved are reported.
 //! - Delivery is at least once: a handler may see a message twice (after a crash or an expired
 //!   lease). Deduplicate on [`HandlerContext::message_id`], or use the [`inbox`].
 //! - By default the messages of one aggregate reach each handler in the order of their
