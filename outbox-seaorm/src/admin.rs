@@ -87,6 +87,61 @@ pub struct DeliveryInfo {
     pub last_error_kind: Option<String>,
 }
 
+/// A relay, as it records itself in the relays table.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RelayInfo {
+    /// Its id (`locked_by` of the messages it holds).
+    pub id: String,
+    /// The host it runs on.
+    pub host: String,
+    /// The library version it runs.
+    pub version: String,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// Its last heartbeat (every third of its lease while it runs).
+    pub heartbeat_at: DateTime<Utc>,
+    /// When it shut down, if it did.
+    pub stopped_at: Option<DateTime<Utc>>,
+    /// Its lease.
+    #[serde(with = "millis")]
+    pub lease: std::time::Duration,
+    /// Time since its last heartbeat, by the database's clock.
+    #[serde(with = "millis")]
+    pub silent_for: std::time::Duration,
+    /// Messages it held at its last heartbeat.
+    pub held: u64,
+    /// What it handles.
+    pub handles: Handles,
+}
+
+impl RelayInfo {
+    /// Running and heart-beating: not stopped, and heard from within its lease.
+    pub fn is_alive(&self) -> bool {
+        self.stopped_at.is_none() && self.silent_for < self.lease
+    }
+}
+
+/// What a relay handles: its handlers (with their event types), its routes, and the event
+/// types it knows.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Handles {
+    /// `(handler name, event type)`.
+    pub handlers: Vec<(String, String)>,
+    /// Route names.
+    pub routes: Vec<String>,
+    /// Every event type it knows.
+    pub event_types: Vec<String>,
+}
+
+mod millis {
+    pub(super) fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.serialize_u128(d.as_millis())
+    }
+}
+
 impl Admin {
     /// An admin on the default tables.
     pub fn new(db: DatabaseConnection) -> Self {
@@ -128,6 +183,12 @@ impl Admin {
     pub async fn discard(&self, message_id: Uuid) -> Result<()> {
         self.driver.discard(&self.db, message_id).await?;
         self.wake().await
+    }
+
+    /// Every relay recorded: running ones, ones that stopped heart-beating (crashed or hung),
+    /// and ones that shut down in the last day.
+    pub async fn relays(&self) -> Result<Vec<RelayInfo>> {
+        self.driver.relays(&self.db).await
     }
 
     /// The oldest dead letters, up to `limit`.

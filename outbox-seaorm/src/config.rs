@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 /// The names of the outbox's tables.
 ///
 /// The defaults are `outbox_messages`, `outbox_deliveries`, `outbox_streams`, `outbox_inbox` and
-/// `outbox_locks`. Names are validated when they are
+/// `outbox_locks` and `outbox_relays`. Names are validated when they are
 /// set (ASCII letters, digits and `_`, not starting with a digit, at most 63 bytes: PostgreSQL's
 /// limit), optionally qualified by a schema (`messaging.outbox_messages`), and always quoted in
 /// SQL, so a name can never inject SQL.
@@ -27,6 +27,7 @@ pub struct OutboxConfig {
     streams: String,
     inbox: String,
     locks: String,
+    relays: String,
     pg_notify: bool,
 }
 
@@ -38,6 +39,7 @@ impl Default for OutboxConfig {
             streams: "outbox_streams".into(),
             inbox: "outbox_inbox".into(),
             locks: "outbox_locks".into(),
+            relays: "outbox_relays".into(),
             pg_notify: false,
         }
     }
@@ -56,7 +58,8 @@ impl OutboxConfig {
             .deliveries(format!("{prefix}{}", d.deliveries))?
             .streams(format!("{prefix}{}", d.streams))?
             .inbox(format!("{prefix}{}", d.inbox))?
-            .locks(format!("{prefix}{}", d.locks))
+            .locks(format!("{prefix}{}", d.locks))?
+            .relays(format!("{prefix}{}", d.relays))
     }
 
     /// Sets the messages table (one row per event).
@@ -81,6 +84,13 @@ impl OutboxConfig {
     /// Sets the inbox table (messages a consumer has processed).
     pub fn inbox(mut self, name: impl Into<String>) -> Result<Self> {
         self.inbox = validate(name.into())?;
+        Ok(self)
+    }
+
+    /// Sets the relays table (each running relay, its heartbeat and what it handles, for the
+    /// command line and the dashboard).
+    pub fn relays(mut self, name: impl Into<String>) -> Result<Self> {
+        self.relays = validate(name.into())?;
         Ok(self)
     }
 
@@ -133,6 +143,11 @@ impl OutboxConfig {
     /// The locks table's name, unquoted.
     pub fn locks_table(&self) -> &str {
         &self.locks
+    }
+
+    /// The relays table's name, unquoted.
+    pub fn relays_table(&self) -> &str {
+        &self.relays
     }
 }
 

@@ -96,7 +96,7 @@ mod uow;
 mod wake;
 
 #[doc(inline)]
-pub use self::admin::{Admin, DeadLetter, DeliveryInfo, OutboxCounts};
+pub use self::admin::{Admin, DeadLetter, DeliveryInfo, Handles, OutboxCounts, RelayInfo};
 #[doc(inline)]
 pub use self::config::OutboxConfig;
 #[doc(inline)]

@@ -8,12 +8,13 @@ use std::time::Duration;
 use outbox_seaorm::{
     Admin, HandlerContext, HandlerEntry, Registry, Relay, Retention, RetryPolicy, Upcasters,
 };
-use outbox_tests::fixtures::{Numbered, Recorder, commit_numbered, order};
+use outbox_tests::fixtures::{Numbered, Recorder, commit_numbered, order, recording};
 use outbox_tests::{TestDb, backend_tests, wait_for};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 use serde::{Deserialize, Serialize};
 
 backend_tests!(
+    relays_record_themselves_and_their_heartbeat,
     many_relays_deliver_each_message_once_in_aggregate_order,
     an_abandoned_claim_is_taken_over_when_its_lease_expires,
     retention_deletes_old_delivered_rows_in_batches_one_relay_at_a_time,
@@ -274,5 +275,94 @@ async fn unknown_stored_version_is_dead_with_a_typed_error(t: TestDb) {
         assert_eq!(dead.last_error_kind.as_deref(), Some("unknown_version"));
         assert_eq!(dead.attempts, 1);
     }
+    t.cleanup().await;
+}
+
+async fn relays_record_themselves_and_their_heartbeat(t: TestDb) {
+    let admin = Admin::new(t.db.clone());
+    let relay = Relay::builder(t.db.clone())
+        .id("recorded")
+        .registry(Registry::new([recording::<Numbered>("numbered", Recorder::new())]).unwrap())
+        .lease(Duration::from_millis(600))
+        .spawn()
+        .await
+        .unwrap();
+    let first = wait_for("the relay's row", Duration::from_secs(10), || async {
+        admin
+            .relays()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|r| r.id == "recorded")
+    })
+    .await;
+    assert!(first.is_alive(), "{first:?}");
+    assert_eq!(first.version, env!("CARGO_PKG_VERSION"));
+    assert!(!first.host.is_empty());
+    assert_eq!(
+        first.handles.handlers,
+        [("numbered".to_owned(), "test.numbered".to_owned())]
+    );
+    wait_for("a heartbeat", Duration::from_secs(10), || async {
+        let r = admin
+            .relays()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|r| r.id == "recorded")?;
+        (r.heartbeat_at > first.heartbeat_at).then_some(())
+    })
+    .await;
+    relay.shutdown().await;
+    let stopped = admin
+        .relays()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.id == "recorded")
+        .unwrap();
+    assert!(
+        stopped.stopped_at.is_some() && !stopped.is_alive(),
+        "{stopped:?}"
+    );
+
+    // A relay that dies without shutting down stops heart-beating: flagged once its lease passes.
+    let mut killed = tokio::process::Command::new(env!("CARGO_BIN_EXE_relay-worker"))
+        .args([t.url.as_str(), "killed", "600", "1"])
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_for("the worker's row", Duration::from_secs(20), || async {
+        let r = admin
+            .relays()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|r| r.id == "killed")?;
+        r.is_alive().then_some(())
+    })
+    .await;
+    killed.start_kill().unwrap();
+    killed.wait().await.unwrap();
+    let silent = wait_for(
+        "the dead relay to be flagged",
+        Duration::from_secs(10),
+        || async {
+            let r = admin
+                .relays()
+                .await
+                .unwrap()
+                .into_iter()
+                .find(|r| r.id == "killed")?;
+            (!r.is_alive()).then_some(r)
+        },
+    )
+    .await;
+    assert!(
+        silent.stopped_at.is_none(),
+        "it did not shut down: {silent:?}"
+    );
+    assert!(silent.silent_for >= silent.lease);
     t.cleanup().await;
 }

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::Driver;
 use super::sql::{Arg, seqs};
-use crate::admin::{DeadLetter, DeliveryInfo, OutboxCounts};
+use crate::admin::{DeadLetter, DeliveryInfo, OutboxCounts, RelayInfo};
 use crate::entity::DeliveryStatus;
 use crate::error::{Error, Result};
 
@@ -275,4 +275,86 @@ impl dyn Driver {
             .await?;
         Ok(())
     }
+
+    /// Records a relay as running (again), with what it handles.
+    pub(crate) async fn register_relay(
+        &self,
+        db: &DatabaseConnection,
+        relay: &RelayRow,
+    ) -> Result<()> {
+        let stmt = self.sql().stmt(
+            "register_relay",
+            &[
+                ("id", relay.id.clone().into()),
+                ("host", relay.host.clone().into()),
+                ("version", relay.version.clone().into()),
+                ("lease_ms", relay.lease_ms.into()),
+                ("handled", relay.handled.clone().into()),
+            ],
+        );
+        db.execute_raw(stmt).await?;
+        Ok(())
+    }
+
+    /// A relay's heartbeat, with how many messages it holds.
+    pub(crate) async fn relay_heartbeat(
+        &self,
+        db: &DatabaseConnection,
+        id: &str,
+        held: usize,
+    ) -> Result<()> {
+        let held = i32::try_from(held).unwrap_or(i32::MAX);
+        let stmt = self.sql().stmt(
+            "relay_heartbeat",
+            &[("id", id.into()), ("held", held.into())],
+        );
+        db.execute_raw(stmt).await?;
+        Ok(())
+    }
+
+    /// Marks a relay stopped (it shut down), and forgets relays stopped more than a day ago.
+    pub(crate) async fn relay_stopped(&self, db: &DatabaseConnection, id: &str) -> Result<()> {
+        db.execute_raw(self.sql().stmt("relay_stopped", &[("id", id.into())]))
+            .await?;
+        let day = self.span(Duration::from_secs(86_400));
+        db.execute_raw(self.sql().stmt("forget_stopped_relays", &[("age", day)]))
+            .await?;
+        Ok(())
+    }
+
+    /// The relays recorded, oldest first.
+    pub(crate) async fn relays(&self, db: &DatabaseConnection) -> Result<Vec<RelayInfo>> {
+        let rows = db.query_all_raw(self.sql().stmt("relays", &[])).await?;
+        rows.iter()
+            .map(|r| {
+                let lease_ms: i64 = r.try_get("", "lease_ms")?;
+                let silent_ms: i64 = r.try_get("", "silent_ms")?;
+                let held: i32 = r.try_get("", "held")?;
+                let handled: String = r.try_get("", "handled")?;
+                Ok(RelayInfo {
+                    id: r.try_get("", "id")?,
+                    host: r.try_get("", "host")?,
+                    version: r.try_get("", "version")?,
+                    started_at: r.try_get("", "started_at")?,
+                    heartbeat_at: r.try_get("", "heartbeat_at")?,
+                    stopped_at: r.try_get("", "stopped_at")?,
+                    lease: Duration::from_millis(lease_ms.max(0) as u64),
+                    silent_for: Duration::from_millis(silent_ms.max(0) as u64),
+                    held: held.max(0) as u64,
+                    handles: serde_json::from_str(&handled).unwrap_or_default(),
+                })
+            })
+            .collect()
+    }
+}
+
+/// A relay as it records itself.
+#[derive(Debug, Clone)]
+pub(crate) struct RelayRow {
+    pub(crate) id: String,
+    pub(crate) host: String,
+    pub(crate) version: String,
+    pub(crate) lease_ms: i64,
+    /// JSON: [`Handles`].
+    pub(crate) handled: String,
 }

@@ -37,6 +37,7 @@ use crate::entity::{DeliveryStatus, MessageStatus};
 use crate::error::{Error, Result};
 use sql::{Arg, Catalog, seqs};
 
+pub(crate) use maintenance::RelayRow;
 pub(crate) use types::{
     BlockWrite, ClaimOrder, ClaimSpec, Claimed, Completion, DeliveryState, DeliveryWrite, Hold,
     NewMessage, OutcomeWrite, ReleaseWrite, Written,
@@ -88,6 +89,7 @@ pub(crate) trait Driver: Send + Sync + fmt::Debug {
     fn drop_statements(&self) -> Vec<String> {
         let c = self.config();
         [
+            c.relays_table(),
             c.locks_table(),
             c.inbox_table(),
             c.deliveries_table(),
@@ -340,6 +342,7 @@ pub(crate) async fn check_tables<D: Driver + ?Sized>(d: &D, db: &DatabaseConnect
         (c.streams_table(), "check_streams"),
         (c.inbox_table(), "check_inbox"),
         (c.locks_table(), "check_locks"),
+        (c.relays_table(), "check_relays"),
     ] {
         if let Err(source) = db.query_all_raw(d.sql().stmt(query, &[])).await {
             return Err(Error::Schema {

@@ -182,3 +182,27 @@ DELETE FROM {deliveries} WHERE message_id = :id
 
 -- name: delete_by_id
 DELETE FROM {messages} WHERE id = :id
+
+-- name: check_relays
+SELECT id, host, version, started_at, heartbeat_at, stopped_at, lease_ms, handled, held
+FROM {relays} WHERE 1 = 0
+
+-- name: register_relay
+INSERT INTO {relays} (id, host, version, started_at, heartbeat_at, lease_ms, handled, held)
+VALUES (:id, :host, :version, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6), :lease_ms, :handled, 0)
+ON DUPLICATE KEY UPDATE host = VALUES(host), version = VALUES(version), started_at = VALUES(started_at), heartbeat_at = VALUES(heartbeat_at), stopped_at = NULL, lease_ms = VALUES(lease_ms), handled = VALUES(handled), held = 0
+
+-- name: relay_heartbeat
+UPDATE {relays} SET heartbeat_at = UTC_TIMESTAMP(6), held = :held WHERE id = :id
+
+-- name: relay_stopped
+UPDATE {relays} SET stopped_at = UTC_TIMESTAMP(6), heartbeat_at = UTC_TIMESTAMP(6), held = 0 WHERE id = :id
+
+-- name: forget_stopped_relays
+DELETE FROM {relays} WHERE stopped_at IS NOT NULL AND stopped_at < UTC_TIMESTAMP(6) - INTERVAL :age MICROSECOND
+
+-- name: relays
+SELECT id, host, version, started_at, heartbeat_at, stopped_at, lease_ms, handled, held,
+  CAST(TIMESTAMPDIFF(MICROSECOND, heartbeat_at, UTC_TIMESTAMP(6)) / 1000 AS SIGNED) AS silent_ms
+FROM {relays} ORDER BY started_at
+

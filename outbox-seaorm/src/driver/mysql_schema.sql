@@ -59,3 +59,15 @@ CREATE TABLE IF NOT EXISTS {locks} (
     holder VARCHAR(128) NULL,
     locked_until DATETIME(6) NULL
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4;
+-- Running relays: what each handles and when it last said it was alive (command line, dashboard).
+CREATE TABLE IF NOT EXISTS {relays} (
+    id VARCHAR(128) NOT NULL PRIMARY KEY,
+    host VARCHAR(255) NOT NULL,
+    version VARCHAR(64) NOT NULL,
+    started_at DATETIME(6) NOT NULL,
+    heartbeat_at DATETIME(6) NOT NULL,
+    stopped_at DATETIME(6) NULL,
+    lease_ms BIGINT NOT NULL,
+    handled LONGTEXT NOT NULL,
+    held INT NOT NULL DEFAULT 0
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4;

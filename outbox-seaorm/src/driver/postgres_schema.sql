@@ -67,3 +67,15 @@ CREATE TABLE IF NOT EXISTS {locks} (
     holder VARCHAR(128) NULL,
     locked_until TIMESTAMPTZ NULL
 );
+-- Running relays: what each handles and when it last said it was alive (command line, dashboard).
+CREATE TABLE IF NOT EXISTS {relays} (
+    id VARCHAR(128) PRIMARY KEY,
+    host VARCHAR(255) NOT NULL,
+    version VARCHAR(64) NOT NULL,
+    started_at TIMESTAMPTZ NOT NULL,
+    heartbeat_at TIMESTAMPTZ NOT NULL,
+    stopped_at TIMESTAMPTZ NULL,
+    lease_ms BIGINT NOT NULL,
+    handled TEXT NOT NULL,
+    held INTEGER NOT NULL DEFAULT 0
+);

@@ -73,6 +73,7 @@ pub(crate) fn fill_tables(backend: DbBackend, sql: &str, config: &OutboxConfig) 
         ("streams", config.streams_table()),
         ("inbox", config.inbox_table()),
         ("locks", config.locks_table()),
+        ("relays", config.relays_table()),
     ] {
         let base = base_name(name);
         let schema = match name.rsplit_once('.') {

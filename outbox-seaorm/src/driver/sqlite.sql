@@ -217,3 +217,27 @@ DELETE FROM {messages} WHERE id = :id
 
 -- name: journal_mode
 PRAGMA journal_mode
+
+-- name: check_relays
+SELECT id, host, version, started_at, heartbeat_at, stopped_at, lease_ms, handled, held
+FROM {relays} WHERE 1 = 0
+
+-- name: register_relay
+INSERT INTO {relays} (id, host, version, started_at, heartbeat_at, lease_ms, handled, held)
+VALUES (:id, :host, :version, {now}, {now}, :lease_ms, :handled, 0)
+ON CONFLICT (id) DO UPDATE SET host = excluded.host, version = excluded.version, started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at, stopped_at = NULL, lease_ms = excluded.lease_ms, handled = excluded.handled, held = 0
+
+-- name: relay_heartbeat
+UPDATE {relays} SET heartbeat_at = {now}, held = :held WHERE id = :id
+
+-- name: relay_stopped
+UPDATE {relays} SET stopped_at = {now}, heartbeat_at = {now}, held = 0 WHERE id = :id
+
+-- name: forget_stopped_relays
+DELETE FROM {relays} WHERE stopped_at IS NOT NULL AND stopped_at < strftime({ts}, 'now', '-' || :age || ' seconds')
+
+-- name: relays
+SELECT id, host, version, started_at, heartbeat_at, stopped_at, lease_ms, handled, held,
+  CAST((julianday('now') - julianday(heartbeat_at)) * 86400000 AS INTEGER) AS silent_ms
+FROM {relays} ORDER BY started_at
+

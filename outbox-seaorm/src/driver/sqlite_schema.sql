@@ -59,3 +59,15 @@ CREATE TABLE IF NOT EXISTS {locks} (
     holder TEXT NULL,
     locked_until TEXT NULL
 );
+-- Running relays: what each handles and when it last said it was alive (command line, dashboard).
+CREATE TABLE IF NOT EXISTS {relays} (
+    id TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    version TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    heartbeat_at TEXT NOT NULL,
+    stopped_at TEXT NULL,
+    lease_ms INTEGER NOT NULL,
+    handled TEXT NOT NULL,
+    held INTEGER NOT NULL DEFAULT 0
+);

@@ -12,7 +12,8 @@ use super::completer::{Completer, Item};
 use super::stats::{BatchReport, bump};
 use super::worker::{self, Mode, Prior};
 use super::{Shared, lease};
-use crate::driver::{ClaimOrder, ClaimSpec, Claimed};
+use crate::admin::Handles;
+use crate::driver::{ClaimOrder, ClaimSpec, Claimed, RelayRow};
 use crate::error::Result;
 use crate::relay::policy::{DeliveryOrder, OnFailure};
 use crate::wake;
@@ -113,9 +114,20 @@ pub(crate) async fn dispatch(
 /// rest back and writes everything decided.
 pub(crate) async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
     tracing::info!(relay = %shared.id, "outbox relay started");
+    if let Err(e) = shared
+        .driver
+        .register_relay(&shared.db, &relay_row(&shared))
+        .await
+    {
+        tracing::warn!(relay = %shared.id, error = %e, "could not record the relay in the relays table");
+    }
     let (out, completer) = Completer::spawn(shared.clone());
     let stop_heartbeat = CancellationToken::new();
-    let heartbeat = tokio::spawn(lease::heartbeat(shared.clone(), stop_heartbeat.clone()));
+    let heartbeat = tokio::spawn(lease::heartbeat(
+        shared.clone(),
+        stop_heartbeat.clone(),
+        true,
+    ));
     let permits = Arc::new(Semaphore::new(shared.settings.concurrency));
     let mut running = JoinSet::new();
     let mut wake = wake::subscribe();
@@ -184,7 +196,31 @@ pub(crate) async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
     }
     stop_heartbeat.cancel();
     let _ = heartbeat.await;
+    if let Err(e) = shared.driver.relay_stopped(&shared.db, &shared.id).await {
+        tracing::debug!(relay = %shared.id, error = %e, "could not record the relay's stop");
+    }
     tracing::info!(relay = %shared.id, "outbox relay stopped");
+}
+
+/// How the relay describes itself in the relays table.
+fn relay_row(shared: &Shared) -> RelayRow {
+    let r = &shared.registry;
+    let handles = Handles {
+        handlers: r
+            .handlers()
+            .iter()
+            .map(|h| (h.name().to_owned(), h.event_type().to_owned()))
+            .collect(),
+        routes: r.routes().map(|h| h.name().to_owned()).collect(),
+        event_types: r.event_types().map(|(t, _)| t.to_owned()).collect(),
+    };
+    RelayRow {
+        id: shared.id.clone(),
+        host: gethostname::gethostname().to_string_lossy().into_owned(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        lease_ms: shared.settings.lease.as_millis().min(i64::MAX as u128) as i64,
+        handled: serde_json::to_string(&handles).expect("strings always serialize"),
+    }
 }
 
 /// Lets running groups finish for up to the shutdown timeout, then stops them and gives their
@@ -225,7 +261,7 @@ pub(crate) async fn run_once(shared: &Arc<Shared>) -> Result<BatchReport> {
     let (out, completer) = Completer::spawn(shared.clone());
     let stop = CancellationToken::new();
     let _stop_on_drop = stop.clone().drop_guard();
-    let heartbeat = tokio::spawn(lease::heartbeat(shared.clone(), stop.clone()));
+    let heartbeat = tokio::spawn(lease::heartbeat(shared.clone(), stop.clone(), false));
     let permits = Arc::new(Semaphore::new(shared.settings.concurrency));
     let mut running = JoinSet::new();
     let result = dispatch(shared, batch, &out, &permits, &mut running).await;

@@ -111,8 +111,9 @@ impl Held {
     }
 }
 
-/// Extends the leases of every held message every third of the lease, until cancelled.
-pub(crate) async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
+/// Extends the leases of every held message every third of the lease, until cancelled; with
+/// `announce`, also refreshes the relay's row in the relays table.
+pub(crate) async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken, announce: bool) {
     let mut tick = tokio::time::interval(shared.settings.lease / 3);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
@@ -122,6 +123,14 @@ pub(crate) async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
             _ = tick.tick() => {}
         }
         let held = shared.held.all();
+        if announce
+            && let Err(e) = shared
+                .driver
+                .relay_heartbeat(&shared.db, &shared.id, held.len())
+                .await
+        {
+            tracing::debug!(relay = %shared.id, error = %e, "could not record the relay's heartbeat");
+        }
         if held.is_empty() {
             continue;
         }
