@@ -96,7 +96,10 @@ mod uow;
 mod wake;
 
 #[doc(inline)]
-pub use self::admin::{Admin, DeadLetter, DeliveryInfo, Handles, OutboxCounts, RelayInfo};
+pub use self::admin::{
+    Admin, Backlog, DeadGroup, DeadLetter, DeliveryInfo, Handles, MessageDetail, MessageFilter,
+    MessageSummary, OutboxCounts, RelayInfo, Status,
+};
 #[doc(inline)]
 pub use self::config::OutboxConfig;
 #[doc(inline)]

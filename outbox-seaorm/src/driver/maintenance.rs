@@ -172,8 +172,24 @@ impl dyn Driver {
             return Ok(out);
         }
         let list: Vec<i64> = out.iter().map(|d| d.sequence).collect();
+        let mut by_id = self.deliveries_of(db, &list).await?;
+        for d in &mut out {
+            d.deliveries = by_id.remove(&d.message_id).unwrap_or_default();
+        }
+        Ok(out)
+    }
+
+    /// The delivery states of the messages with these sequence numbers, by message id.
+    pub(crate) async fn deliveries_of(
+        &self,
+        db: &DatabaseConnection,
+        seq_list: &[i64],
+    ) -> Result<HashMap<Uuid, Vec<DeliveryInfo>>> {
         let rows = db
-            .query_all_raw(sql.stmt("deliveries_of", &[("seqs", seqs(&list))]))
+            .query_all_raw(
+                self.sql()
+                    .stmt("deliveries_of", &[("seqs", seqs(seq_list))]),
+            )
             .await?;
         let mut by_id: HashMap<Uuid, Vec<DeliveryInfo>> = HashMap::new();
         for r in rows {
@@ -193,10 +209,7 @@ impl dyn Driver {
                     last_error_kind: r.try_get("", "last_error_kind")?,
                 });
         }
-        for d in &mut out {
-            d.deliveries = by_id.remove(&d.message_id).unwrap_or_default();
-        }
-        Ok(out)
+        Ok(by_id)
     }
 
     /// Puts a dead message back in the queue: its dead deliveries (or only `handler`'s) get a

@@ -11,8 +11,9 @@ pub mod message;
 use sea_orm::entity::prelude::*;
 
 /// Where a message stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum, serde::Serialize)]
 #[sea_orm(rs_type = "String", db_type = "String(StringLen::N(16))")]
+#[serde(rename_all = "lowercase")]
 pub enum MessageStatus {
     /// Waiting for delivery, being delivered, or waiting for a retry.
     #[sea_orm(string_value = "pending")]
@@ -27,8 +28,9 @@ pub enum MessageStatus {
 
 /// Where one handler's delivery of a message stands. Rows exist only for messages that did not
 /// go through on their first attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum, serde::Serialize)]
 #[sea_orm(rs_type = "String", db_type = "String(StringLen::N(16))")]
+#[serde(rename_all = "lowercase")]
 pub enum DeliveryStatus {
     /// The handler succeeded; it is not run again.
     #[sea_orm(string_value = "delivered")]
@@ -42,7 +44,18 @@ pub enum DeliveryStatus {
 }
 
 impl MessageStatus {
-    pub(crate) fn as_str(self) -> &'static str {
+    /// The status stored as `s`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(MessageStatus::Pending),
+            "delivered" => Some(MessageStatus::Delivered),
+            "dead" => Some(MessageStatus::Dead),
+            _ => None,
+        }
+    }
+
+    /// The stored name (`"pending"`, `"delivered"`, `"dead"`).
+    pub fn as_str(self) -> &'static str {
         match self {
             MessageStatus::Pending => "pending",
             MessageStatus::Delivered => "delivered",
@@ -52,7 +65,8 @@ impl MessageStatus {
 }
 
 impl DeliveryStatus {
-    pub(crate) fn as_str(self) -> &'static str {
+    /// The stored name (`"delivered"`, `"failed"`, `"dead"`).
+    pub fn as_str(self) -> &'static str {
         match self {
             DeliveryStatus::Delivered => "delivered",
             DeliveryStatus::Failed => "failed",
@@ -60,7 +74,8 @@ impl DeliveryStatus {
         }
     }
 
-    pub(crate) fn parse(s: &str) -> Option<Self> {
+    /// The status stored as `s`.
+    pub fn parse(s: &str) -> Option<Self> {
         match s {
             "delivered" => Some(DeliveryStatus::Delivered),
             "failed" => Some(DeliveryStatus::Failed),

@@ -1,4 +1,7 @@
-//! Operating the outbox: counts, dead letters, requeue, discard.
+//! Operating the outbox: counts, status, listings, dead letters, relays, requeue and discard
+//! (one message or every one a filter matches).
+
+mod query;
 
 use std::sync::Arc;
 
@@ -11,6 +14,8 @@ use crate::driver::{self, Driver};
 use crate::entity::DeliveryStatus;
 use crate::error::Result;
 use crate::wake;
+
+pub use query::{Backlog, DeadGroup, MessageDetail, MessageFilter, MessageSummary, Status};
 
 /// Operations on an outbox for operators and dashboards.
 ///
@@ -29,10 +34,11 @@ use crate::wake;
 pub struct Admin {
     db: DatabaseConnection,
     driver: Arc<dyn Driver>,
+    config: OutboxConfig,
 }
 
 /// How many messages are in each state.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct OutboxCounts {
     /// Waiting, in flight or waiting for a retry.
     pub pending: u64,
@@ -46,7 +52,7 @@ pub struct OutboxCounts {
 }
 
 /// A dead message, with the state of each of its deliveries.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct DeadLetter {
     /// The message id.
     pub message_id: Uuid,
@@ -73,7 +79,7 @@ pub struct DeadLetter {
 }
 
 /// One handler's state for a message.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct DeliveryInfo {
     /// The handler's name.
     pub handler: String,
@@ -153,6 +159,7 @@ impl Admin {
         Self {
             driver: driver::cached(db.get_database_backend(), &config),
             db,
+            config,
         }
     }
 
