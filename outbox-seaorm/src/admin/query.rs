@@ -386,7 +386,7 @@ impl Admin {
                 oldest_age_secs: age(now, oldest),
             });
         }
-        backlog.sort_by(|a, b| b.pending.cmp(&a.pending));
+        backlog.sort_by_key(|b| std::cmp::Reverse(b.pending));
         let oldest_pending_age_secs = backlog.iter().map(|b| b.oldest_age_secs).reduce(f64::max);
 
         let mut dead_letters = Vec::new();
@@ -420,7 +420,7 @@ impl Admin {
                 count: positive(r.try_get::<i64>("", "n")?),
             });
         }
-        dead_letters.sort_by(|a, b| b.count.cmp(&a.count));
+        dead_letters.sort_by_key(|g| std::cmp::Reverse(g.count));
         Ok(Status {
             pending,
             dead,
