@@ -17,6 +17,15 @@ pub async fn create_tables(db: &impl ConnectionTrait, config: &OutboxConfig) -> 
     Ok(())
 }
 
+/// Checks that every outbox table exists with the columns this version uses (what
+/// `Relay::build` checks at start). Fails with [`Error::Schema`](crate::Error::Schema) naming
+/// the first table that is missing or outdated.
+pub async fn check_tables(db: &sea_orm::DatabaseConnection, config: &OutboxConfig) -> Result<()> {
+    driver::cached(db.get_database_backend(), config)
+        .check_schema(db)
+        .await
+}
+
 /// Drops the outbox tables (and everything in them).
 pub async fn drop_tables(db: &impl ConnectionTrait, config: &OutboxConfig) -> Result<()> {
     let driver = driver::for_backend(db.get_database_backend(), config);

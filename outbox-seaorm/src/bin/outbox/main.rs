@@ -1,0 +1,303 @@
+//! `outbox`: look at an outbox and act on it from a shell.
+//!
+//! ```text
+//! outbox --database-url postgres://... status [--fail-if dead>0]
+//! outbox list --status dead --handler send-mail --limit 20
+//! outbox show <message id>
+//! outbox requeue --handler send-mail --error-kind handler_timed_out --yes
+//! outbox discard <message id>
+//! outbox migrate [--check]
+//! outbox relays
+//! ```
+//!
+//! Every command takes `--json`. Exit codes: 0 ok, 1 an error or a failed `--fail-if` check,
+//! 2 a usage error.
+
+mod checks;
+mod render;
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use outbox_seaorm::entity::MessageStatus;
+use outbox_seaorm::{Admin, MessageFilter, OutboxConfig};
+use sea_orm::{ConnectOptions, Database};
+use uuid::Uuid;
+
+/// Look at a transactional outbox and act on it.
+#[derive(Parser, Debug)]
+#[command(name = "outbox", version, about)]
+struct Cli {
+    /// The database (`sqlite://path?mode=rw`, `postgres://...`, `mysql://...`).
+    #[arg(long, env = "DATABASE_URL", global = true)]
+    database_url: Option<String>,
+    /// Prefix of every outbox table, as given to `OutboxConfig::with_prefix`.
+    #[arg(long, global = true)]
+    prefix: Option<String>,
+    /// The messages table, when it was renamed on its own.
+    #[arg(long, global = true)]
+    messages_table: Option<String>,
+    /// The deliveries table, when it was renamed on its own.
+    #[arg(long, global = true)]
+    deliveries_table: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Counts, backlog by aggregate and event type, dead letters by handler and error, relays.
+    Status {
+        /// Fail (exit 1) when a check holds: `dead>0`, `pending>=1000`, `oldest_pending_age>300`
+        /// (seconds), `unknown>0`, `delivered_last_hour<10`, `silent_relays>0`. Repeatable.
+        #[arg(long = "fail-if", value_parser = checks::parse)]
+        fail_if: Vec<checks::Check>,
+    },
+    /// Messages matching the filters, oldest first.
+    List {
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Only messages after this sequence number (the last one of the previous page).
+        #[arg(long)]
+        after: Option<i64>,
+    },
+    /// One message in full: payload, headers, every delivery's state.
+    Show {
+        /// The message id.
+        id: Uuid,
+    },
+    /// Put dead messages back in the queue: one by id, or every one the filters match.
+    Requeue(Action),
+    /// Delete messages that will never be delivered: one by id, or every one the filters
+    /// match (dead ones, unless `--status pending`).
+    Discard(Action),
+    /// Create the outbox tables if they do not exist (or, with `--check`, only check them).
+    Migrate {
+        /// Check the tables without creating anything.
+        #[arg(long)]
+        check: bool,
+    },
+    /// The relays recorded: id, host, version, last heartbeat, messages held.
+    Relays,
+}
+
+#[derive(Args, Debug)]
+struct Action {
+    /// One message.
+    id: Option<Uuid>,
+    #[command(flatten)]
+    filter: FilterArgs,
+    /// Do not ask for confirmation.
+    #[arg(long, short)]
+    yes: bool,
+}
+
+#[derive(Args, Debug, Default)]
+struct FilterArgs {
+    /// pending, delivered or dead.
+    #[arg(long, value_parser = parse_status)]
+    status: Option<MessageStatus>,
+    /// Messages with a delivery state for this handler or route.
+    #[arg(long)]
+    handler: Option<String>,
+    /// Messages of this event type.
+    #[arg(long)]
+    event_type: Option<String>,
+    /// Messages of this aggregate type.
+    #[arg(long)]
+    aggregate_type: Option<String>,
+    /// Messages of this aggregate id.
+    #[arg(long)]
+    aggregate: Option<String>,
+    /// Messages whose (or one of whose deliveries') last error is of this kind.
+    #[arg(long)]
+    error_kind: Option<String>,
+    /// Messages recorded since this time (RFC 3339) or this long ago (`30s`, `15m`, `2h`, `7d`).
+    #[arg(long, value_parser = checks::parse_since)]
+    since: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl FilterArgs {
+    fn filter(&self) -> MessageFilter {
+        let mut f = MessageFilter::new();
+        if let Some(s) = self.status {
+            f = f.status(s);
+        }
+        if let Some(h) = &self.handler {
+            f = f.handler(h);
+        }
+        if let Some(t) = &self.event_type {
+            f = f.event_type(t);
+        }
+        if let Some(t) = &self.aggregate_type {
+            f = f.aggregate_type(t);
+        }
+        if let Some(a) = &self.aggregate {
+            f = f.aggregate_id(a);
+        }
+        if let Some(k) = &self.error_kind {
+            f = f.error_kind(k);
+        }
+        if let Some(t) = self.since {
+            f = f.since(t);
+        }
+        f
+    }
+
+    fn is_empty(&self) -> bool {
+        self.filter() == MessageFilter::new()
+    }
+}
+
+fn parse_status(s: &str) -> Result<MessageStatus, String> {
+    MessageStatus::parse(s).ok_or_else(|| format!("`{s}` is not pending, delivered or dead"))
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config = config(&cli)?;
+    let Some(url) = cli.database_url.clone() else {
+        anyhow::bail!("no database: pass --database-url or set DATABASE_URL");
+    };
+    let mut options = ConnectOptions::new(url);
+    options.sqlx_logging(false).max_connections(2);
+    let db = Database::connect(options).await?;
+    let admin = Admin::with_config(db.clone(), config.clone());
+    let out = render::Out { json: cli.json };
+    match cli.command {
+        Command::Status { fail_if } => {
+            let status = admin.status().await?;
+            out.status(&status)?;
+            let failed: Vec<String> = fail_if
+                .iter()
+                .filter(|c| c.holds(&status))
+                .map(|c| c.to_string())
+                .collect();
+            if !failed.is_empty() {
+                eprintln!("check failed: {}", failed.join(", "));
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Command::List {
+            filter,
+            limit,
+            after,
+        } => {
+            let mut f = filter.filter().limit(limit);
+            if let Some(a) = after {
+                f = f.after(a);
+            }
+            out.list(&admin.list(&f).await?)?;
+        }
+        Command::Show { id } => match admin.show(id).await? {
+            Some(m) => out.show(&m)?,
+            None => anyhow::bail!("no outbox message {id}"),
+        },
+        Command::Requeue(a) => act(&admin, &out, a, Verb::Requeue).await?,
+        Command::Discard(a) => act(&admin, &out, a, Verb::Discard).await?,
+        Command::Migrate { check } => {
+            if !check {
+                outbox_seaorm::schema::create_tables(&db, &config).await?;
+            }
+            outbox_seaorm::schema::check_tables(&db, &config).await?;
+            out.note("tables", "the outbox tables are ready")?;
+        }
+        Command::Relays => out.relays(&admin.relays().await?)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Verb {
+    Requeue,
+    Discard,
+}
+
+async fn act(admin: &Admin, out: &render::Out, a: Action, verb: Verb) -> anyhow::Result<()> {
+    let name = match verb {
+        Verb::Requeue => "requeued",
+        Verb::Discard => "discarded",
+    };
+    if let Some(id) = a.id {
+        anyhow::ensure!(
+            a.filter.is_empty(),
+            "give a message id or filters, not both"
+        );
+        match verb {
+            Verb::Requeue => admin.requeue(id).await?,
+            Verb::Discard => admin.discard(id).await?,
+        }
+        return out.done(name, 1);
+    }
+    anyhow::ensure!(
+        !a.filter.is_empty(),
+        "give a message id, or filters (--handler, --error-kind, ...) to act on every match"
+    );
+    let filter = a.filter.filter();
+    let status = match verb {
+        Verb::Requeue => MessageStatus::Dead,
+        Verb::Discard => a.filter.status.unwrap_or(MessageStatus::Dead),
+    };
+    let matching = admin.count(&filter.clone().status(status)).await?;
+    if matching == 0 {
+        return out.done(name, 0);
+    }
+    let question = match verb {
+        Verb::Requeue => format!("Requeue {matching} dead message(s)?"),
+        Verb::Discard => format!("Discard {matching} {} message(s)?", status.as_str()),
+    };
+    if !a.yes && !confirm(&question)? {
+        anyhow::bail!("aborted: nothing was changed");
+    }
+    let n = match verb {
+        Verb::Requeue => admin.requeue_matching(&filter).await?,
+        Verb::Discard => admin.discard_matching(&filter).await?,
+    };
+    out.done(name, n)
+}
+
+/// Asks on the terminal; without one (a script), refuses: pass `--yes`.
+fn confirm(question: &str) -> anyhow::Result<bool> {
+    let stdin = std::io::stdin();
+    anyhow::ensure!(
+        stdin.is_terminal(),
+        "{question} Not asking without a terminal: pass --yes"
+    );
+    eprint!("{question} [y/N] ");
+    std::io::stderr().flush()?;
+    let mut line = String::new();
+    stdin.lock().read_line(&mut line)?;
+    Ok(matches!(line.trim(), "y" | "Y" | "yes"))
+}
+
+fn config(cli: &Cli) -> anyhow::Result<OutboxConfig> {
+    let mut c = match &cli.prefix {
+        Some(p) => OutboxConfig::new().with_prefix(p)?,
+        None => OutboxConfig::new(),
+    };
+    if let Some(t) = &cli.messages_table {
+        c = c.messages(t)?;
+    }
+    if let Some(t) = &cli.deliveries_table {
+        c = c.deliveries(t)?;
+    }
+    Ok(c)
+}

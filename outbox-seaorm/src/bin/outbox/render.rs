@@ -1,0 +1,241 @@
+//! What the commands print: JSON with `--json`, tables for humans otherwise.
+
+use chrono::{DateTime, Utc};
+use comfy_table::presets::UTF8_FULL_CONDENSED;
+use comfy_table::{ContentArrangement, Table};
+use outbox_seaorm::{MessageDetail, MessageSummary, RelayInfo, Status};
+use serde::Serialize;
+
+pub(crate) struct Out {
+    pub(crate) json: bool,
+}
+
+fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED)
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_header(header.iter().copied());
+    t
+}
+
+fn time(t: &DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S").to_string()
+}
+
+fn or_dash(s: Option<&str>) -> String {
+    s.unwrap_or("-").to_owned()
+}
+
+impl Out {
+    fn json<T: Serialize + ?Sized>(&self, v: &T) -> anyhow::Result<()> {
+        println!("{}", serde_json::to_string_pretty(v)?);
+        Ok(())
+    }
+
+    pub(crate) fn status(&self, s: &Status) -> anyhow::Result<()> {
+        if self.json {
+            return self.json(s);
+        }
+        let mut t = table(&[
+            "pending",
+            "dead",
+            "delivered (last hour)",
+            "unknown type",
+            "oldest pending",
+        ]);
+        t.add_row(vec![
+            s.pending.to_string(),
+            s.dead.to_string(),
+            s.delivered_last_hour.to_string(),
+            s.unknown_event_type.to_string(),
+            s.oldest_pending_age_secs
+                .map_or("-".into(), |a| format!("{a:.0} s")),
+        ]);
+        println!("{t}");
+        if !s.backlog.is_empty() {
+            let mut t = table(&["aggregate type", "event type", "pending", "oldest"]);
+            for b in &s.backlog {
+                t.add_row(vec![
+                    b.aggregate_type.clone(),
+                    b.event_type.clone(),
+                    b.pending.to_string(),
+                    format!("{:.0} s", b.oldest_age_secs),
+                ]);
+            }
+            println!("backlog\n{t}");
+        }
+        if !s.dead_letters.is_empty() {
+            let mut t = table(&["handler", "error kind", "dead"]);
+            for g in &s.dead_letters {
+                t.add_row(vec![
+                    g.handler.clone().unwrap_or_else(|| "(message)".into()),
+                    or_dash(g.error_kind.as_deref()),
+                    g.count.to_string(),
+                ]);
+            }
+            println!("dead letters\n{t}");
+        }
+        if !s.relays.is_empty() {
+            println!("relays\n{}", relays_table(&s.relays));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn list(&self, messages: &[MessageSummary]) -> anyhow::Result<()> {
+        if self.json {
+            return self.json(messages);
+        }
+        let mut t = table(&[
+            "seq",
+            "message id",
+            "aggregate",
+            "pos",
+            "event type",
+            "status",
+            "attempts",
+            "error",
+        ]);
+        for m in messages {
+            t.add_row(vec![
+                m.sequence.to_string(),
+                m.message_id.to_string(),
+                format!("{} {}", m.aggregate_type, m.aggregate_id),
+                m.position.to_string(),
+                format!("{} v{}", m.event_type, m.event_version),
+                m.status.clone(),
+                m.attempts.to_string(),
+                or_dash(m.last_error_kind.as_deref()),
+            ]);
+        }
+        println!("{t}");
+        match messages.last() {
+            Some(last) => println!(
+                "{} message(s); next page: --after {}",
+                messages.len(),
+                last.sequence
+            ),
+            None => println!("no message matches"),
+        }
+        Ok(())
+    }
+
+    pub(crate) fn show(&self, m: &MessageDetail) -> anyhow::Result<()> {
+        if self.json {
+            return self.json(m);
+        }
+        let s = &m.summary;
+        let mut t = table(&["field", "value"]);
+        let rows: [(&str, String); 12] = [
+            ("message id", s.message_id.to_string()),
+            ("sequence", s.sequence.to_string()),
+            (
+                "aggregate",
+                format!("{} {}", s.aggregate_type, s.aggregate_id),
+            ),
+            ("position", s.position.to_string()),
+            ("event", format!("{} v{}", s.event_type, s.event_version)),
+            ("status", s.status.clone()),
+            ("attempts", s.attempts.to_string()),
+            ("occurred at", time(&s.occurred_at)),
+            ("available at", time(&s.available_at)),
+            (
+                "delivered at",
+                s.delivered_at.as_ref().map_or("-".into(), time),
+            ),
+            ("held by", or_dash(s.locked_by.as_deref())),
+            (
+                "last error",
+                match (&s.last_error_kind, &s.last_error) {
+                    (Some(k), Some(e)) => format!("{k}: {e}"),
+                    _ => "-".into(),
+                },
+            ),
+        ];
+        for (k, v) in rows {
+            t.add_row(vec![k.to_owned(), v]);
+        }
+        println!("{t}");
+        println!("payload\n{}", serde_json::to_string_pretty(&m.payload)?);
+        println!("headers\n{}", serde_json::to_string_pretty(&m.headers)?);
+        if !m.deliveries.is_empty() {
+            let mut t = table(&["handler", "status", "attempts", "last error"]);
+            for d in &m.deliveries {
+                t.add_row(vec![
+                    d.handler.clone(),
+                    d.status.as_str().to_owned(),
+                    d.attempts.to_string(),
+                    match (&d.last_error_kind, &d.last_error) {
+                        (Some(k), Some(e)) => format!("{k}: {e}"),
+                        _ => "-".into(),
+                    },
+                ]);
+            }
+            println!("deliveries\n{t}");
+        }
+        Ok(())
+    }
+
+    pub(crate) fn relays(&self, relays: &[RelayInfo]) -> anyhow::Result<()> {
+        if self.json {
+            return self.json(relays);
+        }
+        if relays.is_empty() {
+            println!("no relay recorded");
+        } else {
+            println!("{}", relays_table(relays));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn note(&self, key: &str, text: &str) -> anyhow::Result<()> {
+        if self.json {
+            return self.json(&serde_json::json!({ key: "ok" }));
+        }
+        println!("{text}");
+        Ok(())
+    }
+
+    pub(crate) fn done(&self, what: &str, n: u64) -> anyhow::Result<()> {
+        if self.json {
+            return self.json(&serde_json::json!({ what: n }));
+        }
+        println!("{what}: {n}");
+        Ok(())
+    }
+}
+
+fn relays_table(relays: &[RelayInfo]) -> Table {
+    let mut t = table(&[
+        "relay",
+        "host",
+        "version",
+        "state",
+        "last heartbeat",
+        "held",
+        "handles",
+    ]);
+    for r in relays {
+        let state = match (r.stopped_at, r.is_alive()) {
+            (Some(_), _) => "stopped".to_owned(),
+            (None, true) => "running".to_owned(),
+            (None, false) => format!("SILENT {:.0} s", r.silent_for.as_secs_f64()),
+        };
+        let handles: Vec<String> = r
+            .handles
+            .handlers
+            .iter()
+            .map(|(h, e)| format!("{h} ({e})"))
+            .chain(r.handles.routes.iter().map(|n| format!("{n} (route)")))
+            .collect();
+        t.add_row(vec![
+            r.id.clone(),
+            r.host.clone(),
+            r.version.clone(),
+            state,
+            time(&r.heartbeat_at),
+            r.held.to_string(),
+            handles.join(", "),
+        ]);
+    }
+    t
+}
