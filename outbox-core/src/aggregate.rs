@@ -110,15 +110,11 @@ pub struct Events {
 pub(crate) struct Buffer {
     slots: Vec<Slot>,
     owner: Option<Owner>,
-    /// The aggregate's row got a database-generated key from an insert of this unit of work
-    /// (`By`), or from one that did not commit (`RolledBack`): that key is not in the database.
-    inserted: Option<Inserted>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Inserted {
-    By(u64),
-    RolledBack,
+    /// The unit of work that wrote the aggregate's row and has not ended, and whether the
+    /// database generated the row's key in it.
+    writer: Option<(u64, bool)>,
+    /// The key came from an insert whose unit of work did not commit.
+    key_not_committed: bool,
 }
 
 struct Slot {
@@ -241,8 +237,7 @@ impl Events {
     /// did not commit: the key is not in the database (and may be given to another row), so
     /// saving the aggregate must insert it again rather than update that key.
     pub fn key_not_committed(&self) -> bool {
-        self.lock()
-            .is_some_and(|b| b.inserted == Some(Inserted::RolledBack))
+        self.lock().is_some_and(|b| b.key_not_committed)
     }
 
     /// Tells the buffer which aggregate it belongs to, for the report of unsaved events.
@@ -295,9 +290,23 @@ impl Events {
 pub(crate) type SharedBuffer = Arc<Mutex<Buffer>>;
 
 impl Events {
-    /// Marks the aggregate's row as inserted with a generated key by `unit`.
-    pub(crate) fn inserted_by(&mut self, unit: u64) -> SharedBuffer {
-        self.lock_or_create().inserted = Some(Inserted::By(unit));
+    /// Whether another unit of work that has not ended wrote the aggregate's row or staged its
+    /// events.
+    pub(crate) fn held_by_other(&self, unit: u64) -> bool {
+        self.lock().is_some_and(|b| {
+            b.writer.is_some_and(|(u, _)| u != unit)
+                || b.slots
+                    .iter()
+                    .any(|s| matches!(s.state, SlotState::Staged(u) if u != unit))
+        })
+    }
+
+    /// Marks the aggregate's row as written by `unit` (with a key the database generated).
+    pub(crate) fn written_by(&mut self, unit: u64, generated_key: bool) -> SharedBuffer {
+        let mut b = self.lock_or_create();
+        let generated = generated_key || b.writer.is_some_and(|(u, g)| u == unit && g);
+        b.writer = Some((unit, generated));
+        drop(b);
         self.buffer.clone().expect("created above")
     }
 }
@@ -311,8 +320,15 @@ fn lock(b: &Mutex<Buffer>) -> MutexGuard<'_, Buffer> {
 /// unsaved-but-excused when it did not.
 pub(crate) fn settle(buffer: &Mutex<Buffer>, unit: u64, committed: bool) {
     let mut b = lock(buffer);
-    if b.inserted == Some(Inserted::By(unit)) {
-        b.inserted = (!committed).then_some(Inserted::RolledBack);
+    if let Some((u, generated)) = b.writer
+        && u == unit
+    {
+        b.writer = None;
+        if committed {
+            b.key_not_committed = false;
+        } else if generated {
+            b.key_not_committed = true;
+        }
     }
     if committed {
         b.slots.retain(|s| s.state != SlotState::Staged(unit));

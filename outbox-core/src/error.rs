@@ -21,10 +21,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// No handler (and no publisher) is registered for the row's event type.
+    /// No handler (and no publisher) is registered for an event type.
     ///
-    /// Retried, because during a rolling deployment an older relay may meet an event type that
-    /// only newer instances handle; dead after the retry policy's last attempt.
+    /// A relay does not fail a message with it: a type the process knows that nothing handles
+    /// completes at once, and a type it does not know (written by a newer version) is left for a
+    /// relay that knows it, with `unknown_event_type` as its last error kind.
     #[error("no handler is registered for event type `{event_type}`")]
     UnknownEventType {
         /// The event type name stored on the row.

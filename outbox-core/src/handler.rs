@@ -71,13 +71,14 @@ impl HandlerEntry {
     /// use serde::{Deserialize, Serialize};
     ///
     /// #[derive(Serialize, Deserialize, DomainEvent)]
+    /// #[event(name = "ping")]
     /// struct Pinged { n: u32 }
     ///
     /// let registry = Registry::new([HandlerEntry::new("count-pings", |e: Pinged, _ctx| async move {
     ///     println!("ping {}", e.n);
     ///     Ok::<_, std::io::Error>(())
     /// })])?;
-    /// assert_eq!(registry.handlers_for("Pinged").count(), 1);
+    /// assert_eq!(registry.handlers_for("ping").count(), 1);
     /// # Ok::<(), outbox_core::Error>(())
     /// ```
     pub fn new<E, F, Fut, R>(name: impl Into<Cow<'static, str>>, f: F) -> Self
@@ -124,14 +125,15 @@ impl HandlerEntry {
     /// use serde::{Deserialize, Serialize};
     ///
     /// #[derive(Serialize, Deserialize, DomainEvent)]
-    /// struct Pinged { n: u32 }
+    /// #[event(name = "counted.ping")]
+    /// struct Ping { n: u32 }
     ///
     /// let seen = Mutex::new(Vec::new());
-    /// let entry = HandlerEntry::with_state("count-pings", seen, |e: Pinged, _ctx, seen| async move {
+    /// let entry = HandlerEntry::with_state("count-pings", seen, |e: Ping, _ctx, seen| async move {
     ///     seen.lock().unwrap().push(e.n);
     ///     Ok::<_, std::io::Error>(())
     /// });
-    /// assert_eq!(Registry::new([entry])?.handlers_for("Pinged").count(), 1);
+    /// assert_eq!(Registry::new([entry])?.handlers_for("counted.ping").count(), 1);
     /// # Ok::<(), outbox_core::Error>(())
     /// ```
     pub fn with_state<E, S, F, Fut, R>(name: impl Into<Cow<'static, str>>, state: S, f: F) -> Self
@@ -387,12 +389,28 @@ impl HandlerError {
     /// Wraps any boxed error: a `HandlerError` inside stays as it is (permanent or not), a core
     /// [`Error`] keeps its retryability, anything else is retried.
     pub fn from_boxed(boxed: BoxError) -> Self {
-        match boxed.downcast::<HandlerError>() {
-            Ok(h) => *h,
-            Err(other) => match other.downcast::<Error>() {
-                Ok(e) => HandlerError::from(*e),
-                Err(other) => HandlerError::retry(other),
-            },
+        let boxed = match boxed.downcast::<HandlerError>() {
+            Ok(h) => return *h,
+            Err(other) => other,
+        };
+        let boxed = match boxed.downcast::<Error>() {
+            Ok(e) => return HandlerError::from(*e),
+            Err(other) => other,
+        };
+        // Wrapped on the way (`anyhow`, an error with context): a permanent `HandlerError`
+        // inside shows its mark in the chain of sources.
+        let mut link: Option<&(dyn std::error::Error + 'static)> = Some(&*boxed);
+        let mut permanent = false;
+        while let Some(e) = link {
+            if e.is::<Permanent>() {
+                permanent = true;
+                break;
+            }
+            link = e.source();
+        }
+        Self {
+            permanent,
+            source: boxed,
         }
     }
 
@@ -428,9 +446,26 @@ impl fmt::Display for HandlerError {
 
 impl std::error::Error for HandlerError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source.source()
+        if self.permanent {
+            // The mark survives wrapping (`anyhow`, context), which hides this type itself.
+            Some(&Permanent)
+        } else {
+            self.source.source()
+        }
     }
 }
+
+/// The mark of a permanent failure in a chain of errors.
+#[derive(Debug)]
+struct Permanent;
+
+impl fmt::Display for Permanent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("permanent failure, not retried")
+    }
+}
+
+impl std::error::Error for Permanent {}
 
 impl From<Error> for HandlerError {
     fn from(e: Error) -> Self {
@@ -462,5 +497,31 @@ impl IntoHandlerResult for () {
 impl<E: Into<BoxError>> IntoHandlerResult for Result<(), E> {
     fn into_handler_result(self) -> Result<(), HandlerError> {
         self.map_err(|e| HandlerError::from_boxed(e.into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_permanent_error_stays_permanent_through_anyhow_and_boxes() {
+        let through_anyhow: Result<(), anyhow::Error> =
+            Err(HandlerError::permanent(std::io::Error::other("never valid")).into());
+        assert!(
+            through_anyhow
+                .into_handler_result()
+                .unwrap_err()
+                .is_permanent()
+        );
+        let nested: Result<(), anyhow::Error> = Err(anyhow::Error::from(HandlerError::permanent(
+            std::io::Error::other("x"),
+        ))
+        .context("while mailing"));
+        assert!(nested.into_handler_result().unwrap_err().is_permanent());
+        let boxed: Result<(), BoxError> = Err(Box::new(HandlerError::permanent("y")));
+        assert!(boxed.into_handler_result().unwrap_err().is_permanent());
+        let plain: Result<(), std::io::Error> = Err(std::io::Error::other("z"));
+        assert!(!plain.into_handler_result().unwrap_err().is_permanent());
     }
 }

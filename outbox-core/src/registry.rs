@@ -26,11 +26,20 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// A registry of exactly these handlers (no upcasters; add them with [`Registry::with_upcasters`]).
+    /// A registry of exactly these handlers (no upcasters; add them with
+    /// [`Registry::with_upcasters`]). It knows every event type derived with `DomainEvent` in
+    /// the linked crates, as [`Registry::from_inventory`] does: a message of such a type that
+    /// none of these handlers handles completes at once instead of waiting for a relay that
+    /// knows the type.
     ///
     /// Fails with [`Error::DuplicateHandler`] when two share a name.
     pub fn new(handlers: impl IntoIterator<Item = HandlerEntry>) -> Result<Self> {
-        Self::build(handlers.into_iter().collect(), &[], Upcasters::new())
+        let event_types: Vec<_> = registered_event_types().copied().collect();
+        Self::build(
+            handlers.into_iter().collect(),
+            &event_types,
+            Upcasters::new(),
+        )
     }
 
     /// Every handler registered with `#[event_handler]`, every upcaster registered with

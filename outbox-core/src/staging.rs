@@ -12,6 +12,7 @@
 //! use serde::{Deserialize, Serialize};
 //!
 //! #[derive(Serialize, Deserialize, DomainEvent)]
+//! #[event(name = "staged.ping")]
 //! struct Pinged;
 //!
 //! #[derive(DomainEvents)]
@@ -86,11 +87,21 @@ impl Unit {
         Ok(staged)
     }
 
-    /// Records that this unit inserted the aggregate's row with a key the database generated:
-    /// if the unit does not commit, [`Events::key_not_committed`] says so, and the next save
-    /// inserts again instead of updating a key that is not in the database.
-    pub fn inserted_with_generated_key(&mut self, events: &mut Events) {
-        let buffer = events.inserted_by(self.id);
+    /// Fails when another unit of work that has not ended wrote the aggregate's row or staged
+    /// its events: writing the row again would wait for that unit's row lock (for ever, when
+    /// both belong to one task).
+    pub fn check(&self, events: &Events) -> Result<(), StagedElsewhere> {
+        if events.held_by_other(self.id) {
+            return Err(StagedElsewhere);
+        }
+        Ok(())
+    }
+
+    /// Records that this unit wrote the aggregate's row, and whether the database generated its
+    /// key: if the unit does not commit, [`Events::key_not_committed`] says so, and the next
+    /// save inserts the row again instead of updating a key that is not in the database.
+    pub fn wrote_row(&mut self, events: &mut Events, generated_key: bool) {
+        let buffer = events.written_by(self.id, generated_key);
         if !self.buffers.iter().any(|b| Arc::ptr_eq(b, &buffer)) {
             self.buffers.push(buffer);
         }

@@ -77,6 +77,16 @@ fn parse<'a>(input: &'a DeriveInput, errors: &mut Errors) -> AggregateModel<'a> 
             }
             v
         }
+        None if input.ident == "Model" => {
+            // Every SeaORM entity's model is called `Model`: a default from the identifier
+            // would put every entity's events in one aggregate type, and one stream per id.
+            errors.spanned(
+                &input.ident,
+                "name the aggregate type of a SeaORM model: \
+                 `#[domain_events(aggregate = \"order\")]` (every SeaORM model is called `Model`)",
+            );
+            input.ident.to_string()
+        }
         None => input.ident.to_string(),
     };
 

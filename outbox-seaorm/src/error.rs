@@ -36,22 +36,45 @@ pub enum Error {
     /// Create the tables: add [`OutboxMigration`](crate::OutboxMigration) to your
     /// `sea-orm-migration` `Migrator`, or call
     /// [`schema::create_tables`](crate::schema::create_tables) at start-up.
+    // The cause is part of the message, not a `source` (reporters would print it twice).
     #[error(
-        "the outbox table `{table}` is missing or outdated ({source}); create the outbox tables \
+        "the outbox table `{table}` is missing or outdated ({cause}); create the outbox tables \
          with `OutboxMigration` in your migrator or `outbox_seaorm::schema::create_tables`"
     )]
     Schema {
         /// The table's configured name.
         table: String,
         /// What the database said when it was read.
-        source: sea_orm::DbErr,
+        cause: sea_orm::DbErr,
     },
 
-    /// The aggregate's events are staged in another unit of work that has not ended (the same
-    /// instance was saved in two units of work at once).
+    /// `update` (or `save` of a database-generated key) found no row with the aggregate's key:
+    /// it was deleted, or never inserted.
+    ///
+    /// # Handling
+    ///
+    /// Nothing was written. Reload the aggregate, or insert it with
+    /// [`UnitOfWork::insert`](crate::UnitOfWork::insert).
     #[error(
-        "the events of aggregate `{aggregate_type}` `{aggregate_id}` are staged in another unit \
-         of work that has not ended yet"
+        "no row of aggregate `{aggregate_type}` `{aggregate_id}` to update: it was deleted or \
+         never inserted"
+    )]
+    RowMissing {
+        /// The aggregate type.
+        aggregate_type: &'static str,
+        /// The key it holds.
+        aggregate_id: String,
+    },
+
+    /// The same instance is in another unit of work that has not ended: it wrote the
+    /// aggregate's row or staged its events. Nothing was written.
+    ///
+    /// # Handling
+    ///
+    /// Commit or roll back the first unit of work, then save again.
+    #[error(
+        "aggregate `{aggregate_type}` `{aggregate_id}` is in another unit of work that has not \
+         ended yet (it wrote the row or staged the events): end that one first"
     )]
     StagedElsewhere {
         /// The aggregate type.
@@ -87,13 +110,18 @@ pub enum Error {
         reason: &'static str,
     },
 
-    /// No outbox message has this id (in a state the operation applies to).
-    #[error("no outbox message {message_id} to {operation}")]
+    /// No outbox message has this id in a state the operation applies to (only dead
+    /// messages are requeued; dead ones, or pending ones no relay holds, are discarded).
+    #[error(
+        "no outbox message {message_id} to {operation}: it does not exist, or it is not {state}"
+    )]
     MessageNotFound {
         /// The id asked for.
         message_id: Uuid,
         /// What was attempted (`"requeue"`, ...).
         operation: &'static str,
+        /// The state the operation needs.
+        state: &'static str,
     },
 
     /// The relay was given an invalid setting.

@@ -45,6 +45,19 @@ pub struct Numbered {
     pub n: u32,
 }
 
+/// An event of a type this binary does not know, as if a newer version of the service had
+/// written it: `DomainEvent` is implemented by hand, so no registry lists the type unless a
+/// handler of it is registered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FromANewerVersion {
+    /// A number.
+    pub n: u32,
+}
+
+impl DomainEvent for FromANewerVersion {
+    const EVENT_TYPE: &'static str = "test.from-a-newer-version";
+}
+
 /// The `orders` table, whose model is the aggregate.
 pub mod order {
     use outbox_seaorm::{DomainEvents, Events};

@@ -61,7 +61,7 @@ async fn seed(t: &TestDb) {
     }
     uow.commit().await.unwrap();
     let mail = HandlerEntry::new("mail", |e: Numbered, _ctx| async move {
-        if e.n % 2 == 0 {
+        if e.n.is_multiple_of(2) {
             return Err(HandlerError::permanent(std::io::Error::other(
                 "mailbox full",
             )));

@@ -195,10 +195,7 @@ async fn insert_and_update_go_through_seaorm(t: TestDb) {
     let mut ghost = order::Model::place("ghost", 1);
     let uow = UnitOfWork::begin(&t.db).await.unwrap();
     let err = uow.update(&mut ghost).await.unwrap_err();
-    assert!(
-        matches!(err, Error::Db(sea_orm::DbErr::RecordNotUpdated)),
-        "{err:?}"
-    );
+    assert!(matches!(err, Error::RowMissing { .. }), "{err:?}");
     drop(uow);
     assert_eq!(messages(&t.db).await.len(), 2);
     assert_eq!(ghost.events().len(), 1, "the failed update keeps the event");

@@ -230,6 +230,7 @@ impl dyn Driver {
             return Err(Error::MessageNotFound {
                 message_id,
                 operation: "requeue",
+                state: "dead",
             });
         };
         txn.execute_raw(sql.stmt("requeue", &[("id", message_id.into())]))
@@ -259,6 +260,7 @@ impl dyn Driver {
             return Err(Error::MessageNotFound {
                 message_id,
                 operation: "discard",
+                state: "dead, or pending and held by no relay",
             });
         };
         txn.execute_raw(sql.stmt("delete_deliveries_by_id", &[("id", message_id.into())]))

@@ -101,6 +101,13 @@ pub(crate) trait Driver: Send + Sync + fmt::Debug {
         .collect()
     }
 
+    /// Whether `INSERT .. ON CONFLICT (primary key) DO UPDATE` conflicts on the primary key
+    /// only (PostgreSQL, SQLite), so `save` can upsert in one statement. MariaDB's `ON DUPLICATE
+    /// KEY UPDATE` fires on any unique key, so `save` locks the key and inserts or updates.
+    fn upsert_on_key(&self) -> bool {
+        true
+    }
+
     /// Claims retried at once after a deadlock, since the driver was built.
     fn conflicts_retried(&self) -> u64 {
         0
@@ -344,10 +351,10 @@ pub(crate) async fn check_tables<D: Driver + ?Sized>(d: &D, db: &DatabaseConnect
         (c.locks_table(), "check_locks"),
         (c.relays_table(), "check_relays"),
     ] {
-        if let Err(source) = db.query_all_raw(d.sql().stmt(query, &[])).await {
+        if let Err(cause) = db.query_all_raw(d.sql().stmt(query, &[])).await {
             return Err(Error::Schema {
                 table: table.to_owned(),
-                source,
+                cause,
             });
         }
     }

@@ -223,6 +223,10 @@ impl Driver for MySql {
         u32::MAX
     }
 
+    fn upsert_on_key(&self) -> bool {
+        false
+    }
+
     fn conflicts_retried(&self) -> u64 {
         self.conflicts.load(Ordering::Relaxed)
     }

@@ -113,7 +113,9 @@ impl RelayBuilder {
     }
 
     /// How long a handler may run before it counts as failed (default 30 s). Measured outside
-    /// the handler's task, so a handler that blocks its thread times out on time too.
+    /// the handler's task, so it fires while the runtime has a free worker; the timed-out task
+    /// is aborted at its next `.await` (a handler blocking its thread runs on until it returns:
+    /// put blocking work in `spawn_blocking`).
     pub fn handler_timeout(mut self, d: Duration) -> Self {
         self.settings.handler_timeout = d;
         self
@@ -302,6 +304,7 @@ impl RelayBuilder {
                 policy,
                 stats: Default::default(),
                 held: Default::default(),
+                unhandled_types: Default::default(),
             }),
         })
     }

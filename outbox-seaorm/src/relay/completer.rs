@@ -167,6 +167,7 @@ async fn write(shared: &Shared, batches: &mut [Batch]) -> Written {
 fn add(a: Written, b: Written) -> Written {
     Written {
         delivered: a.delivered + b.delivered,
+        unhandled: a.unhandled + b.unhandled,
         retried: a.retried + b.retried,
         dead: a.dead + b.dead,
         left_for_others: a.left_for_others + b.left_for_others,

@@ -45,6 +45,8 @@ pub(crate) enum Verdict {
     /// Relays died `crashes` times while running it alone: parked as dead without running it
     /// again.
     Crashed { crashes: u32 },
+    /// A type this process knows that nothing here handles: complete, nothing ran.
+    Unhandled,
 }
 
 /// One handler's run.
@@ -175,7 +177,7 @@ pub(crate) fn hold(verdict: &Verdict, policy: &Policy) -> Option<Hold> {
         return None;
     };
     match verdict {
-        Verdict::Delivered { .. } => None,
+        Verdict::Delivered { .. } | Verdict::Unhandled => None,
         Verdict::Retry { after, .. } | Verdict::LeftForOthers { after, .. } => {
             Some(Hold::For(*after))
         }

@@ -164,11 +164,16 @@ pub(crate) async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
                     continue;
                 }
                 // Nothing (or not much) to claim: wait for new rows, for one of this relay's
-                // writes (which may free an aggregate's next message), or for the next poll.
+                // writes (which may free an aggregate's next message: in per-aggregate order a
+                // claim finds nothing while the aggregates' earlier messages are in flight), or
+                // for the next poll. A write that landed while the claim ran counts too.
+                if written.has_changed().unwrap_or(false) {
+                    continue;
+                }
                 tokio::select! {
                     _ = cancel.cancelled() => break,
                     _ = wake.changed() => {}
-                    _ = written.changed(), if !shared.held.is_empty() => {}
+                    _ = written.changed() => {}
                     _ = tokio::time::sleep(shared.settings.poll_interval) => {}
                 }
             }

@@ -98,10 +98,6 @@ impl Held {
         v
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
-        self.lock().is_empty()
-    }
-
     pub(crate) fn on_decided(&self) -> watch::Receiver<u64> {
         self.decided.subscribe()
     }

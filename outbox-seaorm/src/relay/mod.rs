@@ -70,6 +70,19 @@ pub(crate) struct Shared {
     pub(crate) policy: decide::Policy,
     pub(crate) stats: stats::Stats,
     pub(crate) held: lease::Held,
+    /// Event types already reported as handled by nothing here.
+    pub(crate) unhandled_types: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl Shared {
+    /// Whether `event_type` is reported as unhandled for the first time.
+    pub(crate) fn first_unhandled(&self, event_type: &str) -> bool {
+        let mut seen = self
+            .unhandled_types
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        seen.insert(event_type.to_owned())
+    }
 }
 
 /// The relay's settings (see [`RelayBuilder`] for each one's meaning and default).
@@ -196,6 +209,14 @@ impl RelayHandle {
 
 impl Drop for RelayHandle {
     fn drop(&mut self) {
+        if self.task.is_some() {
+            // `let _ = ...spawn().await?` drops the handle at once, which stops the relay.
+            tracing::warn!(
+                relay = %self.shared.id,
+                "the RelayHandle was dropped, so the relay stops; keep the handle while it \
+                 should run, and call shutdown() to stop it"
+            );
+        }
         self.cancel.cancel();
     }
 }

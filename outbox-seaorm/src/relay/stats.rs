@@ -10,8 +10,11 @@ use crate::driver::Written;
 pub struct BatchReport {
     /// Messages claimed.
     pub claimed: usize,
-    /// Messages whose every delivery succeeded (or that nothing here handles).
+    /// Messages whose every delivery succeeded.
     pub delivered: usize,
+    /// Messages of a type this process knows that nothing here handles: completed without
+    /// running anything.
+    pub unhandled: usize,
     /// Messages scheduled for another attempt.
     pub retried: usize,
     /// Messages that became dead.
@@ -28,6 +31,7 @@ pub struct BatchReport {
 impl BatchReport {
     pub(crate) fn add_written(&mut self, w: &Written) {
         self.delivered += w.delivered as usize;
+        self.unhandled += w.unhandled as usize;
         self.retried += w.retried as usize;
         self.dead += w.dead as usize;
         self.left_for_others += w.left_for_others as usize;
@@ -40,6 +44,7 @@ impl std::ops::AddAssign for BatchReport {
     fn add_assign(&mut self, o: Self) {
         self.claimed += o.claimed;
         self.delivered += o.delivered;
+        self.unhandled += o.unhandled;
         self.retried += o.retried;
         self.dead += o.dead;
         self.released += o.released;

@@ -146,13 +146,14 @@ async fn run_message(
     let entries: Vec<&HandlerEntry> = shared.registry.deliveries_for(envelope).collect();
     if entries.is_empty() {
         bump(&shared.stats.unhandled, 1);
-        tracing::debug!(
-            relay = %shared.id, message_id = %envelope.message_id,
-            event_type = %envelope.event_type, "nothing handles this event type; completed"
-        );
-        return Some(Verdict::Delivered {
-            deliveries: Vec::new(),
-        });
+        if shared.first_unhandled(&envelope.event_type) {
+            tracing::info!(
+                relay = %shared.id, event_type = %envelope.event_type,
+                "no handler or route here takes this event type: its messages complete \
+                 without being delivered (logged once per type)"
+            );
+        }
+        return Some(Verdict::Unhandled);
     }
     let to_run = decide::still_to_run(entries.iter().map(|e| e.name()), prior);
     let dead_before = entries.iter().any(|e| {
@@ -242,6 +243,7 @@ fn item(shared: &Shared, c: &Claimed, verdict: &Verdict, prior: &Prior) -> Item 
             Vec::new(),
             false,
         ),
+        Verdict::Unhandled => outcome(MessageStatus::Delivered, now, None, Vec::new(), false),
         Verdict::Crashed { crashes } => outcome(
             MessageStatus::Dead,
             now,

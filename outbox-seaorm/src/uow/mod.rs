@@ -137,15 +137,26 @@ impl UnitOfWork {
     /// Saves the model's row and stages its events.
     ///
     /// - A client-generated key (`auto_increment = false`: a UUID, a natural key) is upserted:
-    ///   inserted, or every column updated on a key conflict, in one round trip, for new and
-    ///   existing rows alike. `ActiveModelBehavior` hooks do not run.
+    ///   inserted, or every column updated when the key exists, for new and existing rows
+    ///   alike (one statement on PostgreSQL and SQLite; on MariaDB the key is locked, then the
+    ///   row inserted or updated, so a conflict on another unique key fails instead of
+    ///   overwriting that row). An upsert re-creates a row deleted meanwhile; use
+    ///   [`update`](Self::update) when the row must exist. `ActiveModelBehavior` hooks do not
+    ///   run.
     /// - A database-generated key (SeaORM's default, `#[sea_orm(primary_key)] id: i32`) at
     ///   zero is inserted without it (hooks run); the generated key and column defaults are
-    ///   read back into `model`, and the events carry the generated id.
+    ///   read back into `model`, and the events carry the generated id as their aggregate id.
+    ///   Payloads are the events you recorded: an event recorded before the insert that copied
+    ///   `self.id` carries 0, so record such events after the first save.
     /// - A database-generated key that is set is updated (hooks run); a missing row is
-    ///   `DbErr::RecordNotUpdated`.
+    ///   [`Error::RowMissing`](crate::Error::RowMissing). A key read back from an insert whose
+    ///   unit of work did not commit is inserted again under the same key (events recorded
+    ///   since may carry it); if another row took that key meanwhile, that fails.
     ///
-    /// On error nothing of it is staged and the events stay on the model.
+    /// Saving one instance in two units of work that are both open fails at once with
+    /// [`Error::StagedElsewhere`](crate::Error::StagedElsewhere) instead of waiting for the
+    /// first one's row lock. On error nothing of it is staged and the events stay on the
+    /// model.
     pub async fn save<E, M>(&self, model: &mut M) -> Result<()>
     where
         E: EntityTrait<Model = M>,
@@ -180,7 +191,8 @@ impl UnitOfWork {
     }
 
     /// Updates every column of the model's row through SeaORM's `ActiveModel::update` (hooks
-    /// run) and stages its events. Fails with `DbErr::RecordNotUpdated` if the row is missing.
+    /// run) and stages its events. Fails with [`Error::RowMissing`](crate::Error::RowMissing)
+    /// if the row is missing.
     pub async fn update<E, M>(&self, model: &mut M) -> Result<()>
     where
         E: EntityTrait<Model = M>,
@@ -211,10 +223,12 @@ impl UnitOfWork {
         async {
             // Everything that would make a row invalid is checked before anything is written.
             validate(model)?;
-            if model::write::<E, M>(&self.txn, model, how).await? {
-                self.lock_unit()
-                    .inserted_with_generated_key(model.events_mut());
-            }
+            self.lock_unit()
+                .check(model.events())
+                .map_err(|_| staged_elsewhere(model))?;
+            let upsert_on_key = self.driver.upsert_on_key();
+            let generated = model::write::<E, M>(&self.txn, model, how, upsert_on_key).await?;
+            self.lock_unit().wrote_row(model.events_mut(), generated);
             self.stage(model).map(drop)
         }
         .instrument(span)
@@ -387,7 +401,9 @@ impl Written {
 ///
 /// The lower-level form for code that manages its own [`DatabaseTransaction`]. It takes a
 /// transaction, never a pool, so the outbox rows cannot be written outside the transaction of
-/// the aggregate's row. Call [`Written::committed`] after you commit `txn`.
+/// the aggregate's row. Call [`Written::committed`] once the **outermost** transaction has
+/// committed (committing a nested one, a savepoint, commits nothing yet); keep the receipt in
+/// a variable: `let _ = save_aggregate(..)` drops it at once, which gives the events back.
 pub async fn save_aggregate<E, M>(txn: &DatabaseTransaction, model: &mut M) -> Result<Written>
 where
     E: EntityTrait<Model = M>,
@@ -413,9 +429,11 @@ where
         validate(model)?;
         let how = model::save_as::<E, M>(model);
         let mut unit = Unit::new();
-        if model::write::<E, M>(txn, model, how).await? {
-            unit.inserted_with_generated_key(model.events_mut());
-        }
+        unit.check(model.events())
+            .map_err(|_| staged_elsewhere(model))?;
+        let upsert_on_key = driver::cached(txn.get_database_backend(), config).upsert_on_key();
+        let generated = model::write::<E, M>(txn, model, how, upsert_on_key).await?;
+        unit.wrote_row(model.events_mut(), generated);
         stage_into(txn, config, model, unit).await
     }
     .instrument(span)
@@ -446,10 +464,9 @@ async fn stage_into<A: Aggregate>(
     mut unit: Unit,
 ) -> Result<Written> {
     validate(aggregate)?;
-    let events = unit.stage(aggregate).map_err(|_| Error::StagedElsewhere {
-        aggregate_type: A::AGGREGATE_TYPE,
-        aggregate_id: aggregate.aggregate_id(),
-    })?;
+    let events = unit
+        .stage(aggregate)
+        .map_err(|_| staged_elsewhere(aggregate))?;
     let (correlation_id, causation_id) = ambient_ids();
     let rows = into_rows(
         A::AGGREGATE_TYPE,
@@ -468,6 +485,13 @@ async fn stage_into<A: Aggregate>(
         unit,
         events: rows.len(),
     })
+}
+
+fn staged_elsewhere<A: Aggregate>(aggregate: &A) -> Error {
+    Error::StagedElsewhere {
+        aggregate_type: A::AGGREGATE_TYPE,
+        aggregate_id: aggregate.aggregate_id(),
+    }
 }
 
 fn save_span<A: Aggregate>(aggregate: &A, op: &'static str) -> tracing::Span {

@@ -3,8 +3,9 @@
 
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
-    ActiveModelBehavior, ActiveModelTrait, ConnectionTrait, EntityTrait, IntoActiveModel, Iterable,
-    ModelTrait, PrimaryKeyToColumn, PrimaryKeyTrait, Value,
+    ActiveModelBehavior, ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait,
+    IntoActiveModel, Iterable, ModelTrait, PrimaryKeyToColumn, PrimaryKeyTrait, QueryFilter,
+    QuerySelect, Value,
 };
 
 use outbox_core::Aggregate;
@@ -71,6 +72,7 @@ pub(crate) async fn write<E, M>(
     db: &impl ConnectionTrait,
     model: &mut M,
     how: SaveAs,
+    upsert_on_key: bool,
 ) -> Result<bool>
 where
     E: EntityTrait<Model = M>,
@@ -82,17 +84,38 @@ where
     let key = generated_key::<E>();
     let mut generated = false;
     let stored = match how {
-        SaveAs::Upsert => {
+        SaveAs::Upsert if upsert_on_key => {
             upsert::<E, M>(db, am).await?;
+            return Ok(false);
+        }
+        // MariaDB's `ON DUPLICATE KEY UPDATE` fires on any unique key: a new row whose email
+        // (say) is taken would overwrite the row holding it. Lock the key, then insert or
+        // update: a conflict on another unique key fails, as on the other databases.
+        SaveAs::Upsert => {
+            let mut find = E::find();
+            for key in E::PrimaryKey::iter() {
+                let col = key.into_column();
+                find = find.filter(col.eq(model.get(col)));
+            }
+            if find.lock_exclusive().one(db).await?.is_some() {
+                am.update(db).await?;
+            } else {
+                am.insert(db).await?;
+            }
             return Ok(false);
         }
         SaveAs::Insert => {
             let mut am = am;
-            if let Some(key) = key
-                && (is_unset(&model.get(key)) || model.events().key_not_committed())
-            {
-                am.not_set(key);
-                generated = true;
+            if let Some(key) = key {
+                if is_unset(&model.get(key)) {
+                    am.not_set(key);
+                    generated = true;
+                } else if model.events().key_not_committed() {
+                    // Inserted again under the same key: the events recorded since it was read
+                    // back may carry it in their payloads. If another row took that key meanwhile
+                    // (SQLite reuses keys), the insert fails loudly on it.
+                    generated = true;
+                }
             }
             am.insert(db).await?
         }
@@ -103,7 +126,15 @@ where
                     aggregate_id: model.aggregate_id(),
                 });
             }
-            am.update(db).await?
+            match am.update(db).await {
+                Err(sea_orm::DbErr::RecordNotUpdated) => {
+                    return Err(Error::RowMissing {
+                        aggregate_type: M::AGGREGATE_TYPE,
+                        aggregate_id: model.aggregate_id(),
+                    });
+                }
+                other => other?,
+            }
         }
     };
     let events = std::mem::take(model.events_mut());
