@@ -84,6 +84,8 @@
 //! driver each with its own SQL. Lease times are the database's clock.
 
 mod admin;
+#[cfg(feature = "cli")]
+pub mod cli;
 mod config;
 mod driver;
 pub mod entity;

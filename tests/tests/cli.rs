@@ -2,9 +2,6 @@
 //! letters: status, list with filters, show, requeue and discard of everything a filter
 //! matches, `--json` read back, exit codes, and snapshots of what a human sees.
 
-use std::path::PathBuf;
-use std::sync::OnceLock;
-
 use assert_cmd::Command;
 use outbox_seaorm::{HandlerEntry, HandlerError, Registry, Relay, RetryPolicy, UnitOfWork};
 use outbox_tests::fixtures::Numbered;
@@ -13,37 +10,8 @@ use serde_json::Value;
 
 backend_tests!(the_command_line_shows_and_acts_on_dead_letters);
 
-/// The `outbox` binary, built once per test process (`cargo test --workspace` has built it
-/// already; `cargo test -p outbox-tests` has not).
-fn binary() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = std::process::Command::new(cargo)
-            .args([
-                "build",
-                "-q",
-                "-p",
-                "outbox-seaorm",
-                "--features",
-                "cli",
-                "--bin",
-                "outbox",
-            ])
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "building the outbox binary failed");
-        let dir = std::path::Path::new(env!("CARGO_BIN_EXE_relay-worker"))
-            .parent()
-            .expect("target dir")
-            .to_path_buf();
-        dir.join(format!("outbox{}", std::env::consts::EXE_SUFFIX))
-    })
-    .clone()
-}
-
 fn outbox(t: &TestDb) -> Command {
-    let mut c = Command::new(binary());
+    let mut c = Command::new(env!("CARGO_BIN_EXE_outbox-cli"));
     c.env("DATABASE_URL", &t.url).env_remove("RUST_LOG");
     c
 }

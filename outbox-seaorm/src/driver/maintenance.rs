@@ -337,6 +337,24 @@ impl dyn Driver {
         Ok(())
     }
 
+    /// The relay's gauges: pending, dead and unknown-type counts and the oldest pending
+    /// message's recording time, from the pending and dead rows only.
+    pub(crate) async fn gauges(&self, db: &DatabaseConnection) -> Result<Gauges> {
+        let row = db
+            .query_one_raw(self.sql().stmt("gauges", &[]))
+            .await?
+            .ok_or_else(|| DbErr::Custom("the gauges query returned no row".into()))?;
+        let count = |name: &str| -> Result<u64> {
+            Ok(u64::try_from(row.try_get::<i64>("", name)?).unwrap_or(0))
+        };
+        Ok(Gauges {
+            pending: count("pending")?,
+            dead: count("dead")?,
+            unknown: count("unknown")?,
+            oldest: row.try_get("", "oldest")?,
+        })
+    }
+
     /// The relays recorded, oldest first.
     pub(crate) async fn relays(&self, db: &DatabaseConnection) -> Result<Vec<RelayInfo>> {
         let rows = db.query_all_raw(self.sql().stmt("relays", &[])).await?;
@@ -372,4 +390,13 @@ pub(crate) struct RelayRow {
     pub(crate) lease_ms: i64,
     /// JSON: [`Handles`].
     pub(crate) handled: String,
+}
+
+/// What the relay reports as gauges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Gauges {
+    pub(crate) pending: u64,
+    pub(crate) dead: u64,
+    pub(crate) unknown: u64,
+    pub(crate) oldest: Option<chrono::DateTime<chrono::Utc>>,
 }

@@ -206,3 +206,12 @@ SELECT id, host, version, started_at, heartbeat_at, stopped_at, lease_ms, handle
   CAST(TIMESTAMPDIFF(MICROSECOND, heartbeat_at, UTC_TIMESTAMP(6)) / 1000 AS SIGNED) AS silent_ms
 FROM {relays} ORDER BY started_at
 
+-- What the relay reports as gauges: from the pending and dead rows only (the status-led or
+-- partial indexes), never the delivered history.
+-- name: gauges
+SELECT
+  (SELECT COUNT(*) FROM {messages} WHERE status = 'pending') AS pending,
+  (SELECT COUNT(*) FROM {messages} WHERE status = 'dead' AND status <> 'delivered') AS dead,
+  (SELECT COUNT(*) FROM {messages} WHERE status = 'pending'
+     AND last_error_kind = 'unknown_event_type') AS unknown,
+  (SELECT occurred_at FROM {messages} WHERE status = 'pending' ORDER BY seq LIMIT 1) AS oldest

@@ -51,6 +51,7 @@ impl Relay {
                 window: 200,
                 claim_timeout: Duration::from_secs(5),
                 flush_after: Duration::from_millis(2),
+                metrics_interval: Some(Duration::from_secs(15)),
             },
             retry: RetryPolicy::default(),
             order: DeliveryOrder::PerAggregate(OnFailure::Block),
@@ -208,6 +209,15 @@ impl RelayBuilder {
     /// delivered again.
     pub fn flush_after(mut self, d: Duration) -> Self {
         self.settings.flush_after = d;
+        self
+    }
+
+    /// How often the backlog gauges (`outbox.backlog`, `outbox.oldest_pending_age`,
+    /// `outbox.dead_letters`, `outbox.unknown_event_type`) are refreshed through the `metrics`
+    /// facade (default 15 s), by one relay at a time; `None` never. The counters and histograms
+    /// are reported as things happen. See the README's metrics table.
+    pub fn metrics_interval(mut self, every: Option<Duration>) -> Self {
+        self.settings.metrics_interval = every;
         self
     }
 

@@ -160,6 +160,7 @@ async fn write(shared: &Shared, batches: &mut [Batch]) -> Written {
         );
     }
     shared.stats.written(&written);
+    super::metrics::written(&written);
     shared.held.written(seqs);
     written
 }

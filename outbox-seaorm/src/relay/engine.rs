@@ -36,7 +36,9 @@ pub(crate) async fn claim(shared: &Shared, limit: u32) -> Result<Vec<Claimed>> {
         window: s.window.max(limit),
         timeout: s.claim_timeout,
     };
+    let started = std::time::Instant::now();
     let batch = shared.driver.claim(&shared.db, &spec).await?;
+    super::metrics::claimed(started.elapsed(), batch.len());
     if !batch.is_empty() {
         bump(&shared.stats.batches, 1);
         bump(&shared.stats.claimed, batch.len() as u64);

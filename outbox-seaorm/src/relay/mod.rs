@@ -13,6 +13,8 @@
 //! - **Write** ([`completer`]): verdicts are written a few milliseconds after they are made,
 //!   in batches, fenced by the lease; the leases of everything still held are renewed by a
 //!   heartbeat task ([`lease`]).
+//! - **Report** ([`metrics`]): counters and histograms through the `metrics` facade, and
+//!   gauges from one cheap query per interval by one relay at a time.
 //! - **After a crash**: messages claimed before by a relay that never wrote their outcome are
 //!   run one at a time, with a crash counted against each before it runs, so only a message
 //!   that really kills its process is parked.
@@ -22,6 +24,7 @@ mod completer;
 mod decide;
 mod engine;
 mod lease;
+mod metrics;
 mod policy;
 mod retention;
 mod stats;
@@ -99,6 +102,7 @@ pub(crate) struct Settings {
     pub(crate) window: u32,
     pub(crate) claim_timeout: Duration,
     pub(crate) flush_after: Duration,
+    pub(crate) metrics_interval: Option<Duration>,
 }
 
 /// What the relay gives the handlers it calls, for [`HandlerContextExt`] and the inbox.
@@ -154,6 +158,9 @@ impl Relay {
         let shared = self.shared;
         if let Some(retention) = shared.settings.retention.clone() {
             tokio::spawn(retention::run(shared.clone(), retention, cancel.clone()));
+        }
+        if let Some(every) = shared.settings.metrics_interval {
+            tokio::spawn(metrics::gauges(shared.clone(), every, cancel.clone()));
         }
         if let Some(channel) = shared.driver.listen_channel() {
             tokio::spawn(listen::run(

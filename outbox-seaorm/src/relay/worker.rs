@@ -11,6 +11,7 @@ use outbox_core::{HandlerContext, HandlerEntry, dispatch};
 use super::Shared;
 use super::completer::{Completer, Item};
 use super::decide::{self, Ran, Verdict};
+use super::metrics;
 use super::policy::DeliveryOrder;
 use super::stats::bump;
 use crate::driver::{BlockWrite, Claimed, DeliveryState, OutcomeWrite};
@@ -176,17 +177,25 @@ async fn run_message(
         )
         .with_host(shared.host.clone());
         let timeout = shared.settings.handler_timeout;
+        let is_route = shared.registry.routes().any(|r| r.name() == name);
+        let event_type = &envelope.event_type;
         async move {
+            let started = std::time::Instant::now();
+            let result = dispatch::invoke(entry, &ctx, timeout).await;
+            metrics::delivery(name, is_route, event_type, started.elapsed(), &result);
             Ran {
                 handler: name.to_owned(),
                 before,
-                result: dispatch::invoke(entry, &ctx, timeout).await,
+                result,
             }
         }
     });
     let runs = futures_util::future::join_all(calls).await;
     let had_rows = prior.is_some_and(|p| !p.is_empty());
     let verdict = decide::decide(runs, dead_before, had_rows, &shared.policy);
+    if let Verdict::Delivered { .. } = &verdict {
+        metrics::delivered(&envelope.event_type, envelope.occurred_at);
+    }
     if let Verdict::Dead { error, .. } = &verdict {
         tracing::error!(
             relay = %shared.id, message_id = %envelope.message_id, error = %error.0,

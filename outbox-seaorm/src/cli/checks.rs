@@ -2,8 +2,8 @@
 
 use std::fmt;
 
+use crate::Status;
 use chrono::{DateTime, Utc};
-use outbox_seaorm::Status;
 
 /// A condition on the status that makes `outbox status` exit 1.
 #[derive(Debug, Clone, PartialEq)]

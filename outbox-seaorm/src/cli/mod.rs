@@ -1,4 +1,7 @@
-//! `outbox`: look at an outbox and act on it from a shell.
+//! The `outbox` command line: look at an outbox and act on it from a shell.
+//!
+//! `cargo install outbox-seaorm --features cli` installs it as `outbox`. [`main`] is the whole
+//! program, so a service can also ship it inside its own binary (one `fn main` calling it).
 //!
 //! ```text
 //! outbox --database-url postgres://... status [--fail-if dead>0]
@@ -19,9 +22,9 @@ mod render;
 use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
 
+use crate::entity::MessageStatus;
+use crate::{Admin, MessageFilter, OutboxConfig};
 use clap::{Args, Parser, Subcommand};
-use outbox_seaorm::entity::MessageStatus;
-use outbox_seaorm::{Admin, MessageFilter, OutboxConfig};
 use sea_orm::{ConnectOptions, Database};
 use uuid::Uuid;
 
@@ -160,10 +163,21 @@ fn parse_status(s: &str) -> Result<MessageStatus, String> {
     MessageStatus::parse(s).ok_or_else(|| format!("`{s}` is not pending, delivered or dead"))
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+/// Runs the `outbox` command line with the process's arguments and environment, and returns
+/// its exit code: 0 ok, 1 an error or a failed `--fail-if` check, 2 a usage error.
+pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli).await {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the tokio runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -215,9 +229,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Discard(a) => act(&admin, &out, a, Verb::Discard).await?,
         Command::Migrate { check } => {
             if !check {
-                outbox_seaorm::schema::create_tables(&db, &config).await?;
+                crate::schema::create_tables(&db, &config).await?;
             }
-            outbox_seaorm::schema::check_tables(&db, &config).await?;
+            crate::schema::check_tables(&db, &config).await?;
             out.note("tables", "the outbox tables are ready")?;
         }
         Command::Relays => out.relays(&admin.relays().await?)?,

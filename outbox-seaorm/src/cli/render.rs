@@ -1,9 +1,9 @@
 //! What the commands print: JSON with `--json`, tables for humans otherwise.
 
+use crate::{MessageDetail, MessageSummary, RelayInfo, Status};
 use chrono::{DateTime, Utc};
 use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::{ContentArrangement, Table};
-use outbox_seaorm::{MessageDetail, MessageSummary, RelayInfo, Status};
 use serde::Serialize;
 
 pub(crate) struct Out {

@@ -1,0 +1,105 @@
+//! The relay's metrics, scraped as Prometheus would after a run: the counters equal what was
+//! delivered and what failed. Its own test binary: a metrics recorder is process-wide.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::PrometheusBuilder;
+use outbox_seaorm::{HandlerEntry, HandlerError, Registry, Relay, RetryPolicy, UnitOfWork};
+use outbox_tests::fixtures::Numbered;
+use outbox_tests::{Backend, TestDb};
+
+/// `name{labels} value` lines of a Prometheus text exposition, by name and label text.
+fn scrape(text: &str) -> HashMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (key, value) = l.rsplit_once(' ')?;
+            Some((key.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+fn sum(scraped: &HashMap<String, f64>, name: &str, label: &str) -> f64 {
+    scraped
+        .iter()
+        .filter(|(k, _)| {
+            (k.as_str() == name || k.starts_with(&format!("{name}{{"))) && k.contains(label)
+        })
+        .map(|(_, v)| v)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scraped_counters_equal_what_was_delivered_and_what_failed() {
+    let handle = PrometheusBuilder::new()
+        .install_recorder()
+        .expect("the only recorder of this process");
+    let t = TestDb::new(Backend::Sqlite).await.unwrap();
+    let uow = UnitOfWork::begin(&t.db).await.unwrap();
+    for i in 0..10 {
+        let e = Numbered {
+            key: format!("m-{i}"),
+            n: i,
+        };
+        uow.record("counter", format!("m-{i}"), e, Default::default())
+            .unwrap();
+    }
+    uow.commit().await.unwrap();
+    let mail = HandlerEntry::new("mail", |e: Numbered, _ctx| async move {
+        if e.n < 3 {
+            return Err(HandlerError::permanent(std::io::Error::other("bounced")));
+        }
+        Ok(())
+    });
+    let relay = Relay::builder(t.db.clone())
+        .registry(Registry::new([mail]).unwrap())
+        .retry(RetryPolicy::exponential(Duration::from_millis(1)).max_attempts(1))
+        .metrics_interval(Some(Duration::from_millis(50)))
+        .spawn()
+        .await
+        .unwrap();
+    let admin = outbox_seaorm::Admin::new(t.db.clone());
+    outbox_tests::wait_for("the run", Duration::from_secs(20), || async {
+        let c = admin.counts().await.unwrap();
+        (c.pending == 0 && c.delivered + c.dead == 10).then_some(())
+    })
+    .await;
+    // The gauges are refreshed by the relay's own timer: wait for one refresh after the run.
+    outbox_tests::wait_for("the gauges", Duration::from_secs(10), || async {
+        let s = scrape(&handle.render());
+        (s.get("outbox_dead_letters") == Some(&3.0)).then_some(())
+    })
+    .await;
+    relay.shutdown().await;
+
+    let s = scrape(&handle.render());
+    assert_eq!(
+        sum(&s, "outbox_messages", r#"outcome="delivered""#),
+        7.0,
+        "{s:#?}"
+    );
+    assert_eq!(sum(&s, "outbox_messages", r#"outcome="dead""#), 3.0);
+    assert_eq!(sum(&s, "outbox_claimed", ""), 10.0);
+    assert_eq!(
+        sum(
+            &s,
+            "messaging_process_duration_count",
+            r#"error_type="handler_failed""#
+        ),
+        3.0
+    );
+    assert_eq!(
+        sum(
+            &s,
+            "messaging_process_duration_count",
+            r#"messaging_consumer_group_name="mail""#
+        ),
+        10.0
+    );
+    assert_eq!(sum(&s, "outbox_delivery_lag_count", "test.numbered"), 7.0);
+    assert_eq!(s.get("outbox_backlog"), Some(&0.0));
+    assert_eq!(s.get("outbox_dead_letters"), Some(&3.0));
+    assert_eq!(s.get("outbox_oldest_pending_age"), Some(&0.0));
+    t.cleanup().await;
+}
