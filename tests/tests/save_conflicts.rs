@@ -12,6 +12,7 @@ use uuid::Uuid;
 backend_tests!(
     a_new_row_whose_unique_key_is_taken_fails_and_leaves_the_other_row_alone,
     the_same_instance_in_two_open_units_of_work_is_refused_at_once,
+    concurrent_units_of_work_saving_new_rows_all_commit,
 );
 
 #[derive(Debug, Clone, Serialize, Deserialize, DomainEvent)]
@@ -79,6 +80,7 @@ async fn a_new_row_whose_unique_key_is_taken_fails_and_leaves_the_other_row_alon
     let uow = UnitOfWork::begin(&t.db).await.unwrap();
     let err = uow.save(&mut mallory).await.unwrap_err();
     assert!(matches!(err, Error::Db(_)), "{err}");
+    assert!(err.to_string().to_lowercase().contains("unique"), "{err}");
     drop(uow);
     let rows = customer::Entity::find()
         .order_by_asc(customer::Column::Id)
@@ -138,5 +140,35 @@ async fn the_same_instance_in_two_open_units_of_work_is_refused_at_once(t: TestD
     let uow = UnitOfWork::begin(&t.db).await.unwrap();
     uow.save(&mut c).await.unwrap();
     uow.commit().await.unwrap();
+    t.cleanup().await;
+}
+
+async fn concurrent_units_of_work_saving_new_rows_all_commit(t: TestDb) {
+    // Time-ordered keys all land at the end of the index. A save that looked the key up with
+    // `FOR UPDATE` before inserting took a gap lock there on MariaDB, and two such units of
+    // work deadlocked (1213) on each other's gap.
+    create_entity_table(&t.db, customer::Entity).await;
+    let tasks: Vec<_> = (0..6)
+        .map(|w| {
+            let db = t.db.clone();
+            tokio::spawn(async move {
+                for i in 0..15 {
+                    let mut c = register(&format!("{w}-{i}@x"), "N");
+                    let uow = UnitOfWork::begin(&db).await?;
+                    uow.save(&mut c).await?;
+                    // Hold the unit of work open so that the others' saves interleave.
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    uow.commit().await?;
+                }
+                Ok::<_, Error>(())
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().expect("every unit of work commits");
+    }
+    let rows = customer::Entity::find().all(&t.db).await.unwrap().len();
+    assert_eq!(rows, 90);
+    assert_eq!(outbox_rows(&t).await, 90);
     t.cleanup().await;
 }

@@ -138,9 +138,9 @@ impl UnitOfWork {
     ///
     /// - A client-generated key (`auto_increment = false`: a UUID, a natural key) is upserted:
     ///   inserted, or every column updated when the key exists, for new and existing rows
-    ///   alike (one statement on PostgreSQL and SQLite; on MariaDB the key is locked, then the
-    ///   row inserted or updated, so a conflict on another unique key fails instead of
-    ///   overwriting that row). An upsert re-creates a row deleted meanwhile; use
+    ///   alike (one statement on PostgreSQL and SQLite; on MariaDB an insert, then an update
+    ///   when the insert hit the primary key, so a conflict on another unique key fails instead
+    ///   of overwriting that row). An upsert re-creates a row deleted meanwhile; use
     ///   [`update`](Self::update) when the row must exist. `ActiveModelBehavior` hooks do not
     ///   run.
     /// - A database-generated key (SeaORM's default, `#[sea_orm(primary_key)] id: i32`) at

@@ -1,11 +1,10 @@
 //! Writing an aggregate's own row: an upsert for client-generated keys, an insert that reads
 //! the generated key back for database-generated ones, an update for rows that exist.
 
-use sea_orm::sea_query::OnConflict;
+use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
-    ActiveModelBehavior, ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait,
-    IntoActiveModel, Iterable, ModelTrait, PrimaryKeyToColumn, PrimaryKeyTrait, QueryFilter,
-    QuerySelect, Value,
+    ActiveModelBehavior, ActiveModelTrait, ConnectionTrait, EntityTrait, IntoActiveModel, Iterable,
+    ModelTrait, PrimaryKeyToColumn, PrimaryKeyTrait, Value,
 };
 
 use outbox_core::Aggregate;
@@ -84,24 +83,8 @@ where
     let key = generated_key::<E>();
     let mut generated = false;
     let stored = match how {
-        SaveAs::Upsert if upsert_on_key => {
-            upsert::<E, M>(db, am).await?;
-            return Ok(false);
-        }
-        // MariaDB's `ON DUPLICATE KEY UPDATE` fires on any unique key: a new row whose email
-        // (say) is taken would overwrite the row holding it. Lock the key, then insert or
-        // update: a conflict on another unique key fails, as on the other databases.
         SaveAs::Upsert => {
-            let mut find = E::find();
-            for key in E::PrimaryKey::iter() {
-                let col = key.into_column();
-                find = find.filter(col.eq(model.get(col)));
-            }
-            if find.lock_exclusive().one(db).await?.is_some() {
-                am.update(db).await?;
-            } else {
-                am.insert(db).await?;
-            }
+            upsert::<E, M>(db, am, !upsert_on_key, model).await?;
             return Ok(false);
         }
         SaveAs::Insert => {
@@ -144,11 +127,26 @@ where
 }
 
 /// `INSERT .. ON CONFLICT (key) DO UPDATE SET every other column`: one round trip, for new and
-/// existing rows alike.
-async fn upsert<E, M>(db: &impl ConnectionTrait, am: E::ActiveModel) -> Result<()>
+/// existing rows alike; the row lock is taken at once, so concurrent saves of one aggregate
+/// queue up instead of deadlocking.
+///
+/// `guard_key` is for MariaDB, whose `ON DUPLICATE KEY UPDATE` fires on a conflict on *any*
+/// unique key: a new row whose email (say) is taken would overwrite the row holding it. The
+/// first assignment keeps the key when the conflict is on it and otherwise evaluates a
+/// subquery returning two rows, which fails the statement (error 1242, whatever the SQL
+/// mode), so a conflict on another unique key fails, as on the other databases. (Inserting,
+/// then updating on a primary-key error, deadlocks two saves of one existing row on their
+/// shared locks; looking the key up `FOR UPDATE` first deadlocks two saves of new rows on
+/// their gap locks.)
+async fn upsert<E, M>(
+    db: &impl ConnectionTrait,
+    am: E::ActiveModel,
+    guard_key: bool,
+    model: &M,
+) -> Result<()>
 where
     E: EntityTrait<Model = M>,
-    M: ModelTrait<Entity = E>,
+    M: ModelTrait<Entity = E> + Aggregate,
     E::ActiveModel: ActiveModelTrait<Entity = E> + Send,
 {
     use sea_orm::IdenStatic;
@@ -156,15 +154,58 @@ where
     let rest: Vec<E::Column> = E::Column::iter()
         .filter(|c| !pk.iter().any(|k| k.as_str() == c.as_str()))
         .collect();
-    let mut on_conflict = OnConflict::columns(pk);
-    if rest.is_empty() {
+    let mut on_conflict = OnConflict::columns(pk.clone());
+    if guard_key {
+        let quoted = |c: &E::Column| format!("`{}`", c.as_str().replace('`', "``"));
+        let same_key = pk
+            .iter()
+            .map(|c| format!("{0} <=> VALUES({0})", quoted(c)))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let first = quoted(&pk[0]);
+        on_conflict.value(
+            pk[0],
+            Expr::cust(format!(
+                "IF({same_key}, {first}, (SELECT NULL UNION ALL SELECT NULL))"
+            )),
+        );
+        on_conflict.update_columns(rest);
+    } else if rest.is_empty() {
         on_conflict.do_nothing();
     } else {
         on_conflict.update_columns(rest);
     }
-    E::insert(am)
+    let written = E::insert(am)
         .on_conflict(on_conflict)
         .exec_without_returning(db)
-        .await?;
-    Ok(())
+        .await;
+    match written {
+        Err(e) if guard_key && mysql_error_number(&e) == Some(1242) => {
+            Err(Error::Db(sea_orm::DbErr::Custom(format!(
+                "saving {} `{}`: the row conflicts with another row on a unique key other than \
+                 the primary key (a new row cannot take a value another row holds)",
+                M::AGGREGATE_TYPE,
+                model.aggregate_id()
+            ))))
+        }
+        other => {
+            other?;
+            Ok(())
+        }
+    }
+}
+
+/// The server's error number of a MySQL/MariaDB error.
+fn mysql_error_number(e: &sea_orm::DbErr) -> Option<u16> {
+    use sea_orm::{DbErr, RuntimeErr};
+    let (DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e))) = e else {
+        return None;
+    };
+    let db = e.as_database_error()?;
+    #[cfg(feature = "mysql")]
+    if let Some(my) = db.try_downcast_ref::<sea_orm::sqlx::mysql::MySqlDatabaseError>() {
+        return Some(my.number());
+    }
+    let _ = db;
+    None
 }
