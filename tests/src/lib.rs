@@ -176,6 +176,15 @@ async fn connect(url: &str, search_path: Option<&str>) -> DatabaseConnection {
     if let Some(schema) = search_path {
         opts.set_schema_search_path(schema.to_owned());
     }
+    // The benchmarks compare SQLite with a floor that runs `synchronous = NORMAL` (in WAL mode:
+    // a commit survives a crash of the process, not of the machine); sqlx's default is FULL.
+    if url.starts_with("sqlite:")
+        && std::env::var("OUTBOX_TEST_SQLITE_SYNCHRONOUS").is_ok_and(|v| v == "normal")
+    {
+        opts.map_sqlx_sqlite_opts(|o| {
+            o.synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
+        });
+    }
     Database::connect(opts)
         .await
         .unwrap_or_else(|e| panic!("connect to {url}: {e}"))

@@ -9,8 +9,8 @@
 //! | `messaging.client.sent.messages` | counter | route name and event type, as above |
 //! | `outbox.messages` | counter | `outcome`: delivered, retried, dead, unhandled, left_for_others, released, lease_lost |
 //! | `outbox.delivery.lag` | histogram | `messaging.destination.name`: from recording to the last handler done |
-//! | `outbox.claim.duration` | histogram | |
-//! | `outbox.claimed` | counter | |
+//! | `outbox.claim.duration` | histogram | (an empty claim included) |
+//! | `outbox.claimed`, `outbox.batches` | counter | messages claimed; claims that found some |
 //! | `outbox.backlog`, `outbox.dead_letters`, `outbox.unknown_event_type` | gauge | |
 //! | `outbox.oldest_pending_age` | gauge | seconds since the oldest pending message was recorded |
 //!
@@ -70,6 +70,9 @@ pub(crate) fn delivered(event_type: &str, occurred_at: chrono::DateTime<Utc>) {
 pub(crate) fn claimed(took: Duration, n: usize) {
     histogram!("outbox.claim.duration").record(took.as_secs_f64());
     counter!("outbox.claimed").increment(n as u64);
+    if n > 0 {
+        counter!("outbox.batches").increment(1);
+    }
 }
 
 /// What the completer wrote.
