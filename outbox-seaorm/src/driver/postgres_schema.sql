@@ -28,8 +28,11 @@ CREATE TABLE IF NOT EXISTS {messages} (
     last_error_kind VARCHAR(32) NULL,
     delivered_at TIMESTAMPTZ NULL
 ) -- Room on each page for the claim's update of the lease columns (not indexed), so it is a
-  -- HOT update that writes no index entry.
-  WITH (fillfactor = 70);
+  -- HOT update that writes no index entry. A queue table: every message leaves the pending
+  -- index once, leaving a dead entry the claim steps over until a vacuum; PostgreSQL's default
+  -- (20% of the table) lets millions pile up on a large table (BENCHMARKS.md, "big drain":
+  -- 59% of the small drain's rate without vacuum, 109% with one every 5 s).
+  WITH (fillfactor = 70, autovacuum_vacuum_scale_factor = 0.01, autovacuum_vacuum_threshold = 5000);
 -- Partial indexes: the claim and the order check never touch delivered history.
 CREATE INDEX IF NOT EXISTS {messages_base}_pending ON {messages} (seq) WHERE status = 'pending';
 CREATE UNIQUE INDEX IF NOT EXISTS {messages_base}_aggregate ON {messages} (aggregate_type, aggregate_id, position) WHERE status <> 'delivered';

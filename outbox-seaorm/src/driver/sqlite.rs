@@ -29,6 +29,8 @@ pub(crate) struct Sqlite {
     streams: String,
     messages: String,
     now: String,
+    /// See [`Driver::relay_write_gate`].
+    gate: tokio::sync::Mutex<()>,
 }
 
 impl Sqlite {
@@ -42,6 +44,7 @@ impl Sqlite {
             streams: fill("{streams}"),
             messages: fill("{messages}"),
             now,
+            gate: tokio::sync::Mutex::new(()),
         }
     }
 }
@@ -88,6 +91,10 @@ impl Driver for Sqlite {
                 ..Default::default()
             })
             .await?)
+    }
+
+    async fn relay_write_gate(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        Some(self.gate.lock().await)
     }
 
     async fn append(&self, txn: &DatabaseTransaction, rows: &[NewMessage]) -> Result<()> {
@@ -183,7 +190,10 @@ impl Driver for Sqlite {
             }
         };
         // One statement: it waits for the write lock on the busy timeout, which bounds it.
-        let rows = db.query_all_raw(self.sql.stmt(query, &args)).await?;
+        let rows = {
+            let _gate = self.gate.lock().await;
+            db.query_all_raw(self.sql.stmt(query, &args)).await?
+        };
         let mut claimed = rows.iter().map(read_claimed).collect::<Result<Vec<_>>>()?;
         claimed.sort_by_key(|c| c.envelope.sequence);
         Ok(claimed)
