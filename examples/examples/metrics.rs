@@ -27,7 +27,10 @@ async fn main() -> anyhow::Result<()> {
     let addr: SocketAddr = std::env::var("METRICS_ADDR")
         .unwrap_or_else(|_| "127.0.0.1:9000".into())
         .parse()?;
+    // Buckets make the durations Prometheus histograms (aggregatable across relays, usable
+    // with `histogram_quantile`); without them the exporter writes summaries.
     PrometheusBuilder::new()
+        .set_buckets(&[0.001, 0.005, 0.025, 0.1, 0.5, 2.5, 10.0, 60.0, 300.0])?
         .with_http_listener(addr)
         .install()?;
     println!("metrics on http://{addr}/metrics");

@@ -1,12 +1,15 @@
 //! What an operator sees and does: status, listings with filters, one message in full, and
 //! requeue or discard of everything a filter matches.
 
-use outbox_seaorm::entity::{DeliveryStatus, MessageStatus};
+use outbox_seaorm::RecordOptions;
+use outbox_seaorm::entity::{DeliveryStatus, MessageStatus, message};
 use outbox_seaorm::{
     Admin, HandlerEntry, HandlerError, MessageFilter, Registry, Relay, RetryPolicy, UnitOfWork,
 };
 use outbox_tests::fixtures::{FromANewerVersion, Numbered};
 use outbox_tests::{TestDb, backend_tests};
+use sea_orm::sea_query::Expr;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use uuid::Uuid;
 
 backend_tests!(status_lists_and_bulk_actions_see_what_is_in_the_outbox,);
@@ -129,5 +132,52 @@ async fn status_lists_and_bulk_actions_see_what_is_in_the_outbox(t: TestDb) {
     assert_eq!(discarded, 2, "the requeued one is pending now, not dead");
     let status = admin.status().await.unwrap();
     assert_eq!((status.pending, status.dead), (3, 0), "{status:?}");
+
+    // A delayed message recorded long ago is not late before its time; a message dead as a
+    // whole, whatever its kind, is in the dead-letter groups.
+    let uow = UnitOfWork::begin(&t.db).await.unwrap();
+    let later = chrono::Utc::now() + chrono::Duration::days(1);
+    let delayed = uow
+        .record(
+            "later",
+            "l-1",
+            Numbered {
+                key: "l-1".into(),
+                n: 1,
+            },
+            RecordOptions::new().not_before(later),
+        )
+        .unwrap();
+    uow.commit().await.unwrap();
+    message::Entity::update_many()
+        .filter(message::Column::Status.eq(MessageStatus::Pending))
+        .col_expr(
+            message::Column::OccurredAt,
+            Expr::value(chrono::Utc::now() - chrono::Duration::minutes(10)),
+        )
+        .exec(&t.db)
+        .await
+        .unwrap();
+    let status = admin.status().await.unwrap();
+    let oldest = status.oldest_pending_age_secs.unwrap();
+    assert!(
+        (550.0..700.0).contains(&oldest),
+        "the due messages are 10 minutes old, the delayed one is not late: {status:?}"
+    );
+    message::Entity::update_many()
+        .col_expr(message::Column::Status, Expr::value(MessageStatus::Dead))
+        .col_expr(message::Column::LastErrorKind, Expr::value("upcast"))
+        .filter(message::Column::Id.eq(delayed))
+        .exec(&t.db)
+        .await
+        .unwrap();
+    let status = admin.status().await.unwrap();
+    assert!(
+        status
+            .dead_letters
+            .iter()
+            .any(|g| g.handler.is_none() && g.error_kind.as_deref() == Some("upcast")),
+        "{status:?}"
+    );
     t.cleanup().await;
 }

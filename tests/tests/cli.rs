@@ -143,13 +143,32 @@ async fn the_command_line_shows_and_acts_on_dead_letters(t: TestDb) {
         .code(1)
         .stderr(predicates::str::contains("no outbox message"));
 
+    // Help never shows the URL (a password); an empty one is no database at all.
+    let help = outbox(&t)
+        .env("DATABASE_URL", "postgres://app:s3cret@db/x")
+        .arg("--help")
+        .assert()
+        .success();
+    assert!(!String::from_utf8_lossy(&help.get_output().stdout).contains("s3cret"));
+    outbox(&t)
+        .env("DATABASE_URL", "")
+        .arg("status")
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("no database"));
+
     // Acting on everything a filter matches asks first; without a terminal it refuses.
     outbox(&t)
         .args(["requeue", "--handler", "mail"])
         .assert()
         .code(1)
         .stderr(predicates::str::contains("pass --yes"));
-    outbox(&t).args(["requeue"]).assert().code(1);
+    outbox(&t).args(["requeue"]).assert().code(2);
+    outbox(&t)
+        .args(["requeue", "--status", "delivered", "--yes"])
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("dead messages only"));
     let out = outbox(&t)
         .args([
             "--json",
@@ -190,6 +209,11 @@ async fn the_command_line_shows_and_acts_on_dead_letters(t: TestDb) {
         .assert()
         .code(1)
         .stderr(predicates::str::contains("outbox_messages"));
+    outbox(&t)
+        .args(["status"])
+        .assert()
+        .code(1)
+        .stderr(predicates::str::contains("run `outbox migrate`"));
     outbox(&t).args(["migrate"]).assert().success();
     outbox(&t).args(["migrate", "--check"]).assert().success();
     t.cleanup().await;

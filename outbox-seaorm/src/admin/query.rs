@@ -345,6 +345,7 @@ impl Admin {
     pub async fn status(&self) -> Result<Status> {
         let m = table(self.config.messages_table());
         let d = table(self.config.deliveries_table());
+        let d_table = d.clone();
         let count_where = |status: &'static str| {
             let mut q = Query::select();
             q.from_as(m.clone(), Alias::new("m"))
@@ -371,7 +372,13 @@ impl Admin {
                 Expr::col((Alias::new("m"), Alias::new("seq"))).count(),
                 Alias::new("n"),
             )
-            .expr_as(col("occurred_at").min(), Alias::new("oldest"))
+            // A delayed message is only late from its `not_before` on.
+            .expr_as(
+                Expr::col((Alias::new("m"), Alias::new("not_before")))
+                    .if_null(Expr::col((Alias::new("m"), Alias::new("occurred_at"))))
+                    .min(),
+                Alias::new("oldest"),
+            )
             .and_where(col("status").eq("pending"))
             .group_by_col((Alias::new("m"), Alias::new("aggregate_type")))
             .group_by_col((Alias::new("m"), Alias::new("event_type")));
@@ -411,7 +418,22 @@ impl Admin {
         let mut whole = count_where("dead");
         whole
             .column((Alias::new("m"), Alias::new("last_error_kind")))
-            .and_where(col("last_error_kind").is_in(["crashed", "unknown_version", "deserialize"]))
+            // Dead as a whole (a crash, a payload no handler can read, an upcaster that
+            // failed, ...): no handler's delivery is dead, so the groups above miss it.
+            .and_where(
+                Expr::exists(
+                    Query::select()
+                        .expr(Expr::val(1))
+                        .from_as(d_table.clone(), Alias::new("dd"))
+                        .and_where(
+                            Expr::col((Alias::new("dd"), Alias::new("message_id")))
+                                .equals((Alias::new("m"), Alias::new("id"))),
+                        )
+                        .and_where(Expr::col((Alias::new("dd"), Alias::new("status"))).eq("dead"))
+                        .to_owned(),
+                )
+                .not(),
+            )
             .group_by_col((Alias::new("m"), Alias::new("last_error_kind")));
         for r in self.db.query_all(&whole).await? {
             dead_letters.push(DeadGroup {

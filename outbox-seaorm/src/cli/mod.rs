@@ -33,7 +33,7 @@ use uuid::Uuid;
 #[command(name = "outbox", version, about)]
 struct Cli {
     /// The database (`sqlite://path?mode=rw`, `postgres://...`, `mysql://...`).
-    #[arg(long, env = "DATABASE_URL", global = true)]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
     database_url: Option<String>,
     /// Prefix of every outbox table, as given to `OutboxConfig::with_prefix`.
     #[arg(long, global = true)]
@@ -180,19 +180,74 @@ pub fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(1)
+            eprintln!("error: {}", chain(&e));
+            if is_missing_table(&e) {
+                eprintln!(
+                    "hint: the outbox tables are missing: run `outbox migrate`, or name the \
+                     tables with --prefix / --messages-table / --deliveries-table"
+                );
+            }
+            if e.downcast_ref::<Usage>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
         }
     }
 }
 
+/// A wrong combination of arguments that clap cannot see: exit code 2, as clap's own.
+#[derive(Debug)]
+struct Usage(String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+fn usage(msg: impl Into<String>) -> anyhow::Error {
+    Usage(msg.into()).into()
+}
+
+/// The error and its causes, each said once: SeaORM's errors repeat their source in their
+/// own message.
+fn chain(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !text.contains(&c) {
+            text.push_str(": ");
+            text.push_str(&c);
+        }
+    }
+    text
+}
+
+fn is_missing_table(e: &anyhow::Error) -> bool {
+    let text = chain(e);
+    ["no such table", "does not exist", "doesn't exist"]
+        .iter()
+        .any(|m| text.contains(m))
+        && text.contains("outbox")
+}
+
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let config = config(&cli)?;
-    let Some(url) = cli.database_url.clone() else {
-        anyhow::bail!("no database: pass --database-url or set DATABASE_URL");
+    let config = config(&cli).map_err(|e| usage(e.to_string()))?;
+    let Some(url) = cli.database_url.clone().filter(|u| !u.trim().is_empty()) else {
+        return Err(usage(
+            "no database: pass --database-url or set DATABASE_URL",
+        ));
     };
     let mut options = ConnectOptions::new(url);
-    options.sqlx_logging(false).max_connections(2);
+    // A server that is down says so within seconds, not after the pool's 30 s.
+    options
+        .sqlx_logging(false)
+        .max_connections(2)
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .acquire_timeout(std::time::Duration::from_secs(10));
     let db = Database::connect(options).await?;
     let admin = Admin::with_config(db.clone(), config.clone());
     let out = render::Out { json: cli.json };
@@ -219,7 +274,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(a) = after {
                 f = f.after(a);
             }
-            out.list(&admin.list(&f).await?)?;
+            out.list(&admin.list(&f).await?, limit)?;
         }
         Command::Show { id } => match admin.show(id).await? {
             Some(m) => out.show(&m)?,
@@ -250,21 +305,24 @@ async fn act(admin: &Admin, out: &render::Out, a: Action, verb: Verb) -> anyhow:
         Verb::Requeue => "requeued",
         Verb::Discard => "discarded",
     };
+    if matches!(verb, Verb::Requeue) && a.filter.status.is_some_and(|s| s != MessageStatus::Dead) {
+        return Err(usage("requeue acts on dead messages only: drop --status"));
+    }
     if let Some(id) = a.id {
-        anyhow::ensure!(
-            a.filter.is_empty(),
-            "give a message id or filters, not both"
-        );
+        if !a.filter.is_empty() {
+            return Err(usage("give a message id or filters, not both"));
+        }
         match verb {
             Verb::Requeue => admin.requeue(id).await?,
             Verb::Discard => admin.discard(id).await?,
         }
         return out.done(name, 1);
     }
-    anyhow::ensure!(
-        !a.filter.is_empty(),
-        "give a message id, or filters (--handler, --error-kind, ...) to act on every match"
-    );
+    if a.filter.is_empty() {
+        return Err(usage(
+            "give a message id, or filters (--handler, --error-kind, ...) to act on every match",
+        ));
+    }
     let filter = a.filter.filter();
     let status = match verb {
         Verb::Requeue => MessageStatus::Dead,

@@ -19,7 +19,7 @@ fn table(header: &[&str]) -> Table {
 }
 
 fn time(t: &DateTime<Utc>) -> String {
-    t.format("%Y-%m-%d %H:%M:%S").to_string()
+    t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
 }
 
 fn or_dash(s: Option<&str>) -> String {
@@ -81,7 +81,8 @@ impl Out {
         Ok(())
     }
 
-    pub(crate) fn list(&self, messages: &[MessageSummary]) -> anyhow::Result<()> {
+    /// `limit`: the page size asked for; a full page may have a next one.
+    pub(crate) fn list(&self, messages: &[MessageSummary], limit: u32) -> anyhow::Result<()> {
         if self.json {
             return self.json(messages);
         }
@@ -109,11 +110,12 @@ impl Out {
         }
         println!("{t}");
         match messages.last() {
-            Some(last) => println!(
+            Some(last) if messages.len() as u64 >= u64::from(limit) => println!(
                 "{} message(s); next page: --after {}",
                 messages.len(),
                 last.sequence
             ),
+            Some(_) => println!("{} message(s)", messages.len()),
             None => println!("no message matches"),
         }
         Ok(())

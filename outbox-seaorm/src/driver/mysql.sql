@@ -214,4 +214,6 @@ SELECT
   (SELECT COUNT(*) FROM {messages} WHERE status = 'dead' AND status <> 'delivered') AS dead,
   (SELECT COUNT(*) FROM {messages} WHERE status = 'pending'
      AND last_error_kind = 'unknown_event_type') AS unknown,
-  (SELECT occurred_at FROM {messages} WHERE status = 'pending' ORDER BY seq LIMIT 1) AS oldest
+  -- The oldest message that is due: a delayed one counts from its `not_before`, not before.
+  (SELECT COALESCE(not_before, occurred_at) FROM {messages} WHERE status = 'pending'
+     AND (not_before IS NULL OR not_before <= UTC_TIMESTAMP(6)) ORDER BY seq LIMIT 1) AS oldest

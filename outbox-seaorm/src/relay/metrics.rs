@@ -75,6 +75,52 @@ pub(crate) fn claimed(took: Duration, n: usize) {
     }
 }
 
+const OUTCOMES: [&str; 7] = [
+    "delivered",
+    "unhandled",
+    "retried",
+    "dead",
+    "left_for_others",
+    "released",
+    "lease_lost",
+];
+
+/// Describes the metrics and creates every outcome's counter at 0 when a relay starts, so the
+/// first dead letter is an increase from 0 that `increase()` in an alert sees, not the first
+/// sample of a new series.
+pub(crate) fn register() {
+    metrics::describe_counter!("outbox.messages", "outbox messages by the verdict written");
+    metrics::describe_counter!("outbox.claimed", "outbox messages claimed");
+    metrics::describe_counter!("outbox.batches", "claims that found messages");
+    metrics::describe_histogram!(
+        "outbox.delivery.lag",
+        metrics::Unit::Seconds,
+        "from recording to the last handler done"
+    );
+    metrics::describe_histogram!("outbox.claim.duration", metrics::Unit::Seconds, "one claim");
+    metrics::describe_histogram!(
+        "messaging.process.duration",
+        metrics::Unit::Seconds,
+        "one handler's or route's run of one message"
+    );
+    metrics::describe_gauge!("outbox.backlog", "pending outbox messages");
+    metrics::describe_gauge!(
+        "outbox.oldest_pending_age",
+        metrics::Unit::Seconds,
+        "age of the oldest pending message that is due"
+    );
+    metrics::describe_gauge!("outbox.dead_letters", "dead outbox messages");
+    metrics::describe_gauge!(
+        "outbox.unknown_event_type",
+        "messages waiting for an event type no relay knows"
+    );
+    for outcome in OUTCOMES {
+        counter!("outbox.messages", "outcome" => outcome).increment(0);
+    }
+    counter!("outbox.claimed").increment(0);
+    counter!("outbox.batches").increment(0);
+}
+
 /// What the completer wrote.
 pub(crate) fn written(w: &Written) {
     for (outcome, n) in [

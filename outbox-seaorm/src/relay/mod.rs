@@ -156,6 +156,7 @@ impl Relay {
     pub fn spawn(self) -> RelayHandle {
         let cancel = CancellationToken::new();
         let shared = self.shared;
+        metrics::register();
         if let Some(retention) = shared.settings.retention.clone() {
             tokio::spawn(retention::run(shared.clone(), retention, cancel.clone()));
         }
