@@ -77,8 +77,23 @@ impl Driver for Postgres {
 
     async fn append(&self, txn: &DatabaseTransaction, rows: &[NewMessage]) -> Result<()> {
         // 12 parameters a row, 3 an aggregate: far below PostgreSQL's 65535.
-        for chunk in rows.chunks(1000) {
-            txn.execute_raw(self.append_statement(chunk)).await?;
+        if let [r] = rows {
+            let args = [
+                ("id", Arg::from(r.id)),
+                ("t", r.aggregate_type.clone().into()),
+                ("a", r.aggregate_id.clone().into()),
+                ("e", r.event_type.clone().into()),
+                ("ver", (r.event_version as i32).into()),
+                ("p", r.payload.clone().into()),
+                ("h", r.headers.clone().into()),
+                ("o", r.occurred_at.into()),
+                ("nb", r.not_before.into()),
+            ];
+            txn.execute_raw(self.sql.stmt("append_one", &args)).await?;
+        } else {
+            for chunk in rows.chunks(1000) {
+                txn.execute_raw(self.append_statement(chunk)).await?;
+            }
         }
         if let Some(channel) = &self.notify_channel {
             txn.execute_raw(

@@ -227,6 +227,20 @@ DELETE FROM {deliveries} WHERE message_id = :id
 -- name: delete_by_id
 DELETE FROM {messages} WHERE id = :id
 
+-- One message (a save that recorded one event, the usual case): the general statement's
+-- shape without its VALUES list, join and sort, which cost the server ~15% of a small
+-- transaction.
+-- name: append_one
+WITH s AS (INSERT INTO {streams} AS s (aggregate_type, aggregate_id, last_position)
+  VALUES (:t, :a, 1) ON CONFLICT (aggregate_type, aggregate_id)
+  DO UPDATE SET last_position = s.last_position + 1
+  RETURNING s.last_position, s.blocked_until)
+INSERT INTO {messages} (id, aggregate_type, aggregate_id, position, event_type, event_version,
+  payload, headers, occurred_at, not_before, available_at)
+SELECT :id, :t, :a, s.last_position, :e, :ver, CAST(:p AS json), CAST(:h AS json), :o,
+  CAST(:nb AS timestamptz), COALESCE(CAST(:nb AS timestamptz), GREATEST(now(), s.blocked_until))
+FROM s
+
 -- name: notify
 SELECT pg_notify(:channel, '')
 
