@@ -68,11 +68,28 @@ pub(crate) fn parse(s: &str) -> Result<Check, String> {
                 names.join(", ")
             )
         })?;
-    let value = s[at + op_text.len()..]
-        .trim()
-        .parse()
-        .map_err(|_| format!("`{s}`: the right side is not a number"))?;
+    let right = s[at + op_text.len()..].trim();
+    let value = match metric {
+        // An age: seconds, or with a unit as `--since` takes (`5m`).
+        Metric::OldestPendingAge => seconds(right),
+        _ => right.parse().ok(),
+    }
+    .ok_or_else(|| format!("`{s}`: the right side is not a number"))?;
     Ok(Check { metric, op, value })
+}
+
+/// `300`, `300s`, `5m`, `2h`, `1d` in seconds.
+fn seconds(s: &str) -> Option<f64> {
+    let (n, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len()));
+    let n: f64 = n.trim().parse().ok()?;
+    let scale = match unit {
+        "" | "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        "d" => 86_400.0,
+        _ => return None,
+    };
+    Some(n * scale)
 }
 
 impl Check {
@@ -147,6 +164,12 @@ mod tests {
         assert!(parse("dead").is_err());
         assert!(parse("deaths>0").unwrap_err().contains("pending, dead"));
         assert!(parse("dead>x").is_err());
+        assert_eq!(
+            parse("oldest_pending_age>5m").unwrap().to_string(),
+            "oldest_pending_age>300"
+        );
+        assert!(parse("oldest_pending_age>5w").is_err());
+        assert!(parse("dead>5m").is_err(), "a count takes no unit");
         assert!(parse_since("15m").is_ok());
         assert!(parse_since("2026-01-01T00:00:00Z").is_ok());
         assert!(parse_since("15 minutes").is_err());

@@ -56,7 +56,8 @@ enum Command {
     /// Counts, backlog by aggregate and event type, dead letters by handler and error, relays.
     Status {
         /// Fail (exit 1) when a check holds: `dead>0`, `pending>=1000`, `oldest_pending_age>300`
-        /// (seconds), `unknown>0`, `delivered_last_hour<10`, `silent_relays>0`. Repeatable.
+        /// (seconds, or `5m`, `2h`), `unknown>0`, `delivered_last_hour<10`, `silent_relays>0`.
+        /// Operators: > >= < <= =. Repeatable.
         #[arg(long = "fail-if", value_parser = checks::parse)]
         fail_if: Vec<checks::Check>,
     },
