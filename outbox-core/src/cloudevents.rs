@@ -15,7 +15,9 @@
 //!
 //! In **structured** mode the whole event is one JSON document whose `data` is the payload as
 //! stored (embedded, never re-parsed). In **binary** mode the body is the payload and every
-//! attribute is a header (`ce-id`, ... for HTTP and NATS; `cloudEvents:id`, ... for AMQP).
+//! attribute is a header (`ce-id`, ... for HTTP and NATS; `cloudEvents:id`, ... for AMQP). Over
+//! HTTP and NATS header values are percent-encoded as the HTTP binding (3.1.3.2) says: space,
+//! `"`, `%` and everything outside U+0021–U+007E, as UTF-8 bytes; AMQP strings carry UTF-8 as is.
 
 use std::collections::BTreeMap;
 
@@ -41,6 +43,49 @@ pub enum Mode {
     /// The body is the payload; attributes travel as headers.
     Binary,
 }
+
+/// Which protocol binding's binary-mode headers: names and value encoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binding {
+    /// HTTP (webhooks) and NATS: `ce-` headers, values percent-encoded.
+    Http,
+    /// AMQP: `cloudEvents:` application properties, values as UTF-8 strings.
+    Amqp,
+}
+
+impl Binding {
+    /// The prefix of the attribute headers.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Binding::Http => "ce-",
+            Binding::Amqp => "cloudEvents:",
+        }
+    }
+
+    fn encode(self, value: &str) -> String {
+        match self {
+            Binding::Http => {
+                percent_encoding::utf8_percent_encode(value, HTTP_HEADER_VALUE).to_string()
+            }
+            Binding::Amqp => value.to_owned(),
+        }
+    }
+
+    fn decode(self, name: &str, value: String) -> std::result::Result<String, String> {
+        match self {
+            Binding::Http => percent_encoding::percent_decode_str(&value)
+                .decode_utf8()
+                .map(|v| v.into_owned())
+                .map_err(|e| format!("`{name}` is not UTF-8 once percent-decoded: {e}")),
+            Binding::Amqp => Ok(value),
+        }
+    }
+}
+
+/// What the HTTP binding percent-encodes in a header value: controls and non-ASCII (always
+/// encoded by `utf8_percent_encode`), space, `"` and `%`.
+const HTTP_HEADER_VALUE: &percent_encoding::AsciiSet =
+    &percent_encoding::CONTROLS.add(b' ').add(b'"').add(b'%');
 
 #[derive(Serialize)]
 struct Structured<'a> {
@@ -96,9 +141,14 @@ pub fn to_structured(envelope: &Envelope, source: &str) -> Result<Vec<u8>> {
     Ok(serde_json::to_vec(&doc).expect("strings and raw JSON always serialize"))
 }
 
-/// The attributes of the event as binary-mode headers, each name prefixed with `prefix`
-/// (`"ce-"` for HTTP and NATS, `"cloudEvents:"` for AMQP). The body is the payload itself.
-pub fn binary_headers(envelope: &Envelope, source: &str, prefix: &str) -> Vec<(String, String)> {
+/// The attributes of the event as binary-mode headers of `binding` (names with its prefix,
+/// values encoded as it says). The body is the payload itself.
+pub fn binary_headers(
+    envelope: &Envelope,
+    source: &str,
+    binding: Binding,
+) -> Vec<(String, String)> {
+    let prefix = binding.prefix();
     let mut h = vec![
         (format!("{prefix}specversion"), "1.0".to_owned()),
         (format!("{prefix}id"), envelope.message_id.to_string()),
@@ -128,7 +178,9 @@ pub fn binary_headers(envelope: &Envelope, source: &str, prefix: &str) -> Vec<(S
     if let Some(c) = envelope.headers.causation_id {
         h.push((format!("{prefix}causationid"), c.to_string()));
     }
-    h
+    h.into_iter()
+        .map(|(k, v)| (k, binding.encode(&v)))
+        .collect()
 }
 
 /// Reads a structured-mode event back into an [`Envelope`] (for consumers).
@@ -149,15 +201,44 @@ pub fn from_structured(body: &[u8]) -> Result<Envelope> {
     envelope_from(|name| attrs.get(name).cloned(), data)
 }
 
-/// Reads a binary-mode event back into an [`Envelope`]: `header` looks an attribute up by
-/// its name without prefix.
-pub fn from_binary(header: impl Fn(&str) -> Option<String>, body: &[u8]) -> Result<Envelope> {
+/// Reads a binary-mode event of `binding` back into an [`Envelope`]: `header` looks a header
+/// up by its full name (`ce-id`); values are decoded as the binding says.
+pub fn from_binary(
+    binding: Binding,
+    header: impl Fn(&str) -> Option<String>,
+    body: &[u8],
+) -> Result<Envelope> {
     let data = String::from_utf8(body.to_vec()).map_err(|e| Error::Deserialize {
         event_type: "cloudevent".into(),
         source: serde::de::Error::custom(e),
     })?;
-    envelope_from(header, data)
+    let mut attrs = BTreeMap::new();
+    for name in ATTRIBUTES {
+        if let Some(raw) = header(&format!("{}{name}", binding.prefix())) {
+            let value = binding.decode(name, raw).map_err(|e| Error::Deserialize {
+                event_type: "cloudevent".into(),
+                source: serde::de::Error::custom(e),
+            })?;
+            attrs.insert(name, value);
+        }
+    }
+    envelope_from(|name| attrs.get(name).cloned(), data)
 }
+
+/// The attributes [`from_binary`] reads.
+const ATTRIBUTES: [&str; 11] = [
+    "id",
+    "source",
+    "type",
+    "subject",
+    "time",
+    "aggregatetype",
+    "eventversion",
+    "aggregateposition",
+    "traceparent",
+    "correlationid",
+    "causationid",
+];
 
 fn envelope_from(attr: impl Fn(&str) -> Option<String>, payload: String) -> Result<Envelope> {
     let missing = |name: &str| Error::Deserialize {
@@ -262,16 +343,51 @@ mod tests {
     #[test]
     fn binary_round_trips() {
         let e = envelope();
-        let headers: BTreeMap<String, String> =
-            binary_headers(&e, "/orders", "ce-").into_iter().collect();
-        let back = from_binary(
-            |n| headers.get(&format!("ce-{n}")).cloned(),
-            e.payload.as_bytes(),
-        )
-        .unwrap();
-        assert_eq!(back.message_id, e.message_id);
-        assert_eq!(back.payload, e.payload);
-        assert_eq!(back.event_version, 2);
+        for binding in [Binding::Http, Binding::Amqp] {
+            let headers: BTreeMap<String, String> =
+                binary_headers(&e, "/orders", binding).into_iter().collect();
+            let back =
+                from_binary(binding, |n| headers.get(n).cloned(), e.payload.as_bytes()).unwrap();
+            assert_eq!(back.message_id, e.message_id);
+            assert_eq!(back.payload, e.payload);
+            assert_eq!(back.event_version, 2);
+        }
+    }
+
+    #[test]
+    fn http_header_values_are_percent_encoded_as_the_binding_says() {
+        let mut e = envelope();
+        for id in ["acct%41 b/1", "Zürich €5 \"x\"", "plain-1"] {
+            e.aggregate_id = id.into();
+            let headers: BTreeMap<String, String> = binary_headers(&e, "/orders", Binding::Http)
+                .into_iter()
+                .collect();
+            let sent = &headers["ce-subject"];
+            assert!(
+                sent.bytes()
+                    .all(|b| (0x21..=0x7e).contains(&b) && b != b'"'),
+                "{sent}"
+            );
+            let back = from_binary(Binding::Http, |n| headers.get(n).cloned(), b"{}").unwrap();
+            assert_eq!(back.aggregate_id, id);
+            let amqp: BTreeMap<String, String> = binary_headers(&e, "/orders", Binding::Amqp)
+                .into_iter()
+                .collect();
+            assert_eq!(amqp["cloudEvents:subject"], id, "AMQP strings are UTF-8");
+        }
+        assert_eq!(
+            binary_headers(&e, "/orders", Binding::Http)
+                .into_iter()
+                .find(|(k, _)| k == "ce-subject")
+                .unwrap()
+                .1,
+            "plain-1"
+        );
+        let mut bad = BTreeMap::new();
+        bad.insert("ce-id".to_owned(), e.message_id.to_string());
+        bad.insert("ce-type".to_owned(), "t".to_owned());
+        bad.insert("ce-subject".to_owned(), "%FF".to_owned());
+        assert!(from_binary(Binding::Http, |n| bad.get(n).cloned(), b"{}").is_err());
     }
 
     #[test]

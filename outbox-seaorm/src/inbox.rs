@@ -275,10 +275,11 @@ where
             outbox_core::cloudevents::from_structured(&msg.payload)
         } else {
             outbox_core::cloudevents::from_binary(
+                outbox_core::cloudevents::Binding::Http,
                 |name| {
                     msg.headers
                         .as_ref()
-                        .and_then(|h| h.get(format!("ce-{name}").as_str()))
+                        .and_then(|h| h.get(name))
                         .map(|v| v.as_str().to_owned())
                 },
                 &msg.payload,
@@ -335,7 +336,8 @@ where
         } else {
             let headers = delivery.properties.headers().clone().unwrap_or_default();
             outbox_core::cloudevents::from_binary(
-                |name| match headers.inner().get(format!("cloudEvents:{name}").as_str()) {
+                outbox_core::cloudevents::Binding::Amqp,
+                |name| match headers.inner().get(name) {
                     Some(AMQPValue::LongString(s)) => Some(s.to_string()),
                     Some(AMQPValue::ShortString(s)) => Some(s.to_string()),
                     _ => None,

@@ -338,3 +338,83 @@ async fn binary_mode_jetstream_events_are_valid_cloudevents() {
     js.delete_stream(format!("OUTBOX_BIN_{tag}")).await.unwrap();
     t.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(outbox_nats), ignore = "OUTBOX_TEST_NATS_URL is not set")]
+async fn awkward_aggregate_ids_stay_one_subject_token_and_one_header_value() {
+    use outbox_seaorm::UnitOfWork;
+    use outbox_seaorm::core::cloudevents::{Binding, from_binary};
+
+    let Some(nats_url) = server_url(Server::Nats) else {
+        return;
+    };
+    let t = TestDb::new(Backend::Sqlite).await.unwrap();
+    let ids = ["a.b", "x*y>z", "acct%41 b/1", "Zürich €5 \"x\"", "plain"];
+    let uow = UnitOfWork::begin(&t.db).await.unwrap();
+    for (n, id) in ids.iter().enumerate() {
+        let e = Numbered {
+            key: (*id).into(),
+            n: n as u32,
+        };
+        uow.record("acct", *id, e, Default::default()).unwrap();
+    }
+    uow.commit().await.unwrap();
+    let client = async_nats::connect(&nats_url).await.unwrap();
+    let js = jetstream::new(client.clone());
+    let tag = Uuid::new_v4().simple().to_string();
+    // One token after the prefix: an id that split the subject would match no stream.
+    let stream = js
+        .create_stream(stream::Config {
+            name: format!("OUTBOX_IDS_{tag}"),
+            subjects: vec![format!("i{tag}.*")],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let route = Route::new(
+        "ids",
+        JetStreamPublisher::new(client, "/orders").mode(Mode::Binary),
+    )
+    .destination(&format!("i{tag}.{{aggregate_id}}"))
+    .unwrap();
+    let relay = Relay::builder(t.db.clone())
+        .registry(Registry::new([]).unwrap().with_route(route).unwrap())
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(relay.drain().await.unwrap().delivered, ids.len());
+    let consumer = stream
+        .create_consumer(pull::Config::default())
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..ids.len() {
+        let msg = tokio::time::timeout(Duration::from_secs(10), messages.next())
+            .await
+            .expect("every event is in the stream")
+            .unwrap()
+            .unwrap();
+        assert_eq!(msg.subject.split('.').count(), 2, "{}", msg.subject);
+        let headers = msg.headers.clone().unwrap();
+        let back = from_binary(
+            Binding::Http,
+            |name| headers.get(name).map(|v| v.as_str().to_owned()),
+            &msg.payload,
+        )
+        .unwrap();
+        // The subject's token reads back as the id too.
+        let token = msg.subject.split_once('.').unwrap().1;
+        let decoded = percent_encoding::percent_decode_str(token)
+            .decode_utf8()
+            .unwrap();
+        assert_eq!(decoded, back.aggregate_id);
+        seen.push(back.aggregate_id);
+    }
+    seen.sort();
+    let mut want: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    assert_eq!(seen, want);
+    js.delete_stream(format!("OUTBOX_IDS_{tag}")).await.unwrap();
+    t.cleanup().await;
+}

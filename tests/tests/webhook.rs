@@ -97,6 +97,17 @@ async fn reject(
     (StatusCode::BAD_REQUEST, "unknown customer 42")
 }
 
+/// Records the path parameter as the server decoded it.
+async fn ids(
+    State(r): State<Receiver>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    r.record(&format!("/ids/{id}"), &headers, &body);
+    StatusCode::NO_CONTENT
+}
+
 async fn serve() -> (String, Receiver) {
     let receiver = Receiver::default();
     let app = Router::new()
@@ -105,6 +116,7 @@ async fn serve() -> (String, Receiver) {
         .route("/flaky", post(flaky))
         .route("/reject", post(reject))
         .route("/slow", post(slow))
+        .route("/ids/{id}", post(ids))
         .with_state(receiver.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -242,5 +254,63 @@ async fn webhooks_are_signed_retried_on_5xx_and_dead_on_4xx() {
     assert_eq!(receiver.on("/slow").len(), 5);
     assert_eq!(by_route["hook-slow"].status, DeliveryStatus::Dead);
     assert_eq!(by_route["hook-slow"].attempts, 5);
+    t.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn awkward_aggregate_ids_stay_one_path_segment_and_one_header_value() {
+    use outbox_seaorm::UnitOfWork;
+    use outbox_seaorm::core::cloudevents::{Binding, from_binary};
+    use outbox_tests::fixtures::Numbered;
+
+    let (base, receiver) = serve().await;
+    let t = TestDb::new(Backend::Sqlite).await.unwrap();
+    let ids = ["a/b c", "acct%41 b/1", "Zürich €5 \"x\"", "q?x=1#f", ".."];
+    let uow = UnitOfWork::begin(&t.db).await.unwrap();
+    for (n, id) in ids.iter().enumerate() {
+        let e = Numbered {
+            key: (*id).into(),
+            n: n as u32,
+        };
+        uow.record("acct", *id, e, Default::default()).unwrap();
+    }
+    uow.commit().await.unwrap();
+    let route = Route::new(
+        "hook-ids",
+        WebhookPublisher::new(SECRET, "/orders-service").mode(Mode::Binary),
+    )
+    .destination(&format!("{base}/ids/{{aggregate_id}}"))
+    .unwrap();
+    let relay = Relay::builder(t.db.clone())
+        .registry(Registry::new([]).unwrap().with_route(route).unwrap())
+        .build()
+        .await
+        .unwrap();
+    relay.drain().await.unwrap();
+    for id in &ids[..4] {
+        let got = receiver.on(&format!("/ids/{id}"));
+        assert_eq!(got.len(), 1, "`{id}` arrived once, on its own path");
+        let (headers, body) = &got[0];
+        let back = from_binary(
+            Binding::Http,
+            |name| headers.get(name).map(|v| v.to_str().unwrap().to_owned()),
+            body,
+        )
+        .unwrap();
+        assert_eq!(back.aggregate_id, *id, "ce-subject decodes to the id");
+        // What a CloudEvents SDK receiver parses.
+        let mut h = http::HeaderMap::new();
+        for (k, v) in headers {
+            h.insert(k.clone(), v.clone());
+        }
+        cloudevents::binding::http::to_event(&h, body.to_vec()).expect("a valid CloudEvent");
+    }
+    // `..` would be resolved away by any URL parser: dead with the reason, never posted.
+    let dead = Admin::new(t.db.clone()).dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].aggregate_id, "..");
+    let error = dead[0].deliveries[0].last_error.as_deref().unwrap();
+    assert!(error.contains("path segment"), "{error}");
+    assert_eq!(receiver.requests.lock().unwrap().len(), 4);
     t.cleanup().await;
 }

@@ -77,8 +77,23 @@ impl AmqpPublisher {
     }
 }
 
+/// What would change a routing key's words (or an exchange name): the separator, the
+/// binding wildcards, whitespace, and `%` itself.
+const ROUTING_WORD: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+    .add(b' ')
+    .add(b'.')
+    .add(b'*')
+    .add(b'#')
+    .add(b'%');
+
 #[async_trait::async_trait]
 impl Publisher for AmqpPublisher {
+    /// `.`, `*`, `#`, whitespace, `%` and non-ASCII are percent-encoded, so an id is one word
+    /// of a topic exchange's routing key.
+    fn escape_aggregate_id<'a>(&self, id: &'a str) -> std::borrow::Cow<'a, str> {
+        crate::publish::percent_encode(id, ROUTING_WORD)
+    }
+
     async fn publish(&self, envelope: &Envelope, routing_key: &str) -> Result<(), HandlerError> {
         let mut headers = FieldTable::default();
         let (body, content_type) = match self.mode {
@@ -87,7 +102,9 @@ impl Publisher for AmqpPublisher {
                 cloudevents::STRUCTURED_CONTENT_TYPE,
             ),
             Mode::Binary => {
-                for (k, v) in cloudevents::binary_headers(envelope, &self.source, "cloudEvents:") {
+                for (k, v) in
+                    cloudevents::binary_headers(envelope, &self.source, cloudevents::Binding::Amqp)
+                {
                     headers.insert(
                         ShortString::from(k),
                         AMQPValue::LongString(LongString::from(v)),
@@ -107,7 +124,9 @@ impl Publisher for AmqpPublisher {
             .with_app_id(ShortString::from(self.source.clone()))
             .with_timestamp(envelope.occurred_at.timestamp().max(0) as u64)
             .with_headers(headers);
-        let exchange = self.exchange.render(envelope);
+        let exchange = self
+            .exchange
+            .render_with(envelope, |id| self.escape_aggregate_id(id));
         // AMQP short strings hold 255 bytes; a longer name would corrupt the frame.
         if exchange.len() > 255 || routing_key.len() > 255 {
             return Err(HandlerError::permanent(format!(

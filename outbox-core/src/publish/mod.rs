@@ -5,6 +5,7 @@
 //! name, its own state, retries and dead letter. Publishers return a [`HandlerError`]; make it
 //! [permanent](HandlerError::permanent) for failures no retry can fix (a 4xx from a webhook).
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
@@ -26,6 +27,23 @@ pub trait Publisher: Send + Sync + 'static {
     /// template, rendered for this message). Returns once the receiver has it (a JetStream ack,
     /// a publisher confirm, a 2xx).
     async fn publish(&self, envelope: &Envelope, destination: &str) -> Result<(), HandlerError>;
+
+    /// How `{aggregate_id}` is written into this publisher's destinations. An aggregate id is
+    /// data: it must not change a destination's structure (add a NATS subject token, a URL
+    /// path segment, a routing-key word). The built-in publishers percent-encode what would;
+    /// the default writes it as is.
+    fn escape_aggregate_id<'a>(&self, id: &'a str) -> Cow<'a, str> {
+        Cow::Borrowed(id)
+    }
+}
+
+/// Percent-encodes `id` where it holds a byte of `set` (and anything that is not ASCII).
+#[cfg(any(feature = "nats", feature = "amqp", feature = "webhook"))]
+pub(crate) fn percent_encode<'a>(
+    id: &'a str,
+    set: &'static percent_encoding::AsciiSet,
+) -> Cow<'a, str> {
+    percent_encoding::utf8_percent_encode(id, set).into()
 }
 
 /// Which messages a route takes.
@@ -103,14 +121,24 @@ impl Template {
         Ok(Self { parts })
     }
 
-    /// The destination of `envelope`.
+    /// The destination of `envelope`, the aggregate id written as is.
     pub fn render(&self, envelope: &Envelope) -> String {
+        self.render_with(envelope, Cow::Borrowed)
+    }
+
+    /// The destination of `envelope`, the aggregate id written through `escape_id` (see
+    /// [`Publisher::escape_aggregate_id`]). Type names are the developer's and go as they are.
+    pub fn render_with<'e>(
+        &self,
+        envelope: &'e Envelope,
+        escape_id: impl Fn(&'e str) -> Cow<'e, str>,
+    ) -> String {
         let mut out = String::new();
         for p in &self.parts {
             match p {
                 Part::Text(t) => out.push_str(t),
                 Part::AggregateType => out.push_str(&envelope.aggregate_type),
-                Part::AggregateId => out.push_str(&envelope.aggregate_id),
+                Part::AggregateId => out.push_str(&escape_id(&envelope.aggregate_id)),
                 Part::EventType => out.push_str(&envelope.event_type),
                 Part::EventVersion => out.push_str(&envelope.event_version.to_string()),
             }
@@ -256,7 +284,9 @@ impl Handler for RouteHandler {
     fn call<'a>(&'a self, ctx: &'a HandlerContext) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
             let envelope = ctx.envelope();
-            let destination = self.template.render(envelope);
+            let destination = self
+                .template
+                .render_with(envelope, |id| self.publisher.escape_aggregate_id(id));
             self.publisher.publish(envelope, &destination).await
         })
     }

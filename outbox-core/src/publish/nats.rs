@@ -39,8 +39,23 @@ impl JetStreamPublisher {
     }
 }
 
+/// What would change a subject's tokens: the separator, the wildcards, whitespace, and `%`
+/// itself (so the encoding reads back unambiguously).
+const SUBJECT_TOKEN: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+    .add(b' ')
+    .add(b'.')
+    .add(b'*')
+    .add(b'>')
+    .add(b'%');
+
 #[async_trait::async_trait]
 impl Publisher for JetStreamPublisher {
+    /// `.`, `*`, `>`, whitespace, `%` and non-ASCII are percent-encoded: `acct.1 b` becomes the
+    /// one token `acct%2E1%20b`.
+    fn escape_aggregate_id<'a>(&self, id: &'a str) -> std::borrow::Cow<'a, str> {
+        crate::publish::percent_encode(id, SUBJECT_TOKEN)
+    }
+
     async fn publish(&self, envelope: &Envelope, subject: &str) -> Result<(), HandlerError> {
         let mut headers = HeaderMap::new();
         let body = match self.mode {
@@ -50,7 +65,9 @@ impl Publisher for JetStreamPublisher {
             }
             Mode::Binary => {
                 headers.insert("Content-Type", cloudevents::CONTENT_TYPE);
-                for (k, v) in cloudevents::binary_headers(envelope, &self.source, "ce-") {
+                for (k, v) in
+                    cloudevents::binary_headers(envelope, &self.source, cloudevents::Binding::Http)
+                {
                     headers.insert(k.as_str(), v.as_str());
                 }
                 envelope.payload.clone().into_bytes()

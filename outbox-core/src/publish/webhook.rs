@@ -144,9 +144,35 @@ fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
+/// Everything but RFC 3986's unreserved characters (`A-Z a-z 0-9 - . _ ~`): an id is one path
+/// segment (or query value), whatever it holds.
+const PATH_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 #[async_trait::async_trait]
 impl Publisher for WebhookPublisher {
+    /// Percent-encoded as a URL path segment: `a/b c` becomes `a%2Fb%20c`.
+    fn escape_aggregate_id<'a>(&self, id: &'a str) -> std::borrow::Cow<'a, str> {
+        crate::publish::percent_encode(id, PATH_SEGMENT)
+    }
+
     async fn publish(&self, envelope: &Envelope, url: &str) -> Result<(), HandlerError> {
+        // URL parsers resolve `.` and `..` segments, encoded or not (`%2E%2E`): an aggregate id
+        // that is one of them would post somewhere else. Refuse rather than guess.
+        let path = url.split_once("://").map_or(url, |(_, rest)| rest);
+        let path = path.split(['?', '#']).next().unwrap_or(path);
+        if path.split('/').skip(1).any(|seg| {
+            let seg = seg.to_ascii_lowercase().replace("%2e", ".");
+            seg == "." || seg == ".."
+        }) {
+            return Err(HandlerError::permanent(format!(
+                "the webhook URL `{url}` has a `.` or `..` path segment (an aggregate id?): \
+                 it would be resolved to another path"
+            )));
+        }
         let id = envelope.message_id.to_string();
         let mut request = self.client.post(url);
         let body = match self.mode {
@@ -156,7 +182,9 @@ impl Publisher for WebhookPublisher {
             }
             Mode::Binary => {
                 request = request.header("content-type", cloudevents::CONTENT_TYPE);
-                for (k, v) in cloudevents::binary_headers(envelope, &self.source, "ce-") {
+                for (k, v) in
+                    cloudevents::binary_headers(envelope, &self.source, cloudevents::Binding::Http)
+                {
                     request = request.header(k, v);
                 }
                 envelope.payload.clone().into_bytes()
