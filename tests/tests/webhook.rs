@@ -9,13 +9,22 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use outbox_seaorm::core::cloudevents::Mode;
-use outbox_seaorm::core::publish::webhook::{SignatureError, WebhookPublisher, verify};
+use outbox_seaorm::core::publish::webhook::{
+    SignatureError, WebhookPublisher, WebhookSecret, verify,
+};
 use outbox_seaorm::entity::DeliveryStatus;
 use outbox_seaorm::{Admin, Registry, Relay, RetryPolicy, Route};
 use outbox_tests::fixtures::commit_numbered;
 use outbox_tests::{Backend, TestDb, wait_for};
 
-const SECRET: &[u8] = b"whsec_outbox_tests";
+/// A secret as Standard Webhooks writes them (the example from its specification).
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+/// The key the publisher rotates to.
+const NEXT_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+
+fn secret(s: &str) -> WebhookSecret {
+    s.parse().unwrap()
+}
 
 #[derive(Clone, Default)]
 struct Receiver {
@@ -46,7 +55,7 @@ impl Receiver {
 fn check_signature(headers: &HeaderMap, body: &[u8]) -> Result<(), SignatureError> {
     let h = |n: &str| headers.get(n).unwrap().to_str().unwrap().to_owned();
     verify(
-        SECRET,
+        secret(SECRET).key(),
         &h("webhook-id"),
         h("webhook-timestamp").parse().unwrap(),
         body,
@@ -129,7 +138,7 @@ async fn webhooks_are_signed_retried_on_5xx_and_dead_on_4xx() {
     let (base, receiver) = serve().await;
     let t = TestDb::new(Backend::Sqlite).await.unwrap();
     commit_numbered(&t.db, 1, 1).await;
-    let signed = WebhookPublisher::new(SECRET, "/orders-service");
+    let signed = WebhookPublisher::new(secret(SECRET), "/orders-service");
     let registry = Registry::new([])
         .unwrap()
         .with_route(
@@ -159,7 +168,7 @@ async fn webhooks_are_signed_retried_on_5xx_and_dead_on_4xx() {
                         .timeout(Duration::from_millis(200))
                         .build()
                         .unwrap(),
-                    SECRET,
+                    secret(SECRET),
                     "/orders-service",
                 ),
             )
@@ -195,12 +204,18 @@ async fn webhooks_are_signed_retried_on_5xx_and_dead_on_4xx() {
     assert_eq!(got.len(), 1);
     let (headers, body) = &got[0];
     assert_eq!(check_signature(headers, body), Ok(()));
+    // The reference implementation, given the same `whsec_` string, verifies it too.
+    let reference = standardwebhooks::Webhook::new(SECRET).unwrap();
+    reference
+        .verify(body, headers)
+        .expect("standardwebhooks verifies");
     let mut tampered = body.to_vec();
     tampered[10] ^= 1;
     assert_eq!(
         check_signature(headers, &tampered),
         Err(SignatureError::Mismatch)
     );
+    assert!(reference.verify(&tampered, headers).is_err());
     let mut http_headers = http::HeaderMap::new();
     for (k, v) in headers {
         http_headers.insert(k.clone(), v.clone());
@@ -277,7 +292,7 @@ async fn awkward_aggregate_ids_stay_one_path_segment_and_one_header_value() {
     uow.commit().await.unwrap();
     let route = Route::new(
         "hook-ids",
-        WebhookPublisher::new(SECRET, "/orders-service").mode(Mode::Binary),
+        WebhookPublisher::new(secret(SECRET), "/orders-service").mode(Mode::Binary),
     )
     .destination(&format!("{base}/ids/{{aggregate_id}}"))
     .unwrap();
@@ -312,5 +327,48 @@ async fn awkward_aggregate_ids_stay_one_path_segment_and_one_header_value() {
     let error = dead[0].deliveries[0].last_error.as_deref().unwrap();
     assert!(error.contains("path segment"), "{error}");
     assert_eq!(receiver.requests.lock().unwrap().len(), 4);
+    t.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_keys_signs_with_both_and_each_receiver_verifies() {
+    let (base, receiver) = serve().await;
+    let t = TestDb::new(Backend::Sqlite).await.unwrap();
+    commit_numbered(&t.db, 1, 1).await;
+    let rotating = WebhookPublisher::new(secret(SECRET), "/orders-service")
+        .also_sign_with(secret(NEXT_SECRET));
+    let route = Route::new("hook-rotating", rotating)
+        .destination(&format!("{base}/binary"))
+        .unwrap();
+    let relay = Relay::builder(t.db.clone())
+        .registry(Registry::new([]).unwrap().with_route(route).unwrap())
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(relay.drain().await.unwrap().delivered, 1);
+    let (headers, body) = &receiver.on("/binary")[0];
+    let signatures = headers.get("webhook-signature").unwrap().to_str().unwrap();
+    assert_eq!(signatures.split(' ').count(), 2, "{signatures}");
+    for key in [SECRET, NEXT_SECRET] {
+        standardwebhooks::Webhook::new(key)
+            .unwrap()
+            .verify(body, headers)
+            .unwrap_or_else(|e| panic!("a receiver holding {key} verifies: {e}"));
+    }
+    let stranger = "whsec_dGhpcyBpcyBub3QgdGhlIGtleSBhdCBhbGw=";
+    assert!(
+        standardwebhooks::Webhook::new(stranger)
+            .unwrap()
+            .verify(body, headers)
+            .is_err()
+    );
+    // Secrets in another format are refused when configured, not at the first request.
+    let err = "whsec_outbox_tests".parse::<WebhookSecret>().unwrap_err();
+    assert!(err.to_string().contains("base64"), "{err}");
+    assert!(
+        "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+            .parse::<WebhookSecret>()
+            .is_err()
+    );
     t.cleanup().await;
 }

@@ -5,7 +5,12 @@
 //!
 //! - `webhook-id`: the message id (dedupe on it);
 //! - `webhook-timestamp`: seconds since the Unix epoch when it was sent;
-//! - `webhook-signature`: `v1,<base64 of HMAC-SHA256(secret, "{id}.{timestamp}.{body}")>`.
+//! - `webhook-signature`: `v1,<base64 of HMAC-SHA256(key, "{id}.{timestamp}.{body}")>`, one
+//!   per key while keys rotate, space-separated.
+//!
+//! Secrets are given as Standard Webhooks writes them, `whsec_` + the base64 of the key
+//! ([`WebhookSecret`]), so a receiver configured with the same string verifies with any
+//! Standard Webhooks library; [`WebhookSecret::from_raw_key`] takes key bytes.
 //!
 //! A receiver recomputes the HMAC over the raw body it received, compares it in constant time,
 //! and rejects timestamps more than a few minutes away from its clock (replays):
@@ -32,11 +37,73 @@ type HmacSha256 = Hmac<Sha256>;
 /// How much of an error response body is kept on the row.
 const BODY_SNIPPET: usize = 2048;
 
+/// A signing key, written `whsec_<base64>` in the Standard Webhooks format.
+///
+/// ```
+/// # use outbox_core::publish::webhook::WebhookSecret;
+/// let secret: WebhookSecret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".parse()?;
+/// assert_eq!(secret.key().len(), 24);
+/// assert!("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".parse::<WebhookSecret>().is_err());
+/// # Ok::<(), outbox_core::publish::webhook::WebhookSecretError>(())
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct WebhookSecret {
+    key: Vec<u8>,
+}
+
+/// A webhook secret that is not `whsec_` followed by the base64 of a key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid webhook secret: {0} (expected `whsec_` followed by base64, as Standard Webhooks writes secrets; use WebhookSecret::from_raw_key for key bytes)"
+)]
+pub struct WebhookSecretError(&'static str);
+
+impl WebhookSecret {
+    /// Parses `whsec_<base64>`.
+    pub fn parse(secret: &str) -> Result<Self, WebhookSecretError> {
+        let b64 = secret
+            .trim()
+            .strip_prefix("whsec_")
+            .ok_or(WebhookSecretError("no `whsec_` prefix"))?;
+        let key = BASE64
+            .decode(b64)
+            .map_err(|_| WebhookSecretError("the part after `whsec_` is not base64"))?;
+        if key.is_empty() {
+            return Err(WebhookSecretError("the key is empty"));
+        }
+        Ok(Self { key })
+    }
+
+    /// Key bytes as they are (a receiver must be given them the same way, not as `whsec_`).
+    pub fn from_raw_key(key: impl Into<Vec<u8>>) -> Self {
+        Self { key: key.into() }
+    }
+
+    /// The key bytes: what [`sign`] and [`verify`] take.
+    pub fn key(&self) -> &[u8] {
+        &self.key
+    }
+}
+
+impl std::str::FromStr for WebhookSecret {
+    type Err = WebhookSecretError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+impl std::fmt::Debug for WebhookSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WebhookSecret(..)")
+    }
+}
+
 /// POSTs messages to the route's destination (a URL template).
 #[derive(Debug, Clone)]
 pub struct WebhookPublisher {
     client: reqwest::Client,
-    secret: Vec<u8>,
+    /// Every key signs (key rotation): the first, then those added with `also_sign_with`.
+    secrets: Vec<WebhookSecret>,
     source: String,
     mode: Mode,
 }
@@ -44,7 +111,7 @@ pub struct WebhookPublisher {
 impl WebhookPublisher {
     /// A publisher signing with `secret`, with CloudEvents `source`, structured mode and a
     /// 10 s timeout per request (a slow receiver counts as failed and is retried).
-    pub fn new(secret: impl Into<Vec<u8>>, source: impl Into<String>) -> Self {
+    pub fn new(secret: WebhookSecret, source: impl Into<String>) -> Self {
         Self::with_client(
             reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
@@ -58,15 +125,23 @@ impl WebhookPublisher {
     /// Like [`new`](Self::new) with your own client (proxies, timeouts, TLS roots).
     pub fn with_client(
         client: reqwest::Client,
-        secret: impl Into<Vec<u8>>,
+        secret: WebhookSecret,
         source: impl Into<String>,
     ) -> Self {
         Self {
             client,
-            secret: secret.into(),
+            secrets: vec![secret],
             source: source.into(),
             mode: Mode::Structured,
         }
+    }
+
+    /// Signs with `secret` too (key rotation): each request carries one `v1,` signature per
+    /// key, so receivers holding either key verify. Drop the old key once every receiver has
+    /// the new one.
+    pub fn also_sign_with(mut self, secret: WebhookSecret) -> Self {
+        self.secrets.push(secret);
+        self
     }
 
     /// Structured (default) or binary CloudEvents (`ce-*` headers).
@@ -87,7 +162,7 @@ fn mac(secret: &[u8], id: &str, timestamp: i64, body: &[u8]) -> HmacSha256 {
     mac
 }
 
-/// The `webhook-signature` value for a request.
+/// The `webhook-signature` value for a request, with one key ([`WebhookSecret::key`]).
 pub fn sign(secret: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
     let tag = mac(secret, id, timestamp, body).finalize().into_bytes();
     format!("v1,{}", BASE64.encode(tag))
@@ -108,8 +183,9 @@ pub enum SignatureError {
     },
 }
 
-/// Verifies a received webhook: `signatures` is the `webhook-signature` header (several
-/// space-separated `v1,...` values are allowed, for key rotation), `body` the raw body.
+/// Verifies a received webhook with one key ([`WebhookSecret::key`]): `signatures` is the
+/// `webhook-signature` header (several space-separated `v1,...` values are allowed, for key
+/// rotation), `body` the raw body.
 pub fn verify(
     secret: &[u8],
     id: &str,
@@ -196,7 +272,11 @@ impl Publisher for WebhookPublisher {
             .header("webhook-timestamp", timestamp.to_string())
             .header(
                 "webhook-signature",
-                sign(&self.secret, &id, timestamp, &body),
+                self.secrets
+                    .iter()
+                    .map(|k| sign(k.key(), &id, timestamp, &body))
+                    .collect::<Vec<_>>()
+                    .join(" "),
             )
             .body(body)
             .send()
