@@ -403,9 +403,18 @@ impl RecordOptions {
         self
     }
 
-    /// Adds a header that travels with the message to handlers and brokers.
+    /// Adds a header that travels with the message: to handlers (`ctx.headers().extra`), and to
+    /// brokers and webhooks as a CloudEvents extension attribute (a field of a structured event;
+    /// a `ce-<name>` / `cloudEvents:<name>` header in binary mode).
+    ///
+    /// The name follows the CloudEvents attribute naming rule: ASCII lower-case letters and
+    /// digits only (it is lower-cased here), and not one of the attributes the outbox sets
+    /// itself (`id`, `source`, `type`, `subject`, `time`, `traceparent`, `correlationid`, ...).
+    /// A name that breaks the rule fails the `record`, `save` or `stage` that carries it, with
+    /// [`Error::InvalidName`](crate::Error::InvalidName).
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.headers.insert(name.into(), value.into());
+        self.headers
+            .insert(name.into().to_ascii_lowercase(), value.into());
         self
     }
 }
@@ -462,6 +471,7 @@ impl PendingEvent {
         }
         for (name, value) in &self.headers {
             crate::check_name("header", name)?;
+            check_extension_name(name)?;
             if value.contains('\0') {
                 return Err(crate::Error::InvalidName {
                     what: "header value",
@@ -471,6 +481,48 @@ impl PendingEvent {
         }
         Ok(())
     }
+}
+
+/// The CloudEvents attributes the outbox sets itself (and the spec reserves): a header may not
+/// take their names.
+pub(crate) const RESERVED_ATTRIBUTES: [&str; 17] = [
+    "specversion",
+    "id",
+    "source",
+    "type",
+    "subject",
+    "time",
+    "datacontenttype",
+    "dataschema",
+    "data",
+    "data_base64",
+    "aggregatetype",
+    "eventversion",
+    "aggregateposition",
+    "traceparent",
+    "tracestate",
+    "correlationid",
+    "causationid",
+];
+
+/// A header name as a CloudEvents extension attribute: `a-z` and `0-9` only, not reserved.
+fn check_extension_name(name: &str) -> crate::Result<()> {
+    let bad = |why: &str| crate::Error::InvalidName {
+        what: "header",
+        name: format!("{name} ({why})"),
+    };
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    {
+        return Err(bad(
+            "a header travels as a CloudEvents extension attribute: use a-z and 0-9 only",
+        ));
+    }
+    if RESERVED_ATTRIBUTES.contains(&name) {
+        return Err(bad("the outbox sets this CloudEvents attribute itself"));
+    }
+    Ok(())
 }
 
 /// A serialization error kept until the event is saved (so recording never panics).
@@ -484,3 +536,38 @@ impl PartialEq for SerializeFailure {
 }
 
 impl Eq for SerializeFailure {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_names_follow_the_cloudevents_naming_rule() {
+        #[derive(serde::Serialize, serde::Deserialize)]
+        struct Ping;
+        impl crate::DomainEvent for Ping {
+            const EVENT_TYPE: &'static str = "test.ping";
+        }
+        let with = |name: &str| PendingEvent::new(Ping, RecordOptions::new().header(name, "v"));
+        assert!(with("tenant").validate().is_ok());
+        let lowered = with("Tenant");
+        assert!(lowered.validate().is_ok());
+        assert!(lowered.headers.contains_key("tenant"));
+        for bad in [
+            "x-tenant",
+            "tenant_id",
+            "tënant",
+            "id",
+            "traceparent",
+            "correlationid",
+        ] {
+            let err = with(bad).validate().unwrap_err();
+            assert!(
+                matches!(err, crate::Error::InvalidName { .. }),
+                "{bad}: {err}"
+            );
+        }
+        let err = with("x-tenant").validate().unwrap_err().to_string();
+        assert!(err.contains("a-z and 0-9"), "{err}");
+    }
+}

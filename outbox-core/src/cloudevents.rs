@@ -106,6 +106,9 @@ struct Structured<'a> {
     correlationid: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     causationid: Option<String>,
+    /// The headers recorded with `RecordOptions::header`, as extension attributes.
+    #[serde(flatten)]
+    extensions: &'a BTreeMap<&'a str, &'a str>,
     data: &'a RawValue,
 }
 
@@ -136,6 +139,7 @@ pub fn to_structured(envelope: &Envelope, source: &str) -> Result<Vec<u8>> {
         traceparent: envelope.headers.traceparent.as_deref(),
         correlationid: envelope.headers.correlation_id.map(|u| u.to_string()),
         causationid: envelope.headers.causation_id.map(|u| u.to_string()),
+        extensions: &extensions(envelope),
         data,
     };
     Ok(serde_json::to_vec(&doc).expect("strings and raw JSON always serialize"))
@@ -178,9 +182,32 @@ pub fn binary_headers(
     if let Some(c) = envelope.headers.causation_id {
         h.push((format!("{prefix}causationid"), c.to_string()));
     }
+    for (name, value) in extensions(envelope) {
+        h.push((format!("{prefix}{name}"), value.to_owned()));
+    }
     h.into_iter()
         .map(|(k, v)| (k, binding.encode(&v)))
         .collect()
+}
+
+/// The headers recorded with `RecordOptions::header` that can be extension attributes (rows
+/// written before names were checked may hold others: they stay on the row, off the wire).
+fn extensions(envelope: &Envelope) -> BTreeMap<&str, &str> {
+    envelope
+        .headers
+        .extra
+        .iter()
+        .filter(|(k, _)| is_extension_name(k))
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect()
+}
+
+fn is_extension_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && !crate::aggregate::RESERVED_ATTRIBUTES.contains(&name)
 }
 
 /// Reads a structured-mode event back into an [`Envelope`] (for consumers).
@@ -198,49 +225,63 @@ pub fn from_structured(body: &[u8]) -> Result<Envelope> {
         .into_iter()
         .filter_map(|(k, v)| serde_json::from_str::<String>(v.get()).ok().map(|s| (k, s)))
         .collect();
-    envelope_from(|name| attrs.get(name).cloned(), data)
+    let extra = attrs
+        .iter()
+        .filter(|(k, _)| is_extension_name(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    envelope_from(|name| attrs.get(name).cloned(), data, extra)
 }
 
-/// Reads a binary-mode event of `binding` back into an [`Envelope`]: `header` looks a header
-/// up by its full name (`ce-id`); values are decoded as the binding says.
-pub fn from_binary(
+/// Reads a binary-mode event of `binding` back into an [`Envelope`]: `headers` are the
+/// message's headers (name, raw value); those with the binding's prefix are its attributes,
+/// decoded as the binding says. Others are ignored.
+pub fn from_binary<N, V>(
     binding: Binding,
-    header: impl Fn(&str) -> Option<String>,
+    headers: impl IntoIterator<Item = (N, V)>,
     body: &[u8],
-) -> Result<Envelope> {
+) -> Result<Envelope>
+where
+    N: AsRef<str>,
+    V: Into<String>,
+{
     let data = String::from_utf8(body.to_vec()).map_err(|e| Error::Deserialize {
         event_type: "cloudevent".into(),
         source: serde::de::Error::custom(e),
     })?;
+    let prefix = binding.prefix();
     let mut attrs = BTreeMap::new();
-    for name in ATTRIBUTES {
-        if let Some(raw) = header(&format!("{}{name}", binding.prefix())) {
-            let value = binding.decode(name, raw).map_err(|e| Error::Deserialize {
+    for (name, raw) in headers {
+        // Header names are case-insensitive in HTTP and NATS.
+        let name = name.as_ref();
+        let Some(attr) = name
+            .get(..prefix.len())
+            .filter(|p| p.eq_ignore_ascii_case(prefix))
+            .map(|_| name[prefix.len()..].to_ascii_lowercase())
+        else {
+            continue;
+        };
+        let value = binding
+            .decode(&attr, raw.into())
+            .map_err(|e| Error::Deserialize {
                 event_type: "cloudevent".into(),
                 source: serde::de::Error::custom(e),
             })?;
-            attrs.insert(name, value);
-        }
+        attrs.insert(attr, value);
     }
-    envelope_from(|name| attrs.get(name).cloned(), data)
+    let extra = attrs
+        .iter()
+        .filter(|(k, _)| is_extension_name(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    envelope_from(|name| attrs.get(name).cloned(), data, extra)
 }
 
-/// The attributes [`from_binary`] reads.
-const ATTRIBUTES: [&str; 11] = [
-    "id",
-    "source",
-    "type",
-    "subject",
-    "time",
-    "aggregatetype",
-    "eventversion",
-    "aggregateposition",
-    "traceparent",
-    "correlationid",
-    "causationid",
-];
-
-fn envelope_from(attr: impl Fn(&str) -> Option<String>, payload: String) -> Result<Envelope> {
+fn envelope_from(
+    attr: impl Fn(&str) -> Option<String>,
+    payload: String,
+    extra: BTreeMap<String, String>,
+) -> Result<Envelope> {
     let missing = |name: &str| Error::Deserialize {
         event_type: attr("type").unwrap_or_else(|| "cloudevent".into()),
         source: serde::de::Error::custom(format!("missing CloudEvents attribute `{name}`")),
@@ -278,7 +319,7 @@ fn envelope_from(attr: impl Fn(&str) -> Option<String>, payload: String) -> Resu
             correlation_id: uuid("correlationid")?,
             causation_id: uuid("causationid")?,
             traceparent: attr("traceparent"),
-            extra: Default::default(),
+            extra,
         },
         occurred_at: match attr("time") {
             Some(t) => DateTime::parse_from_rfc3339(&t)
@@ -346,8 +387,7 @@ mod tests {
         for binding in [Binding::Http, Binding::Amqp] {
             let headers: BTreeMap<String, String> =
                 binary_headers(&e, "/orders", binding).into_iter().collect();
-            let back =
-                from_binary(binding, |n| headers.get(n).cloned(), e.payload.as_bytes()).unwrap();
+            let back = from_binary(binding, headers.clone(), e.payload.as_bytes()).unwrap();
             assert_eq!(back.message_id, e.message_id);
             assert_eq!(back.payload, e.payload);
             assert_eq!(back.event_version, 2);
@@ -368,7 +408,7 @@ mod tests {
                     .all(|b| (0x21..=0x7e).contains(&b) && b != b'"'),
                 "{sent}"
             );
-            let back = from_binary(Binding::Http, |n| headers.get(n).cloned(), b"{}").unwrap();
+            let back = from_binary(Binding::Http, headers.clone(), b"{}").unwrap();
             assert_eq!(back.aggregate_id, id);
             let amqp: BTreeMap<String, String> = binary_headers(&e, "/orders", Binding::Amqp)
                 .into_iter()
@@ -387,7 +427,37 @@ mod tests {
         bad.insert("ce-id".to_owned(), e.message_id.to_string());
         bad.insert("ce-type".to_owned(), "t".to_owned());
         bad.insert("ce-subject".to_owned(), "%FF".to_owned());
-        assert!(from_binary(Binding::Http, |n| bad.get(n).cloned(), b"{}").is_err());
+        assert!(from_binary(Binding::Http, bad, b"{}").is_err());
+    }
+
+    #[test]
+    fn recorded_headers_travel_as_extension_attributes() {
+        let mut e = envelope();
+        e.headers.extra.insert("tenant".into(), "Zürich €5".into());
+        // A name stored before names were checked stays off the wire.
+        e.headers
+            .extra
+            .insert("x-old".into(), "kept on the row".into());
+        let doc: serde_json::Value =
+            serde_json::from_slice(&to_structured(&e, "/o").unwrap()).unwrap();
+        assert_eq!(doc["tenant"], "Zürich €5");
+        assert!(doc.get("x-old").is_none());
+        let back = from_structured(&serde_json::to_vec(&doc).unwrap()).unwrap();
+        assert_eq!(
+            back.headers.extra.get("tenant").map(String::as_str),
+            Some("Zürich €5")
+        );
+        for binding in [Binding::Http, Binding::Amqp] {
+            let headers = binary_headers(&e, "/o", binding);
+            let name = format!("{}tenant", binding.prefix());
+            assert!(headers.iter().any(|(k, _)| *k == name), "{headers:?}");
+            assert!(!headers.iter().any(|(k, _)| k.ends_with("x-old")));
+            let back = from_binary(binding, headers, b"{}").unwrap();
+            assert_eq!(
+                back.headers.extra.get("tenant").map(String::as_str),
+                Some("Zürich €5")
+            );
+        }
     }
 
     #[test]

@@ -274,14 +274,15 @@ where
         let parsed = if structured {
             outbox_core::cloudevents::from_structured(&msg.payload)
         } else {
+            let headers = msg.headers.iter().flat_map(|h| {
+                h.iter().filter_map(|(k, v)| {
+                    let name: &str = k.as_ref();
+                    Some((name.to_owned(), v.first()?.as_str().to_owned()))
+                })
+            });
             outbox_core::cloudevents::from_binary(
                 outbox_core::cloudevents::Binding::Http,
-                |name| {
-                    msg.headers
-                        .as_ref()
-                        .and_then(|h| h.get(name))
-                        .map(|v| v.as_str().to_owned())
-                },
+                headers,
                 &msg.payload,
             )
         };
@@ -335,13 +336,14 @@ where
             outbox_core::cloudevents::from_structured(&delivery.data)
         } else {
             let headers = delivery.properties.headers().clone().unwrap_or_default();
+            let strings = headers.inner().iter().filter_map(|(k, v)| match v {
+                AMQPValue::LongString(s) => Some((k.to_string(), s.to_string())),
+                AMQPValue::ShortString(s) => Some((k.to_string(), s.to_string())),
+                _ => None,
+            });
             outbox_core::cloudevents::from_binary(
                 outbox_core::cloudevents::Binding::Amqp,
-                |name| match headers.inner().get(name) {
-                    Some(AMQPValue::LongString(s)) => Some(s.to_string()),
-                    Some(AMQPValue::ShortString(s)) => Some(s.to_string()),
-                    _ => None,
-                },
+                strings,
                 &delivery.data,
             )
         };

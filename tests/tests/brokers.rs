@@ -356,7 +356,9 @@ async fn awkward_aggregate_ids_stay_one_subject_token_and_one_header_value() {
             key: (*id).into(),
             n: n as u32,
         };
-        uow.record("acct", *id, e, Default::default()).unwrap();
+        // A recorded header travels as a CloudEvents extension.
+        let options = outbox_seaorm::RecordOptions::new().header("tenant", format!("acme {id}"));
+        uow.record("acct", *id, e, options).unwrap();
     }
     uow.commit().await.unwrap();
     let client = async_nats::connect(&nats_url).await.unwrap();
@@ -399,10 +401,18 @@ async fn awkward_aggregate_ids_stay_one_subject_token_and_one_header_value() {
         let headers = msg.headers.clone().unwrap();
         let back = from_binary(
             Binding::Http,
-            |name| headers.get(name).map(|v| v.as_str().to_owned()),
+            headers.iter().map(|(k, v)| {
+                let name: &str = k.as_ref();
+                (name.to_owned(), v[0].as_str().to_owned())
+            }),
             &msg.payload,
         )
         .unwrap();
+        assert_eq!(
+            back.headers.extra.get("tenant"),
+            Some(&format!("acme {}", back.aggregate_id)),
+            "the extension header decodes"
+        );
         // The subject's token reads back as the id too.
         let token = msg.subject.split_once('.').unwrap().1;
         let decoded = percent_encoding::percent_decode_str(token)

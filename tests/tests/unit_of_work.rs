@@ -369,6 +369,28 @@ async fn ad_hoc_event_and_headers(t: TestDb) {
             RecordOptions::new().header("tenant", "acme"),
         )
         .unwrap();
+    // A header becomes a CloudEvents extension attribute: its name must be one.
+    for bad in ["x-tenant", "id"] {
+        let refused = uow.record(
+            "payment",
+            42,
+            OrderCancelled {
+                order_id: Uuid::nil(),
+                reason: "fraud".into(),
+            },
+            RecordOptions::new().header(bad, "acme"),
+        );
+        assert!(
+            matches!(
+                refused,
+                Err(outbox_seaorm::Error::Event(
+                    outbox_seaorm::core::Error::InvalidName { .. }
+                ))
+            ),
+            "{bad}: {refused:?}"
+        );
+    }
+    assert_eq!(uow.staged(), 1, "the refused ones were not staged");
     uow.commit().await.unwrap();
     let rows = messages(&t.db).await;
     assert_eq!(rows.len(), 1);

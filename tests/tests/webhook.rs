@@ -308,7 +308,9 @@ async fn awkward_aggregate_ids_stay_one_path_segment_and_one_header_value() {
         let (headers, body) = &got[0];
         let back = from_binary(
             Binding::Http,
-            |name| headers.get(name).map(|v| v.to_str().unwrap().to_owned()),
+            headers
+                .iter()
+                .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap().to_owned())),
             body,
         )
         .unwrap();
