@@ -428,3 +428,125 @@ async fn awkward_aggregate_ids_stay_one_subject_token_and_one_header_value() {
     js.delete_stream(format!("OUTBOX_IDS_{tag}")).await.unwrap();
     t.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(outbox_amqp), ignore = "OUTBOX_TEST_AMQP_URL is not set")]
+async fn awkward_aggregate_ids_stay_one_routing_key_word_and_one_header_value() {
+    use lapin::types::AMQPValue;
+    use outbox_seaorm::UnitOfWork;
+    use outbox_seaorm::core::cloudevents::{Binding, from_binary};
+    use outbox_seaorm::core::publish::amqp::AmqpPublisher;
+
+    let Some(amqp_url) = server_url(Server::Amqp) else {
+        return;
+    };
+    let t = TestDb::new(Backend::Sqlite).await.unwrap();
+    let ids = ["a.b", "x*y#z", "Zürich €5 \"x\"", "plain"];
+    let uow = UnitOfWork::begin(&t.db).await.unwrap();
+    for (n, id) in ids.iter().enumerate() {
+        let e = Numbered {
+            key: (*id).into(),
+            n: n as u32,
+        };
+        let options = outbox_seaorm::RecordOptions::new().header("tenant", format!("acme {id}"));
+        uow.record("acct", *id, e, options).unwrap();
+    }
+    uow.commit().await.unwrap();
+
+    let conn = Connection::connect(&amqp_url, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let tag = Uuid::new_v4().simple().to_string();
+    let exchange = format!("outbox-ids-{tag}");
+    let queue = format!("outbox-ids-{tag}");
+    ch.exchange_declare(
+        exchange.clone().into(),
+        ExchangeKind::Topic,
+        ExchangeDeclareOptions {
+            auto_delete: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_declare(
+        queue.clone().into(),
+        QueueDeclareOptions {
+            auto_delete: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    // Exactly two words: an id that split the key would be unroutable (and, published
+    // `mandatory`, returned and retried, never delivered).
+    ch.queue_bind(
+        queue.clone().into(),
+        exchange.clone().into(),
+        "k.*".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let publisher = AmqpPublisher::new(amqp_url.clone(), &exchange, "/orders")
+        .unwrap()
+        .mode(Mode::Binary);
+    let route = Route::new("ids", publisher)
+        .destination("k.{aggregate_id}")
+        .unwrap();
+    let relay = Relay::builder(t.db.clone())
+        .registry(Registry::new([]).unwrap().with_route(route).unwrap())
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(relay.drain().await.unwrap().delivered, ids.len());
+
+    let mut deliveries = ch
+        .basic_consume(
+            queue.clone().into(),
+            "ids".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..ids.len() {
+        let d = tokio::time::timeout(Duration::from_secs(10), deliveries.next())
+            .await
+            .expect("every event is in the queue")
+            .unwrap()
+            .unwrap();
+        let headers = d.properties.headers().clone().unwrap_or_default();
+        let strings = headers.inner().iter().filter_map(|(k, v)| match v {
+            AMQPValue::LongString(s) => Some((k.to_string(), s.to_string())),
+            _ => None,
+        });
+        let back = from_binary(Binding::Amqp, strings, &d.data).unwrap();
+        let word = d.routing_key.as_str().split_once('.').unwrap().1.to_owned();
+        let decoded = percent_encoding::percent_decode_str(&word)
+            .decode_utf8()
+            .unwrap();
+        assert_eq!(
+            decoded, back.aggregate_id,
+            "the routing key's word is the id"
+        );
+        assert_eq!(
+            back.headers.extra.get("tenant"),
+            Some(&format!("acme {}", back.aggregate_id))
+        );
+        seen.push(back.aggregate_id);
+    }
+    seen.sort();
+    let mut want: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    assert_eq!(seen, want);
+    t.cleanup().await;
+}
