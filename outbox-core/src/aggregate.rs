@@ -439,6 +439,8 @@ pub struct PendingEvent {
     pub headers: BTreeMap<String, String>,
     /// The W3C `traceparent` of the span the event was recorded in, if any.
     pub traceparent: Option<String>,
+    /// The W3C `tracestate` that went with it.
+    pub tracestate: Option<String>,
 }
 
 impl PendingEvent {
@@ -446,6 +448,7 @@ impl PendingEvent {
     /// the time and the current trace.
     pub fn new<E: DomainEvent>(event: E, options: RecordOptions) -> Self {
         let payload = serde_json::to_string(&event).map_err(|e| SerializeFailure(Arc::new(e)));
+        let trace = trace::current();
         Self {
             message_id: Uuid::now_v7(),
             event_type: E::EVENT_TYPE,
@@ -454,7 +457,8 @@ impl PendingEvent {
             occurred_at: Utc::now(),
             not_before: options.not_before,
             headers: options.headers,
-            traceparent: trace::current_traceparent(),
+            traceparent: trace.traceparent,
+            tracestate: trace.tracestate,
         }
     }
 }

@@ -10,7 +10,7 @@
 //! | `datacontenttype` | `application/json` |
 //! | `aggregatetype`, `eventversion` | extension attributes |
 //! | `aggregateposition` | extension: the position in the aggregate's stream (1, 2, 3, ...) |
-//! | `traceparent` | the distributed-tracing extension |
+//! | `traceparent`, `tracestate` | the distributed-tracing extension (W3C trace context) |
 //! | `correlationid`, `causationid` | extension attributes, when set |
 //!
 //! In **structured** mode the whole event is one JSON document whose `data` is the payload as
@@ -103,6 +103,8 @@ struct Structured<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     traceparent: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    tracestate: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     correlationid: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     causationid: Option<String>,
@@ -137,6 +139,7 @@ pub fn to_structured(envelope: &Envelope, source: &str) -> Result<Vec<u8>> {
         eventversion: envelope.event_version.to_string(),
         aggregateposition: envelope.position.to_string(),
         traceparent: envelope.headers.traceparent.as_deref(),
+        tracestate: envelope.headers.tracestate.as_deref(),
         correlationid: envelope.headers.correlation_id.map(|u| u.to_string()),
         causationid: envelope.headers.causation_id.map(|u| u.to_string()),
         extensions: &extensions(envelope),
@@ -175,6 +178,9 @@ pub fn binary_headers(
     ];
     if let Some(tp) = &envelope.headers.traceparent {
         h.push((format!("{prefix}traceparent"), tp.clone()));
+    }
+    if let Some(ts) = &envelope.headers.tracestate {
+        h.push((format!("{prefix}tracestate"), ts.clone()));
     }
     if let Some(c) = envelope.headers.correlation_id {
         h.push((format!("{prefix}correlationid"), c.to_string()));
@@ -319,6 +325,7 @@ fn envelope_from(
             correlation_id: uuid("correlationid")?,
             causation_id: uuid("causationid")?,
             traceparent: attr("traceparent"),
+            tracestate: attr("tracestate"),
             extra,
         },
         occurred_at: match attr("time") {
@@ -348,6 +355,7 @@ mod tests {
                 correlation_id: Some(Uuid::now_v7()),
                 causation_id: None,
                 traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+                tracestate: Some("congo=t61rcWkgMzE,rojo=00f067aa0ba902b7".into()),
                 extra: Default::default(),
             },
             occurred_at: Utc::now(),
@@ -372,6 +380,7 @@ mod tests {
         assert_eq!(back.position, 3);
         assert_eq!(back.headers.correlation_id, e.headers.correlation_id);
         assert_eq!(back.headers.traceparent, e.headers.traceparent);
+        assert_eq!(back.headers.tracestate, e.headers.tracestate);
         let a: serde_json::Value = serde_json::from_str(&back.payload).unwrap();
         let b: serde_json::Value = serde_json::from_str(&e.payload).unwrap();
         assert_eq!(a, b);
@@ -391,6 +400,11 @@ mod tests {
             assert_eq!(back.message_id, e.message_id);
             assert_eq!(back.payload, e.payload);
             assert_eq!(back.event_version, 2);
+            assert_eq!(back.headers.traceparent, e.headers.traceparent);
+            assert_eq!(back.headers.tracestate, e.headers.tracestate);
+            assert_eq!(back.headers.correlation_id, e.headers.correlation_id);
+            assert_eq!(back.position, e.position);
+            assert_eq!(back.aggregate_type, e.aggregate_type);
         }
     }
 

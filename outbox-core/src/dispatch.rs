@@ -42,7 +42,7 @@ pub async fn invoke(
         attempt = ctx.attempt(),
     );
     if let Some(tp) = &envelope.headers.traceparent {
-        trace::set_parent(&span, tp);
+        trace::set_parent(&span, tp, envelope.headers.tracestate.as_deref());
     }
     let timeout = entry.timeout_override().unwrap_or(default_timeout);
     let scope = MessageScope {

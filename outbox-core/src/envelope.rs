@@ -23,6 +23,9 @@ pub struct Headers {
     /// The W3C `traceparent` of the span the event was recorded in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
+    /// The W3C `tracestate` that went with it, when it had vendor entries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<String>,
     /// Other headers, given with [`RecordOptions::header`](crate::RecordOptions::header).
     #[serde(flatten)]
     pub extra: BTreeMap<String, String>,

@@ -4,41 +4,82 @@
 //! Both need the `opentelemetry` feature and a `tracing-opentelemetry` layer in the subscriber;
 //! without them events carry no `traceparent` and delivery spans start their own trace.
 
-/// The `traceparent` (`00-<trace id>-<span id>-<flags>`) of the current span, if it has a valid
-/// OpenTelemetry context.
+/// The W3C trace context of a span: `traceparent` and, when it carries vendor data,
+/// `tracestate`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TraceContext {
+    /// `00-<trace id>-<span id>-<flags>`.
+    pub traceparent: Option<String>,
+    /// Vendor entries (`vendor=value,...`), when there are any.
+    pub tracestate: Option<String>,
+}
+
+/// The trace context of the current span, if it has a valid OpenTelemetry context.
+///
+/// Written by the application's OpenTelemetry propagator (`global::set_text_map_propagator`,
+/// usually `TraceContextPropagator`), so the headers are what the rest of its services write.
+/// OpenTelemetry's default propagator writes nothing: then the W3C format is written here.
 #[cfg(feature = "opentelemetry")]
-pub fn current_traceparent() -> Option<String> {
+pub fn current() -> TraceContext {
     use opentelemetry::trace::TraceContextExt;
     use tracing_opentelemetry::OpenTelemetrySpanExt;
 
     let cx = tracing::Span::current().context();
+    let mut carrier = std::collections::HashMap::new();
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut carrier));
+    if let Some(tp) = carrier.remove("traceparent") {
+        return TraceContext {
+            traceparent: Some(tp),
+            tracestate: carrier.remove("tracestate").filter(|s| !s.is_empty()),
+        };
+    }
     let span = cx.span();
     let sc = span.span_context();
-    sc.is_valid().then(|| {
-        format!(
+    if !sc.is_valid() {
+        return TraceContext::default();
+    }
+    TraceContext {
+        traceparent: Some(format!(
             "00-{}-{}-{:02x}",
             sc.trace_id(),
             sc.span_id(),
             sc.trace_flags().to_u8()
-        )
-    })
+        )),
+        tracestate: Some(sc.trace_state().header()).filter(|s| !s.is_empty()),
+    }
 }
 
-/// The `traceparent` of the current span (always `None` without the `opentelemetry` feature).
+/// The trace context of the current span (always empty without the `opentelemetry` feature).
 #[cfg(not(feature = "opentelemetry"))]
-pub fn current_traceparent() -> Option<String> {
-    None
+pub fn current() -> TraceContext {
+    TraceContext::default()
 }
 
-/// Makes the remote span named by `traceparent` the parent of `span`. Malformed values are
-/// ignored: a broken header must not stop a delivery.
+/// The `traceparent` of the current span: [`current`]`().traceparent`.
+pub fn current_traceparent() -> Option<String> {
+    current().traceparent
+}
+
+/// Makes the remote span named by `traceparent` (and `tracestate`) the parent of `span`, read
+/// by the application's propagator, or by the W3C format when none is set. Malformed values
+/// are ignored: a broken header must not stop a delivery.
 #[cfg(feature = "opentelemetry")]
-pub fn set_parent(span: &tracing::Span, traceparent: &str) {
+pub fn set_parent(span: &tracing::Span, traceparent: &str, tracestate: Option<&str>) {
     use opentelemetry::trace::{
         SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
     };
     use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+    let mut carrier = std::collections::HashMap::new();
+    carrier.insert("traceparent".to_owned(), traceparent.to_owned());
+    if let Some(ts) = tracestate {
+        carrier.insert("tracestate".to_owned(), ts.to_owned());
+    }
+    let cx = opentelemetry::global::get_text_map_propagator(|p| p.extract(&carrier));
+    if cx.span().span_context().is_valid() {
+        let _ = span.set_parent(cx);
+        return;
+    }
     let Some(parts) = parse_traceparent(traceparent) else {
         return;
     };
@@ -46,13 +87,10 @@ pub fn set_parent(span: &tracing::Span, traceparent: &str) {
     else {
         return;
     };
-    let sc = SpanContext::new(
-        trace_id,
-        span_id,
-        TraceFlags::new(parts.3),
-        true,
-        TraceState::default(),
-    );
+    let state = tracestate
+        .and_then(|ts| ts.parse::<TraceState>().ok())
+        .unwrap_or_default();
+    let sc = SpanContext::new(trace_id, span_id, TraceFlags::new(parts.3), true, state);
     if sc.is_valid() {
         let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(sc));
     }
@@ -60,7 +98,7 @@ pub fn set_parent(span: &tracing::Span, traceparent: &str) {
 
 /// Without the `opentelemetry` feature there is no parent to set.
 #[cfg(not(feature = "opentelemetry"))]
-pub fn set_parent(_span: &tracing::Span, _traceparent: &str) {}
+pub fn set_parent(_span: &tracing::Span, _traceparent: &str, _tracestate: Option<&str>) {}
 
 /// Splits a version-00 `traceparent` into its four fields.
 pub fn parse_traceparent(tp: &str) -> Option<(&str, &str, &str, u8)> {

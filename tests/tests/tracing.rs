@@ -105,5 +105,75 @@ async fn delivery_span_continues_the_trace_of_the_saving_request() {
         ],
         "both handlers run in the request's trace"
     );
+
+    // With the application's propagator set, `tracestate` travels too: from a request whose
+    // remote parent carried vendor entries, through the row, to the handler's span.
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
+    use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+    let remote = SpanContext::new(
+        TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
+        SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+        TraceFlags::SAMPLED,
+        true,
+        TraceState::from_key_value([("vendor", "abc")]).unwrap(),
+    );
+    let request = tracing::info_span!("http.request.with.state");
+    let _ = request.set_parent(opentelemetry::Context::new().with_remote_span_context(remote));
+    let mut o = order::Model::place("bo", 11);
+    outbox_seaorm::Aggregate::events_mut(&mut o).discard();
+    async {
+        o.confirm();
+        let uow = UnitOfWork::begin(&t.db).await.unwrap();
+        uow.save(&mut o).await.unwrap();
+        uow.commit().await.unwrap();
+    }
+    .instrument(request)
+    .await;
+    let rows = message::Entity::find().all(&t.db).await.unwrap();
+    let stored: Vec<Headers> = rows
+        .iter()
+        .map(|r| serde_json::from_value(r.headers.clone()).unwrap())
+        .filter(|h: &Headers| h.tracestate.is_some())
+        .collect();
+    assert_eq!(stored.len(), 1, "{rows:?}");
+    assert_eq!(stored[0].tracestate.as_deref(), Some("vendor=abc"));
+    assert_eq!(
+        stored[0]
+            .traceparent
+            .as_deref()
+            .and_then(|tp| tp.split('-').nth(1)),
+        Some("4bf92f3577b34da6a3ce929d0e0e4736")
+    );
+    let states = Recorder::<String>::new();
+    let seen_state = {
+        let states = states.clone();
+        HandlerEntry::new(
+            "confirmed",
+            move |_e: OrderConfirmed, _ctx: HandlerContext| {
+                let states = states.clone();
+                async move {
+                    let cx = tracing::Span::current().context();
+                    let state = cx.span().span_context().trace_state().header();
+                    states.push(state);
+                    Ok::<_, std::io::Error>(())
+                }
+            },
+        )
+    };
+    Relay::builder(t.db.clone())
+        .registry(Registry::new([seen_state]).unwrap())
+        .build()
+        .await
+        .unwrap()
+        .drain()
+        .await
+        .unwrap();
+    assert_eq!(
+        states.all(),
+        ["vendor=abc"],
+        "the handler's span carries the state"
+    );
     t.cleanup().await;
 }

@@ -534,7 +534,7 @@ fn into_rows(
     correlation_id: Uuid,
     causation_id: Option<Uuid>,
 ) -> Vec<NewMessage> {
-    let fallback_trace = outbox_core::trace::current_traceparent();
+    let fallback_trace = outbox_core::trace::current();
     events
         .into_iter()
         .filter_map(|e| {
@@ -542,7 +542,13 @@ fn into_rows(
             let headers = Headers {
                 correlation_id: Some(correlation_id),
                 causation_id,
-                traceparent: e.traceparent.or_else(|| fallback_trace.clone()),
+                // The span the event was recorded in, else the one it is saved in.
+                tracestate: if e.traceparent.is_some() {
+                    e.tracestate
+                } else {
+                    fallback_trace.tracestate.clone()
+                },
+                traceparent: e.traceparent.or_else(|| fallback_trace.traceparent.clone()),
                 extra: e.headers,
             };
             Some(NewMessage {
