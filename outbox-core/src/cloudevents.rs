@@ -231,12 +231,7 @@ pub fn from_structured(body: &[u8]) -> Result<Envelope> {
         .into_iter()
         .filter_map(|(k, v)| serde_json::from_str::<String>(v.get()).ok().map(|s| (k, s)))
         .collect();
-    let extra = attrs
-        .iter()
-        .filter(|(k, _)| is_extension_name(k))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    envelope_from(|name| attrs.get(name).cloned(), data, extra)
+    envelope_from(attrs, data)
 }
 
 /// Reads a binary-mode event of `binding` back into an [`Envelope`]: `headers` are the
@@ -275,19 +270,17 @@ where
             })?;
         attrs.insert(attr, value);
     }
+    envelope_from(attrs, data)
+}
+
+/// An envelope from the attributes of an event (by name, without prefix) and its data.
+fn envelope_from(attrs: BTreeMap<String, String>, payload: String) -> Result<Envelope> {
+    let attr = |name: &str| attrs.get(name).cloned();
     let extra = attrs
         .iter()
         .filter(|(k, _)| is_extension_name(k))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    envelope_from(|name| attrs.get(name).cloned(), data, extra)
-}
-
-fn envelope_from(
-    attr: impl Fn(&str) -> Option<String>,
-    payload: String,
-    extra: BTreeMap<String, String>,
-) -> Result<Envelope> {
     let missing = |name: &str| Error::Deserialize {
         event_type: attr("type").unwrap_or_else(|| "cloudevent".into()),
         source: serde::de::Error::custom(format!("missing CloudEvents attribute `{name}`")),

@@ -257,6 +257,32 @@ pub async fn commit_numbered(
     (aggregates * per_aggregate) as usize
 }
 
+/// Aggregate ids that would change a destination's shape or a header's bytes if written raw.
+pub const AWKWARD_IDS: [&str; 7] = [
+    "a.b",
+    "x*y>z#w",
+    "a/b c",
+    "acct%41 b/1",
+    "Zürich €5 \"x\"",
+    "q?x=1#f",
+    "plain",
+];
+
+/// Commits one [`Numbered`] event per id (aggregate type `acct`), each with the header
+/// `tenant = "acme <id>"`, in one unit of work.
+pub async fn commit_awkward(db: &DatabaseConnection, ids: &[&str]) {
+    let uow = outbox_seaorm::UnitOfWork::begin(db).await.expect("begin");
+    for (n, id) in ids.iter().enumerate() {
+        let e = Numbered {
+            key: (*id).into(),
+            n: n as u32,
+        };
+        let options = outbox_seaorm::RecordOptions::new().header("tenant", format!("acme {id}"));
+        uow.record("acct", *id, e, options).expect("record");
+    }
+    uow.commit().await.expect("commit");
+}
+
 /// How many messages were delivered for the first time after a later message of the same key
 /// had been: the order guarantee (0 expected).
 pub fn order_violations(log: &[(String, String, u32, String)]) -> usize {

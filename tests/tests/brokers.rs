@@ -18,7 +18,7 @@ use lapin::{Connection, ConnectionProperties, ExchangeKind};
 use outbox_seaorm::core::cloudevents::Mode;
 use outbox_seaorm::core::publish::nats::JetStreamPublisher;
 use outbox_seaorm::{Admin, Inbox, Registry, Relay, Route};
-use outbox_tests::fixtures::{Numbered, commit_numbered};
+use outbox_tests::fixtures::{AWKWARD_IDS, Numbered, commit_awkward, commit_numbered};
 use outbox_tests::{Backend, Server, TestDb, kill_on_progress, server_url, wait_for};
 use sea_orm::ConnectionTrait;
 use tokio::process::{Child, Command};
@@ -56,6 +56,45 @@ async fn drain_with_kills(t: &TestDb, broker: &[&str], total: usize) -> usize {
         w.wait().await.ok();
     }
     kills
+}
+
+/// A fresh topic exchange and a durable queue bound to it with `binding`, both deleted by the
+/// server once unused (the queue when its last consumer leaves).
+async fn topic_queue(ch: &lapin::Channel, binding: &str) -> (String, String) {
+    let tag = Uuid::new_v4().simple().to_string();
+    let (exchange, queue) = (format!("outbox-test-{tag}"), format!("outbox-test-{tag}"));
+    ch.exchange_declare(
+        exchange.clone().into(),
+        ExchangeKind::Topic,
+        ExchangeDeclareOptions {
+            auto_delete: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_declare(
+        queue.clone().into(),
+        QueueDeclareOptions {
+            durable: true,
+            auto_delete: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_bind(
+        queue.clone().into(),
+        exchange.clone().into(),
+        binding.into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    (exchange, queue)
 }
 
 /// Per key, the `n`s in arrival order must be 1, 2, 3, ... once each.
@@ -170,39 +209,7 @@ async fn rabbitmq_consumer_with_inbox_has_effects_once_in_order_after_relay_kill
         .await
         .unwrap();
     let ch = conn.create_channel().await.unwrap();
-    let tag = Uuid::new_v4().simple().to_string();
-    let exchange = format!("outbox-test-{tag}");
-    let queue = format!("outbox-test-{tag}");
-    ch.exchange_declare(
-        exchange.clone().into(),
-        ExchangeKind::Topic,
-        ExchangeDeclareOptions {
-            auto_delete: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    ch.queue_declare(
-        queue.clone().into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    ch.queue_bind(
-        queue.clone().into(),
-        exchange.clone().into(),
-        "#".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    let (exchange, queue) = topic_queue(&ch, "#").await;
 
     let kills = drain_with_kills(
         &t,
@@ -342,25 +349,14 @@ async fn binary_mode_jetstream_events_are_valid_cloudevents() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(not(outbox_nats), ignore = "OUTBOX_TEST_NATS_URL is not set")]
 async fn awkward_aggregate_ids_stay_one_subject_token_and_one_header_value() {
-    use outbox_seaorm::UnitOfWork;
     use outbox_seaorm::core::cloudevents::{Binding, from_binary};
 
     let Some(nats_url) = server_url(Server::Nats) else {
         return;
     };
     let t = TestDb::new(Backend::Sqlite).await.unwrap();
-    let ids = ["a.b", "x*y>z", "acct%41 b/1", "Zürich €5 \"x\"", "plain"];
-    let uow = UnitOfWork::begin(&t.db).await.unwrap();
-    for (n, id) in ids.iter().enumerate() {
-        let e = Numbered {
-            key: (*id).into(),
-            n: n as u32,
-        };
-        // A recorded header travels as a CloudEvents extension.
-        let options = outbox_seaorm::RecordOptions::new().header("tenant", format!("acme {id}"));
-        uow.record("acct", *id, e, options).unwrap();
-    }
-    uow.commit().await.unwrap();
+    let ids = AWKWARD_IDS;
+    commit_awkward(&t.db, &ids).await;
     let client = async_nats::connect(&nats_url).await.unwrap();
     let js = jetstream::new(client.clone());
     let tag = Uuid::new_v4().simple().to_string();
@@ -433,7 +429,6 @@ async fn awkward_aggregate_ids_stay_one_subject_token_and_one_header_value() {
 #[cfg_attr(not(outbox_amqp), ignore = "OUTBOX_TEST_AMQP_URL is not set")]
 async fn awkward_aggregate_ids_stay_one_routing_key_word_and_one_header_value() {
     use lapin::types::AMQPValue;
-    use outbox_seaorm::UnitOfWork;
     use outbox_seaorm::core::cloudevents::{Binding, from_binary};
     use outbox_seaorm::core::publish::amqp::AmqpPublisher;
 
@@ -441,57 +436,16 @@ async fn awkward_aggregate_ids_stay_one_routing_key_word_and_one_header_value() 
         return;
     };
     let t = TestDb::new(Backend::Sqlite).await.unwrap();
-    let ids = ["a.b", "x*y#z", "Zürich €5 \"x\"", "plain"];
-    let uow = UnitOfWork::begin(&t.db).await.unwrap();
-    for (n, id) in ids.iter().enumerate() {
-        let e = Numbered {
-            key: (*id).into(),
-            n: n as u32,
-        };
-        let options = outbox_seaorm::RecordOptions::new().header("tenant", format!("acme {id}"));
-        uow.record("acct", *id, e, options).unwrap();
-    }
-    uow.commit().await.unwrap();
+    let ids = AWKWARD_IDS;
+    commit_awkward(&t.db, &ids).await;
 
     let conn = Connection::connect(&amqp_url, ConnectionProperties::default())
         .await
         .unwrap();
     let ch = conn.create_channel().await.unwrap();
-    let tag = Uuid::new_v4().simple().to_string();
-    let exchange = format!("outbox-ids-{tag}");
-    let queue = format!("outbox-ids-{tag}");
-    ch.exchange_declare(
-        exchange.clone().into(),
-        ExchangeKind::Topic,
-        ExchangeDeclareOptions {
-            auto_delete: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    ch.queue_declare(
-        queue.clone().into(),
-        QueueDeclareOptions {
-            auto_delete: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
     // Exactly two words: an id that split the key would be unroutable (and, published
     // `mandatory`, returned and retried, never delivered).
-    ch.queue_bind(
-        queue.clone().into(),
-        exchange.clone().into(),
-        "k.*".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    let (exchange, queue) = topic_queue(&ch, "k.*").await;
     let publisher = AmqpPublisher::new(amqp_url.clone(), &exchange, "/orders")
         .unwrap()
         .mode(Mode::Binary);

@@ -274,22 +274,17 @@ async fn webhooks_are_signed_retried_on_5xx_and_dead_on_4xx() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn awkward_aggregate_ids_stay_one_path_segment_and_one_header_value() {
-    use outbox_seaorm::UnitOfWork;
     use outbox_seaorm::core::cloudevents::{Binding, from_binary};
-    use outbox_tests::fixtures::Numbered;
+    use outbox_tests::fixtures::{AWKWARD_IDS, commit_awkward};
 
     let (base, receiver) = serve().await;
     let t = TestDb::new(Backend::Sqlite).await.unwrap();
-    let ids = ["a/b c", "acct%41 b/1", "Zürich €5 \"x\"", "q?x=1#f", ".."];
-    let uow = UnitOfWork::begin(&t.db).await.unwrap();
-    for (n, id) in ids.iter().enumerate() {
-        let e = Numbered {
-            key: (*id).into(),
-            n: n as u32,
-        };
-        uow.record("acct", *id, e, Default::default()).unwrap();
-    }
-    uow.commit().await.unwrap();
+    let ids = AWKWARD_IDS
+        .iter()
+        .copied()
+        .chain([".."])
+        .collect::<Vec<_>>();
+    commit_awkward(&t.db, &ids).await;
     let route = Route::new(
         "hook-ids",
         WebhookPublisher::new(secret(SECRET), "/orders-service").mode(Mode::Binary),
@@ -302,7 +297,7 @@ async fn awkward_aggregate_ids_stay_one_path_segment_and_one_header_value() {
         .await
         .unwrap();
     relay.drain().await.unwrap();
-    for id in &ids[..4] {
+    for id in &ids[..AWKWARD_IDS.len()] {
         let got = receiver.on(&format!("/ids/{id}"));
         assert_eq!(got.len(), 1, "`{id}` arrived once, on its own path");
         let (headers, body) = &got[0];
@@ -328,7 +323,7 @@ async fn awkward_aggregate_ids_stay_one_path_segment_and_one_header_value() {
     assert_eq!(dead[0].aggregate_id, "..");
     let error = dead[0].deliveries[0].last_error.as_deref().unwrap();
     assert!(error.contains("path segment"), "{error}");
-    assert_eq!(receiver.requests.lock().unwrap().len(), 4);
+    assert_eq!(receiver.requests.lock().unwrap().len(), AWKWARD_IDS.len());
     t.cleanup().await;
 }
 
