@@ -509,16 +509,24 @@ pub(crate) const RESERVED_ATTRIBUTES: [&str; 17] = [
     "causationid",
 ];
 
+/// Whether `name` can be a CloudEvents extension attribute: `a-z` and `0-9` only, not one the
+/// outbox sets itself.
+pub(crate) fn is_extension_name(name: &str) -> bool {
+    !name.is_empty() && is_extension_charset(name) && !RESERVED_ATTRIBUTES.contains(&name)
+}
+
+fn is_extension_charset(name: &str) -> bool {
+    name.bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+}
+
 /// A header name as a CloudEvents extension attribute: `a-z` and `0-9` only, not reserved.
 fn check_extension_name(name: &str) -> crate::Result<()> {
     let bad = |why: &str| crate::Error::InvalidName {
         what: "header",
         name: format!("{name} ({why})"),
     };
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-    {
+    if !is_extension_charset(name) {
         return Err(bad(
             "a header travels as a CloudEvents extension attribute: use a-z and 0-9 only",
         ));

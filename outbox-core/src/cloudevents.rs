@@ -203,17 +203,9 @@ fn extensions(envelope: &Envelope) -> BTreeMap<&str, &str> {
         .headers
         .extra
         .iter()
-        .filter(|(k, _)| is_extension_name(k))
+        .filter(|(k, _)| crate::aggregate::is_extension_name(k))
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect()
-}
-
-fn is_extension_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        && !crate::aggregate::RESERVED_ATTRIBUTES.contains(&name)
 }
 
 /// Reads a structured-mode event back into an [`Envelope`] (for consumers).
@@ -278,7 +270,7 @@ fn envelope_from(attrs: BTreeMap<String, String>, payload: String) -> Result<Env
     let attr = |name: &str| attrs.get(name).cloned();
     let extra = attrs
         .iter()
-        .filter(|(k, _)| is_extension_name(k))
+        .filter(|(k, _)| crate::aggregate::is_extension_name(k))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     let missing = |name: &str| Error::Deserialize {

@@ -257,6 +257,39 @@ pub async fn commit_numbered(
     (aggregates * per_aggregate) as usize
 }
 
+/// Six `test.numbered` events on aggregates `agg-0`..`agg-5`, committed, and a relay (built,
+/// not running) whose `mail` handler fails for good on the even ones, with one attempt: after
+/// a drain, three are dead and three delivered.
+pub async fn seed_dead_letters(db: &DatabaseConnection) -> outbox_seaorm::Relay {
+    let uow = outbox_seaorm::UnitOfWork::begin(db).await.expect("begin");
+    for i in 0..6 {
+        let e = Numbered {
+            key: format!("agg-{i}"),
+            n: i,
+        };
+        uow.record("counter", format!("agg-{i}"), e, Default::default())
+            .expect("record");
+    }
+    uow.commit().await.expect("commit");
+    let mail = HandlerEntry::new("mail", |e: Numbered, _ctx| async move {
+        if e.n.is_multiple_of(2) {
+            return Err(outbox_seaorm::HandlerError::permanent(
+                std::io::Error::other("mailbox full"),
+            ));
+        }
+        Ok(())
+    });
+    outbox_seaorm::Relay::builder(db.clone())
+        .registry(outbox_seaorm::Registry::new([mail]).expect("one handler"))
+        .retry(
+            outbox_seaorm::RetryPolicy::exponential(std::time::Duration::from_millis(1))
+                .max_attempts(1),
+        )
+        .build()
+        .await
+        .expect("relay")
+}
+
 /// Aggregate ids that would change a destination's shape or a header's bytes if written raw.
 pub const AWKWARD_IDS: [&str; 7] = [
     "a.b",

@@ -3,10 +3,8 @@
 
 use outbox_seaorm::RecordOptions;
 use outbox_seaorm::entity::{DeliveryStatus, MessageStatus, message};
-use outbox_seaorm::{
-    Admin, HandlerEntry, HandlerError, MessageFilter, Registry, Relay, RetryPolicy, UnitOfWork,
-};
-use outbox_tests::fixtures::{FromANewerVersion, Numbered};
+use outbox_seaorm::{Admin, MessageFilter, UnitOfWork};
+use outbox_tests::fixtures::{FromANewerVersion, Numbered, seed_dead_letters};
 use outbox_tests::{TestDb, backend_tests};
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
@@ -14,38 +12,8 @@ use uuid::Uuid;
 
 backend_tests!(status_lists_and_bulk_actions_see_what_is_in_the_outbox,);
 
-/// 6 `test.numbered` events on aggregates `agg-0`..`agg-5` and 2 `order.placed`; the
-/// `mail` handler of `test.numbered` fails for good on even `n`... by aggregate: dead for the
-/// even aggregates, delivered for the odd ones; `order.placed` has no handler here and waits.
-async fn seed(t: &TestDb) -> Relay {
-    let uow = UnitOfWork::begin(&t.db).await.unwrap();
-    for i in 0..6 {
-        let e = Numbered {
-            key: format!("agg-{i}"),
-            n: i,
-        };
-        uow.record("counter", format!("agg-{i}"), e, Default::default())
-            .unwrap();
-    }
-    uow.commit().await.unwrap();
-    let mail = HandlerEntry::new("mail", |e: Numbered, _ctx| async move {
-        if e.n.is_multiple_of(2) {
-            return Err(HandlerError::permanent(std::io::Error::other(
-                "mailbox full",
-            )));
-        }
-        Ok(())
-    });
-    Relay::builder(t.db.clone())
-        .registry(Registry::new([mail]).unwrap())
-        .retry(RetryPolicy::exponential(std::time::Duration::from_millis(1)).max_attempts(1))
-        .build()
-        .await
-        .unwrap()
-}
-
 async fn status_lists_and_bulk_actions_see_what_is_in_the_outbox(t: TestDb) {
-    let relay = seed(&t).await;
+    let relay = seed_dead_letters(&t.db).await;
     relay.drain().await.unwrap();
     // Written by a newer version: no relay here knows the type, so these wait.
     let uow = UnitOfWork::begin(&t.db).await.unwrap();

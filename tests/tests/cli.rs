@@ -3,8 +3,7 @@
 //! matches, `--json` read back, exit codes, and snapshots of what a human sees.
 
 use assert_cmd::Command;
-use outbox_seaorm::{HandlerEntry, HandlerError, Registry, Relay, RetryPolicy, UnitOfWork};
-use outbox_tests::fixtures::Numbered;
+use outbox_tests::fixtures::seed_dead_letters;
 use outbox_tests::{TestDb, backend_tests};
 use serde_json::Value;
 
@@ -14,35 +13,6 @@ fn outbox(t: &TestDb) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_outbox-cli"));
     c.env("DATABASE_URL", &t.url).env_remove("RUST_LOG");
     c
-}
-
-/// Six events on `agg-0`..`agg-5`; the `mail` handler fails for good on the even ones.
-async fn seed(t: &TestDb) {
-    let uow = UnitOfWork::begin(&t.db).await.unwrap();
-    for i in 0..6 {
-        let e = Numbered {
-            key: format!("agg-{i}"),
-            n: i,
-        };
-        uow.record("counter", format!("agg-{i}"), e, Default::default())
-            .unwrap();
-    }
-    uow.commit().await.unwrap();
-    let mail = HandlerEntry::new("mail", |e: Numbered, _ctx| async move {
-        if e.n.is_multiple_of(2) {
-            return Err(HandlerError::permanent(std::io::Error::other(
-                "mailbox full",
-            )));
-        }
-        Ok(())
-    });
-    let relay = Relay::builder(t.db.clone())
-        .registry(Registry::new([mail]).unwrap())
-        .retry(RetryPolicy::exponential(std::time::Duration::from_millis(1)).max_attempts(1))
-        .build()
-        .await
-        .unwrap();
-    relay.drain().await.unwrap();
 }
 
 fn json(out: &[u8]) -> Value {
@@ -69,7 +39,7 @@ fn snapshot(name: &str, out: &[u8]) {
 }
 
 async fn the_command_line_shows_and_acts_on_dead_letters(t: TestDb) {
-    seed(&t).await;
+    seed_dead_letters(&t.db).await.drain().await.unwrap();
 
     // status, and the checks scripts use.
     let out = outbox(&t).args(["--json", "status"]).assert().success();

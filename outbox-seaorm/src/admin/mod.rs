@@ -15,6 +15,7 @@ use crate::entity::DeliveryStatus;
 use crate::error::Result;
 use crate::wake;
 
+pub(crate) use query::age;
 pub use query::{Backlog, DeadGroup, MessageDetail, MessageFilter, MessageSummary, Status};
 
 /// Operations on an outbox for operators and dashboards.

@@ -512,7 +512,8 @@ fn positive(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
 }
 
-fn age(now: DateTime<Utc>, then: DateTime<Utc>) -> f64 {
+/// Seconds from `then` to `now`, 0 when `then` is later.
+pub(crate) fn age(now: DateTime<Utc>, then: DateTime<Utc>) -> f64 {
     (now - then)
         .to_std()
         .unwrap_or(Duration::ZERO)

@@ -136,18 +136,10 @@ pub(crate) fn parse_since(s: &str) -> Result<DateTime<Utc>, String> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Ok(t.with_timezone(&Utc));
     }
-    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: i64 = n
-        .parse()
-        .map_err(|_| format!("`{s}`: expected an RFC 3339 time or a duration like 15m"))?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
-        _ => return Err(format!("`{s}`: the unit must be s, m, h or d")),
-    };
-    Ok(Utc::now() - chrono::Duration::seconds(secs))
+    let secs = seconds(s).ok_or_else(|| {
+        format!("`{s}`: expected an RFC 3339 time or a duration like 15m (s, m, h or d)")
+    })?;
+    Ok(Utc::now() - chrono::Duration::milliseconds((secs * 1000.0) as i64))
 }
 
 #[cfg(test)]

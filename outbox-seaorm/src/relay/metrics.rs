@@ -56,14 +56,11 @@ pub(crate) fn delivery(
 
 /// A message all of whose deliveries are done, recorded at `occurred_at`.
 pub(crate) fn delivered(event_type: &str, occurred_at: chrono::DateTime<Utc>) {
-    let lag = (Utc::now() - occurred_at)
-        .to_std()
-        .unwrap_or(Duration::ZERO);
     histogram!(
         "outbox.delivery.lag",
         "messaging.destination.name" => event_type.to_owned()
     )
-    .record(lag.as_secs_f64());
+    .record(crate::admin::age(Utc::now(), occurred_at));
 }
 
 /// A claim that took `took` and returned `n` messages.
@@ -162,12 +159,7 @@ pub(crate) async fn gauges(shared: Arc<Shared>, every: Duration, cancel: Cancell
                 gauge!("outbox.backlog").set(g.pending as f64);
                 gauge!("outbox.dead_letters").set(g.dead as f64);
                 gauge!("outbox.unknown_event_type").set(g.unknown as f64);
-                let age = g.oldest.map_or(0.0, |t| {
-                    (Utc::now() - t)
-                        .to_std()
-                        .unwrap_or(Duration::ZERO)
-                        .as_secs_f64()
-                });
+                let age = g.oldest.map_or(0.0, |t| crate::admin::age(Utc::now(), t));
                 gauge!("outbox.oldest_pending_age").set(age);
                 tracing::trace!(relay = %id, took = ?started.elapsed(), "outbox gauges");
             }
