@@ -1,5 +1,6 @@
-//! The relay's metrics, scraped as Prometheus would after a run: the counters equal what was
-//! delivered and what failed. Its own test binary: a metrics recorder is process-wide.
+//! The relay's metrics, scraped as Prometheus would after a run on each backend: the counters
+//! equal what was delivered and what failed, the gauges what is in the table. Its own test
+//! binary: a metrics recorder is process-wide.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -35,7 +36,76 @@ async fn scraped_counters_equal_what_was_delivered_and_what_failed() {
     let handle = PrometheusBuilder::new()
         .install_recorder()
         .expect("the only recorder of this process");
-    let t = TestDb::new(Backend::Sqlite).await.unwrap();
+    // One backend after another (the recorder is process-wide): each has its own gauge query,
+    // and a different number of dead letters, so a gauge left from the previous one shows.
+    let (mut delivered, mut dead) = (0.0, 0.0);
+    for (k, backend) in [Backend::Sqlite, Backend::Postgres, Backend::MySql]
+        .into_iter()
+        .enumerate()
+    {
+        let Some(t) = TestDb::new(backend).await else {
+            continue;
+        };
+        let bounced = k as u32 + 2;
+        let relay = run(&t, bounced).await;
+        delivered += f64::from(10 - bounced);
+        dead += f64::from(bounced);
+        // The gauges are refreshed by the relay's own timer: wait for one refresh after the run.
+        outbox_tests::wait_for("the gauges", Duration::from_secs(10), || async {
+            let s = scrape(&handle.render());
+            (s.get("outbox_dead_letters") == Some(&f64::from(bounced))).then_some(())
+        })
+        .await;
+        relay.shutdown().await;
+        let s = scrape(&handle.render());
+        assert_eq!(s.get("outbox_backlog"), Some(&0.0), "{backend:?}");
+        assert_eq!(
+            s.get("outbox_oldest_pending_age"),
+            Some(&0.0),
+            "{backend:?}"
+        );
+        assert_eq!(
+            s.get("outbox_unknown_event_type"),
+            Some(&0.0),
+            "{backend:?}"
+        );
+        t.cleanup().await;
+    }
+
+    let s = scrape(&handle.render());
+    let runs = (delivered + dead) / 10.0;
+    assert_eq!(
+        sum(&s, "outbox_messages", r#"outcome="delivered""#),
+        delivered,
+        "{s:#?}"
+    );
+    assert_eq!(sum(&s, "outbox_messages", r#"outcome="dead""#), dead);
+    assert_eq!(sum(&s, "outbox_claimed", ""), 10.0 * runs);
+    assert_eq!(
+        sum(
+            &s,
+            "messaging_process_duration_count",
+            r#"error_type="handler_failed""#
+        ),
+        dead
+    );
+    assert_eq!(
+        sum(
+            &s,
+            "messaging_process_duration_count",
+            r#"messaging_consumer_group_name="mail""#
+        ),
+        10.0 * runs
+    );
+    assert_eq!(
+        sum(&s, "outbox_delivery_lag_count", "test.numbered"),
+        delivered
+    );
+}
+
+/// Ten events; the `mail` handler bounces the first `bounced` for good. Returns when all are
+/// decided, with the relay still running (its gauges timer too).
+async fn run(t: &TestDb, bounced: u32) -> outbox_seaorm::RelayHandle {
     let uow = UnitOfWork::begin(&t.db).await.unwrap();
     for i in 0..10 {
         let e = Numbered {
@@ -46,8 +116,8 @@ async fn scraped_counters_equal_what_was_delivered_and_what_failed() {
             .unwrap();
     }
     uow.commit().await.unwrap();
-    let mail = HandlerEntry::new("mail", |e: Numbered, _ctx| async move {
-        if e.n < 3 {
+    let mail = HandlerEntry::new("mail", move |e: Numbered, _ctx| async move {
+        if e.n < bounced {
             return Err(HandlerError::permanent(std::io::Error::other("bounced")));
         }
         Ok(())
@@ -65,41 +135,5 @@ async fn scraped_counters_equal_what_was_delivered_and_what_failed() {
         (c.pending == 0 && c.delivered + c.dead == 10).then_some(())
     })
     .await;
-    // The gauges are refreshed by the relay's own timer: wait for one refresh after the run.
-    outbox_tests::wait_for("the gauges", Duration::from_secs(10), || async {
-        let s = scrape(&handle.render());
-        (s.get("outbox_dead_letters") == Some(&3.0)).then_some(())
-    })
-    .await;
-    relay.shutdown().await;
-
-    let s = scrape(&handle.render());
-    assert_eq!(
-        sum(&s, "outbox_messages", r#"outcome="delivered""#),
-        7.0,
-        "{s:#?}"
-    );
-    assert_eq!(sum(&s, "outbox_messages", r#"outcome="dead""#), 3.0);
-    assert_eq!(sum(&s, "outbox_claimed", ""), 10.0);
-    assert_eq!(
-        sum(
-            &s,
-            "messaging_process_duration_count",
-            r#"error_type="handler_failed""#
-        ),
-        3.0
-    );
-    assert_eq!(
-        sum(
-            &s,
-            "messaging_process_duration_count",
-            r#"messaging_consumer_group_name="mail""#
-        ),
-        10.0
-    );
-    assert_eq!(sum(&s, "outbox_delivery_lag_count", "test.numbered"), 7.0);
-    assert_eq!(s.get("outbox_backlog"), Some(&0.0));
-    assert_eq!(s.get("outbox_dead_letters"), Some(&3.0));
-    assert_eq!(s.get("outbox_oldest_pending_age"), Some(&0.0));
-    t.cleanup().await;
+    relay
 }
