@@ -322,3 +322,66 @@ async fn main() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+// ---- Tests of the aggregate and the handlers (`cargo test -p outbox-examples --example orders`)
+
+#[cfg(test)]
+mod tests {
+    use outbox_seaorm::testing::{Harness, assert_not_recorded, assert_recorded};
+    use outbox_seaorm::{RetryPolicy, UnitOfWork, entity::DeliveryStatus};
+    use sea_orm::ConnectionTrait;
+
+    use super::*;
+
+    #[test]
+    fn confirming_an_order_records_order_confirmed() {
+        let mut order = order::Model::place("ada", 4_200).unwrap();
+        order.confirm();
+        assert_recorded!(
+            order,
+            OrderPlaced {
+                amount_cents: 4_200,
+                ..
+            }
+        );
+        assert_recorded!(order, OrderConfirmed { customer, .. } if customer == "ada");
+        assert_not_recorded!(order, OrderCancelled);
+    }
+
+    #[tokio::test]
+    async fn handlers_deliver_retry_the_warehouse_and_park_the_refund() -> anyhow::Result<()> {
+        // The handlers registered above with #[event_handler], on an in-memory SQLite outbox.
+        let harness = Harness::builder()
+            .relay(|r| r.retry(RetryPolicy::exponential(Duration::from_millis(1)).max_attempts(3)))
+            .build()
+            .await?;
+        let db = harness.db();
+        let schema = sea_orm::Schema::new(db.get_database_backend());
+        db.execute(&schema.create_table_from_entity(order::Entity))
+            .await?;
+
+        let mut kept = order::Model::place("ada", 4_200).map_err(anyhow::Error::msg)?;
+        let mut dropped = order::Model::place("linus", 12_000).map_err(anyhow::Error::msg)?;
+        kept.confirm();
+        dropped.cancel("customer changed their mind");
+        let uow = UnitOfWork::begin(db).await?;
+        uow.save(&mut kept).await?;
+        uow.save(&mut dropped).await?;
+        uow.commit().await?;
+
+        let report = harness.settle().await?;
+        assert_eq!(report.delivered::<OrderPlaced>().len(), 2, "{report}");
+        assert_eq!(report.delivered::<OrderConfirmed>()[0].customer, "ada");
+        // The warehouse timed out once; the retry reserved the stock.
+        let warehouse = report.failed_for("reserve-stock");
+        assert_eq!(warehouse.len(), 1, "{report}");
+        assert_eq!(warehouse[0].status, DeliveryStatus::Delivered);
+        assert_eq!(warehouse[0].attempts, 2);
+        // The refund service is down: the cancellation is a dead letter after three attempts.
+        let dead = report.dead();
+        assert_eq!(dead.len(), 1, "{report}");
+        assert_eq!(dead[0].summary.event_type, "order.cancelled");
+        assert_eq!(report.failed_for("refund-payment")[0].attempts, 3);
+        Ok(())
+    }
+}

@@ -75,6 +75,8 @@ pub mod publish;
 mod registry;
 mod retry;
 pub mod staging;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod trace;
 mod unsaved;
 mod upcast;

@@ -127,6 +127,40 @@ pub enum Error {
     /// The relay was given an invalid setting.
     #[error("invalid relay setting: {0}")]
     InvalidSetting(&'static str),
+
+    /// A test harness (`testing::Harness::settle`) gave up with messages still pending: their
+    /// time ran out, or nothing in the test can deliver them.
+    #[error("the outbox did not settle after {waited:?}: {reason}\n{}", pending_lines(.pending))]
+    NotSettled {
+        /// How long it waited.
+        waited: std::time::Duration,
+        /// Why it stopped waiting.
+        reason: String,
+        /// The messages still pending.
+        pending: Vec<crate::MessageSummary>,
+    },
+}
+
+/// One line per pending message, for [`Error::NotSettled`].
+fn pending_lines(pending: &[crate::MessageSummary]) -> String {
+    let mut out = format!("still pending ({}):", pending.len());
+    for m in pending {
+        out.push_str(&format!(
+            "\n  #{} {} v{} (aggregate {} {}), {} attempt(s), next at {}{}",
+            m.sequence,
+            m.event_type,
+            m.event_version,
+            m.aggregate_type,
+            m.aggregate_id,
+            m.attempts,
+            m.available_at.format("%H:%M:%S%.3f"),
+            m.last_error
+                .as_deref()
+                .map(|e| format!(", last error: {e}"))
+                .unwrap_or_default(),
+        ));
+    }
+    out
 }
 
 impl From<sea_orm::DbErr> for Error {

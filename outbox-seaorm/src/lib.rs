@@ -94,6 +94,8 @@ pub mod inbox;
 mod listen;
 mod relay;
 pub mod schema;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod uow;
 mod wake;
 
@@ -121,6 +123,8 @@ pub use self::uow::{UnitOfWork, Written, save_aggregate, save_aggregate_with, st
 
 #[doc(no_inline)]
 pub use outbox_core::cloudevents;
+#[doc(no_inline)]
+pub use outbox_core::publish;
 #[doc(no_inline)]
 pub use outbox_core::publish::{Publisher, Route};
 #[doc(no_inline)]
