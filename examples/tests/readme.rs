@@ -1,13 +1,36 @@
-//! The README's "A complete program" is `examples/readme.rs`, which CI runs: they must not
-//! drift apart.
+//! The README's "A complete program" is `examples/readme.rs`, which CI runs, and its test
+//! example is the tests of `examples/orders.rs`, which `cargo test` runs: they must not drift
+//! apart.
 
 #[test]
 fn the_readme_program_is_the_readme_example() {
-    let readme = include_str!("../../README.md");
     let example = include_str!("../examples/readme.rs");
+    assert_eq!(
+        first_rust_block("## A complete program"),
+        example.trim_end(),
+        "README.md and examples/examples/readme.rs differ"
+    );
+}
+
+#[test]
+fn the_readme_tests_are_the_orders_example_tests() {
+    let orders = include_str!("../examples/orders.rs");
+    let start = orders
+        .find("#[cfg(test)]\nmod tests {")
+        .expect("orders.rs ends with its tests");
+    assert_eq!(
+        first_rust_block("## Testing handlers and aggregates"),
+        orders[start..].trim_end(),
+        "README.md and the tests in examples/examples/orders.rs differ"
+    );
+}
+
+/// The first ```rust block after `heading`, without its fences.
+fn first_rust_block(heading: &str) -> &'static str {
+    let readme = include_str!("../../README.md");
     let start = readme
-        .find("## A complete program")
-        .expect("the README has an \"A complete program\" section");
+        .find(heading)
+        .unwrap_or_else(|| panic!("the README has a {heading:?} section"));
     let rest = &readme[start..];
     let code = rest
         .find("```rust")
@@ -15,9 +38,5 @@ fn the_readme_program_is_the_readme_example() {
         .and_then(|r| r.find('\n').map(|n| &r[n + 1..]))
         .expect("a rust block");
     let end = code.find("\n```").expect("the block ends");
-    assert_eq!(
-        code[..=end].trim_end(),
-        example.trim_end(),
-        "README.md and examples/examples/readme.rs differ"
-    );
+    code[..=end].trim_end()
 }
