@@ -4,6 +4,52 @@
 //! Both need the `opentelemetry` feature and a `tracing-opentelemetry` layer in the subscriber;
 //! without them events carry no `traceparent` and delivery spans start their own trace.
 
+/// The `opentelemetry` version trace context goes through. A `tracing-opentelemetry` layer
+/// built on another version is invisible to the outbox: see [`propagation`].
+pub const OPENTELEMETRY_VERSION: &str = "0.33";
+
+/// The `tracing-opentelemetry` version whose layer the outbox reads span contexts from.
+pub const TRACING_OPENTELEMETRY_VERSION: &str = "0.34";
+
+/// Whether trace context reaches the outbox in this process (see [`propagation`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Propagation {
+    /// Spans have OpenTelemetry contexts: events carry the `traceparent` of the span they are
+    /// recorded in, deliveries continue it.
+    Active,
+    /// The probe span has no OpenTelemetry context: no `tracing-opentelemetry` layer is
+    /// installed, or one built on another `opentelemetry` version than
+    /// [`OPENTELEMETRY_VERSION`] (`cargo tree -i opentelemetry` shows two versions), or the
+    /// subscriber filters the probe span out.
+    NotConnected,
+    /// The `opentelemetry` feature is off.
+    FeatureOff,
+}
+
+/// Whether `probe` (a span that is not filtered out, e.g. a relay's start span) has an
+/// OpenTelemetry context the outbox can read. A layer of another `opentelemetry` version keeps
+/// its data where this version cannot see it, which would otherwise show only as events with
+/// no `traceparent`; a relay reports the answer when it starts (and can require it,
+/// `RelayBuilder::require_trace_context` in `outbox-seaorm`).
+#[cfg(feature = "opentelemetry")]
+pub fn propagation(probe: &tracing::Span) -> Propagation {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+    if probe.context().span().span_context().is_valid() {
+        Propagation::Active
+    } else {
+        Propagation::NotConnected
+    }
+}
+
+/// Without the `opentelemetry` feature nothing propagates.
+#[cfg(not(feature = "opentelemetry"))]
+pub fn propagation(_probe: &tracing::Span) -> Propagation {
+    Propagation::FeatureOff
+}
+
 /// The W3C trace context of a span: `traceparent` and, when it carries vendor data,
 /// `tracestate`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -115,6 +161,21 @@ pub fn parse_traceparent(tp: &str) -> Option<(&str, &str, &str, u8)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_stated_versions_are_the_dependencies() {
+        let manifest = include_str!("../Cargo.toml");
+        let dep = |name: &str| {
+            manifest
+                .lines()
+                .find(|l| l.starts_with(&format!("{name} = {{ version")))
+                .unwrap_or_else(|| panic!("{name} is a dependency"))
+                .to_owned()
+        };
+        let version = |v: &str| format!("version = \"{v}\"");
+        assert!(dep("opentelemetry").contains(&version(OPENTELEMETRY_VERSION)));
+        assert!(dep("tracing-opentelemetry").contains(&version(TRACING_OPENTELEMETRY_VERSION)));
+    }
 
     #[test]
     fn parses_valid_and_rejects_malformed_traceparents() {

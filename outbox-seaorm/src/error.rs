@@ -128,6 +128,15 @@ pub enum Error {
     #[error("invalid relay setting: {0}")]
     InvalidSetting(&'static str),
 
+    /// The relay was told to require trace context
+    /// ([`RelayBuilder::require_trace_context`](crate::RelayBuilder::require_trace_context)) and
+    /// its start span has no OpenTelemetry context the outbox can read.
+    #[error("trace context is required but not available: {reason}")]
+    TraceContextUnavailable {
+        /// What is missing, with the versions the outbox needs.
+        reason: String,
+    },
+
     /// A test harness (`testing::Harness::settle`) gave up with messages still pending: their
     /// time ran out, or nothing in the test can deliver them.
     #[error("the outbox did not settle after {waited:?}: {reason}\n{}", pending_lines(.pending))]

@@ -28,6 +28,7 @@ pub struct RelayBuilder {
     order: DeliveryOrder,
     max_crashes: u32,
     unknown_type_delay: Duration,
+    require_trace_context: bool,
 }
 
 impl Relay {
@@ -57,6 +58,7 @@ impl Relay {
             order: DeliveryOrder::PerAggregate(OnFailure::Block),
             max_crashes: 3,
             unknown_type_delay: Duration::from_secs(60),
+            require_trace_context: false,
         }
     }
 }
@@ -180,6 +182,16 @@ impl RelayBuilder {
         self
     }
 
+    /// Fails [`build`](Self::build) with [`Error::TraceContextUnavailable`] when the relay's
+    /// start span gets no OpenTelemetry context (default: no, the relay only logs it). Turn it
+    /// on in a service that traces: a `tracing-opentelemetry` layer built on another
+    /// `opentelemetry` version than the outbox's is invisible to it, and events would carry no
+    /// `traceparent` without any other sign (see `outbox_core::trace::propagation`).
+    pub fn require_trace_context(mut self, yes: bool) -> Self {
+        self.require_trace_context = yes;
+        self
+    }
+
     /// How long a message whose event type this process does not know waits before a relay
     /// looks at it again (default 60 s). Such a message was written by a newer version during a
     /// rolling deployment: it is left for a relay that knows its type, without using an
@@ -264,6 +276,7 @@ impl RelayBuilder {
         let driver = driver::cached(self.db.get_database_backend(), &self.config);
         driver.check_schema(&self.db).await?;
         let id = self.id.unwrap_or_else(default_id);
+        check_trace_context(&id, self.require_trace_context)?;
         tracing::info!(
             relay = %id,
             handlers = registry.len(),
@@ -340,4 +353,40 @@ fn default_id() -> String {
         host
     };
     format!("{host}-{}", uuid::Uuid::now_v7())
+}
+
+/// Says at start whether trace context reaches the outbox, and fails when it was required and
+/// does not: a layer of another `opentelemetry` version would otherwise only show as events
+/// with no `traceparent`.
+fn check_trace_context(relay: &str, required: bool) -> Result<()> {
+    use outbox_core::trace::{self, Propagation};
+
+    let start = tracing::info_span!("outbox.relay.start", relay = %relay);
+    let state = trace::propagation(&start);
+    let _entered = start.enter();
+    let reason = match state {
+        Propagation::Active => {
+            tracing::info!(
+                opentelemetry = trace::OPENTELEMETRY_VERSION,
+                "trace context propagates: events carry the traceparent of the span they are \
+                 recorded in"
+            );
+            return Ok(());
+        }
+        Propagation::FeatureOff => "the `opentelemetry` feature of outbox-seaorm is off".to_owned(),
+        _ => format!(
+            "the relay's start span has no OpenTelemetry context: no tracing-opentelemetry {} \
+             layer (opentelemetry {}) is installed in the subscriber, or the installed one is \
+             built on another opentelemetry version (`cargo tree -i opentelemetry` lists each; \
+             they must be the same), or the subscriber filters out INFO spans of target \
+             `outbox_seaorm`",
+            trace::TRACING_OPENTELEMETRY_VERSION,
+            trace::OPENTELEMETRY_VERSION
+        ),
+    };
+    if required {
+        return Err(Error::TraceContextUnavailable { reason });
+    }
+    tracing::info!("trace context is not propagated: {reason}");
+    Ok(())
 }
