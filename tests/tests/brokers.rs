@@ -504,3 +504,95 @@ async fn awkward_aggregate_ids_stay_one_routing_key_word_and_one_header_value() 
     assert_eq!(seen, want);
     t.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(outbox_amqp), ignore = "OUTBOX_TEST_AMQP_URL is not set")]
+async fn structured_rabbitmq_events_parse_with_the_cloudevents_sdk_and_match_their_rows() {
+    // The Rust CloudEvents SDK (0.9) has no AMQP binding (cloudevents/sdk-rust#188 was never
+    // merged); structured mode is its JSON event format, so its own parser reads these bodies.
+    use cloudevents::AttributesReader;
+    use outbox_seaorm::core::publish::amqp::AmqpPublisher;
+
+    let Some(amqp_url) = server_url(Server::Amqp) else {
+        return;
+    };
+    let t = TestDb::new(Backend::Sqlite).await.unwrap();
+    let ids = AWKWARD_IDS;
+    commit_awkward(&t.db, &ids).await;
+
+    let conn = Connection::connect(&amqp_url, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let (exchange, queue) = topic_queue(&ch, "s.*").await;
+    let publisher = AmqpPublisher::new(amqp_url.clone(), &exchange, "/orders")
+        .unwrap()
+        .mode(Mode::Structured);
+    let route = Route::new("structured", publisher)
+        .destination("s.{aggregate_id}")
+        .unwrap();
+    let relay = Relay::builder(t.db.clone())
+        .registry(Registry::new([]).unwrap().with_route(route).unwrap())
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(relay.drain().await.unwrap().delivered, ids.len());
+
+    let admin = Admin::new(t.db.clone());
+    let mut deliveries = ch
+        .basic_consume(
+            queue.clone().into(),
+            "structured".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..ids.len() {
+        let d = tokio::time::timeout(Duration::from_secs(10), deliveries.next())
+            .await
+            .expect("every event is in the queue")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            d.properties.content_type().as_ref().map(|s| s.as_str()),
+            Some("application/cloudevents+json")
+        );
+        let event: cloudevents::Event = serde_json::from_slice(&d.data).unwrap();
+        let id: Uuid = event.id().parse().unwrap();
+        let row = admin
+            .show(id)
+            .await
+            .unwrap()
+            .expect("the event's id is a row");
+        let s = &row.summary;
+        assert_eq!(event.specversion(), cloudevents::event::SpecVersion::V10);
+        assert_eq!(event.ty(), s.event_type);
+        assert_eq!(event.source().as_str(), "/orders");
+        assert_eq!(event.subject(), Some(s.aggregate_id.as_str()));
+        assert_eq!(
+            event.time().map(|t| t.timestamp_micros()),
+            Some(s.occurred_at.timestamp_micros())
+        );
+        assert_eq!(event.datacontenttype(), Some("application/json"));
+        let ext = |name: &str| event.extension(name).map(|v| v.to_string());
+        assert_eq!(ext("aggregatetype"), Some(s.aggregate_type.clone()));
+        assert_eq!(ext("eventversion"), Some(s.event_version.to_string()));
+        assert_eq!(ext("aggregateposition"), Some(s.position.to_string()));
+        assert_eq!(ext("tenant"), Some(format!("acme {}", s.aggregate_id)));
+        match event.data() {
+            Some(cloudevents::Data::Json(v)) => assert_eq!(v, &row.payload),
+            other => panic!("JSON data expected, got {other:?}"),
+        }
+        seen.push(s.aggregate_id.clone());
+    }
+    seen.sort();
+    let mut want: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    assert_eq!(seen, want);
+    t.cleanup().await;
+}
