@@ -290,7 +290,9 @@ pub(super) async fn dead_letters(
         @if matches!(done.done.as_str(), "requeued" | "discarded") {
             p.notice #action-done { (done.n) " message(s) " (done.done) "." }
         }
+        h2 { "By handler and error kind" }
         (dead_groups(&ctx, &groups))
+        h2 { "Matching" }
         form.filters method="get" action=(ctx.href("/dead-letters")) {
             (params.inputs())
             button type="submit" { "Filter" }
