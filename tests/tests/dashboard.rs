@@ -342,3 +342,104 @@ async fn authentication_is_checked_and_open_listening_refused() {
     );
     t.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_dashboard_serves_the_router_and_logs_actions() {
+    let Some(t) = TestDb::new(outbox_tests::Backend::Sqlite).await else {
+        return;
+    };
+    seed(&t.db).await;
+    let bin = env!("CARGO_BIN_EXE_outbox-cli");
+
+    // Off loopback without authentication: refused loudly, as a usage error.
+    let open = tokio::process::Command::new(bin)
+        .args(["dashboard", "--listen", "0.0.0.0:0"])
+        .env("DATABASE_URL", &t.url)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(open.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&open.stderr);
+    assert!(
+        err.contains("refusing to serve the outbox dashboard on 0.0.0.0:0"),
+        "{err}"
+    );
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = tokio::process::Command::new(bin)
+        .args(["dashboard", "--listen", &format!("127.0.0.1:{port}")])
+        .env("DATABASE_URL", &t.url)
+        .env("OUTBOX_DASHBOARD_BEARER_TOKEN", "t0ken")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let page = wait_for(
+        "the dashboard to listen",
+        Duration::from_secs(30),
+        || async {
+            let res = http.get(&base).bearer_auth("t0ken").send().await.ok()?;
+            Some(res.text().await.unwrap())
+        },
+    )
+    .await;
+    assert_eq!(
+        outbox_tests::dashboard::text_of(&page, "count-dead").as_deref(),
+        Some("3")
+    );
+    let anonymous = http.get(&base).send().await.unwrap();
+    assert_eq!(
+        anonymous.status().as_u16(),
+        401,
+        "the token from the environment"
+    );
+
+    let confirm = http
+        .get(format!(
+            "{base}/dead-letters/confirm?action=requeue&handler=mail"
+        ))
+        .bearer_auth("t0ken")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let at = confirm.find("name=\"csrf\" value=\"").unwrap() + 19;
+    let token = &confirm[at..at + 64];
+    let done = http
+        .post(format!("{base}/dead-letters/requeue"))
+        .bearer_auth("t0ken")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("csrf={token}&handler=mail"))
+        .send()
+        .await
+        .unwrap();
+    assert!(done.status().is_success(), "{}", done.status());
+    assert_eq!(Admin::new(t.db.clone()).counts().await.unwrap().dead, 0);
+
+    server.start_kill().unwrap();
+    let out = server.wait_with_output().await.unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    let line = log
+        .lines()
+        .find(|l| l.contains("requeued dead letters"))
+        .unwrap_or_else(|| panic!("no action logged in {log}"));
+    assert!(
+        line.contains("who=\"bearer token@") || line.contains("who=bearer token@"),
+        "{line}"
+    );
+    assert!(
+        line.contains("action=\"requeue\"") || line.contains("action=requeue"),
+        "{line}"
+    );
+    assert!(line.contains("count=3"), "{line}");
+    assert!(line.contains("handler=mail"), "{line}");
+    t.cleanup().await;
+}
