@@ -128,6 +128,28 @@ pub enum Error {
     #[error("invalid relay setting: {0}")]
     InvalidSetting(&'static str),
 
+    /// The dashboard was asked to listen on an address other machines can reach, without
+    /// authentication.
+    ///
+    /// # Handling
+    ///
+    /// Listen on a loopback address, set basic or bearer authentication in the
+    /// `DashboardConfig`, put your own authenticating layer in front (then mount
+    /// `dashboard::router` yourself), or, if the network is private, say so with
+    /// `DashboardConfig::allow_unauthenticated`.
+    #[error(
+        "refusing to serve the outbox dashboard on {addr} without authentication: set basic or \
+         bearer auth, or allow it explicitly (--i-know-it-is-open)"
+    )]
+    OpenDashboard {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+    },
+
+    /// The dashboard could not listen or serve.
+    #[error("dashboard server error")]
+    Serve(#[source] std::io::Error),
+
     /// The relay was told to require trace context
     /// ([`RelayBuilder::require_trace_context`](crate::RelayBuilder::require_trace_context)) and
     /// its start span has no OpenTelemetry context the outbox can read.

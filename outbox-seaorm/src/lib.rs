@@ -87,6 +87,8 @@ mod admin;
 #[cfg(feature = "cli")]
 pub mod cli;
 mod config;
+#[cfg(feature = "dashboard")]
+pub mod dashboard;
 mod driver;
 pub mod entity;
 mod error;
@@ -94,6 +96,8 @@ pub mod inbox;
 mod listen;
 mod relay;
 pub mod schema;
+#[cfg(feature = "dashboard")]
+mod since;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod uow;
@@ -101,8 +105,8 @@ mod wake;
 
 #[doc(inline)]
 pub use self::admin::{
-    Admin, Backlog, DeadGroup, DeadLetter, DeliveryInfo, Handles, MessageDetail, MessageFilter,
-    MessageSummary, OutboxCounts, RelayInfo, Status,
+    Admin, Backlog, DeadGroup, DeadLetter, DeliveryInfo, HandlerReport, HandlerStats, Handles, Lag,
+    MessageDetail, MessageFilter, MessageSummary, MinuteCounts, OutboxCounts, RelayInfo, Status,
 };
 #[doc(inline)]
 pub use self::config::OutboxConfig;

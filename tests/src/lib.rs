@@ -16,6 +16,8 @@ use uuid::Uuid;
 pub use outbox_seaorm;
 pub use sea_orm;
 
+pub mod chromium;
+pub mod dashboard;
 pub mod fixtures;
 mod servers;
 

@@ -31,11 +31,14 @@ pub enum Server {
     /// libfaketime (Debian's `faketime`), to run relays whose clocks are skewed:
     /// `OUTBOX_TEST_FAKETIME` is the path of `libfaketime.so.1`.
     Faketime,
+    /// A headless Chromium for the dashboard's browser tests (Debian's `chromium`):
+    /// `OUTBOX_TEST_CHROMIUM` is the path of the binary.
+    Chromium,
 }
 
 impl Server {
     /// Every server, in the order the names are listed in messages.
-    pub const ALL: [Server; 7] = [
+    pub const ALL: [Server; 8] = [
         Server::Postgres,
         Server::MySql,
         Server::Nats,
@@ -43,6 +46,7 @@ impl Server {
         Server::PgRestart,
         Server::RabbitMqRestart,
         Server::Faketime,
+        Server::Chromium,
     ];
 
     /// Its name in `OUTBOX_TEST_REQUIRE`; `build.rs` sets the cfg `outbox_<name>`.
@@ -55,6 +59,7 @@ impl Server {
             Server::PgRestart => "pg_restart",
             Server::RabbitMqRestart => "rabbitmq_restart",
             Server::Faketime => "faketime",
+            Server::Chromium => "chromium",
         }
     }
 
@@ -68,6 +73,7 @@ impl Server {
             Server::PgRestart => "OUTBOX_TEST_PG_RESTART",
             Server::RabbitMqRestart => "OUTBOX_TEST_RABBITMQ_RESTART",
             Server::Faketime => "OUTBOX_TEST_FAKETIME",
+            Server::Chromium => "OUTBOX_TEST_CHROMIUM",
         }
     }
 
@@ -89,6 +95,10 @@ impl Server {
             Server::Faketime => {
                 " (install Debian's faketime and set it to \
                  /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1)"
+            }
+            Server::Chromium => {
+                " (install Debian's chromium, `apt-get install -y chromium`, and set it to \
+                 /usr/bin/chromium)"
             }
             _ => "",
         }
@@ -205,7 +215,9 @@ mod tests {
         let e = parse_required("postgres,postgrs").unwrap_err();
         assert!(e.contains("\"postgrs\""), "{e}");
         assert!(
-            e.contains("postgres, mysql, nats, amqp, pg_restart, rabbitmq_restart, faketime"),
+            e.contains(
+                "postgres, mysql, nats, amqp, pg_restart, rabbitmq_restart, faketime, chromium"
+            ),
             "{e}"
         );
     }

@@ -2,6 +2,7 @@
 //! (one message or every one a filter matches).
 
 mod query;
+mod stats;
 
 use std::sync::Arc;
 
@@ -17,6 +18,7 @@ use crate::wake;
 
 pub(crate) use query::age;
 pub use query::{Backlog, DeadGroup, MessageDetail, MessageFilter, MessageSummary, Status};
+pub use stats::{HandlerReport, HandlerStats, Lag, MinuteCounts};
 
 /// Operations on an outbox for operators and dashboards.
 ///

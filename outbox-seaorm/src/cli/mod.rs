@@ -11,6 +11,7 @@
 //! outbox discard <message id>
 //! outbox migrate [--check]
 //! outbox relays
+//! outbox dashboard --listen 127.0.0.1:8080 [--read-only]
 //! ```
 //!
 //! Every command takes `--json`. Exit codes: 0 ok, 1 an error or a failed `--fail-if` check,
@@ -90,6 +91,32 @@ enum Command {
     },
     /// The relays recorded: id, host, version, last heartbeat, messages held.
     Relays,
+    /// Serve the dashboard (see `outbox_seaorm::dashboard`) until interrupted.
+    Dashboard(DashboardArgs),
+}
+
+#[derive(Args, Debug)]
+struct DashboardArgs {
+    /// The address to listen on. Anything but loopback needs --basic-auth, --bearer-token or
+    /// --i-know-it-is-open.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: std::net::SocketAddr,
+    /// Show, never act: no requeue or discard.
+    #[arg(long)]
+    read_only: bool,
+    /// Require HTTP basic authentication, `user:password`.
+    #[arg(long, env = "OUTBOX_DASHBOARD_BASIC_AUTH", hide_env_values = true)]
+    basic_auth: Option<String>,
+    /// Require `Authorization: Bearer <token>`.
+    #[arg(long, env = "OUTBOX_DASHBOARD_BEARER_TOKEN", hide_env_values = true)]
+    bearer_token: Option<String>,
+    /// Serve without authentication on a non-loopback address: the network is trusted, or a
+    /// proxy in front authenticates.
+    #[arg(long)]
+    i_know_it_is_open: bool,
+    /// A link from a message to its trace; `{trace_id}` and `{message_id}` are filled in.
+    #[arg(long)]
+    trace_link: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -246,7 +273,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // A server that is down says so within seconds, not after the pool's 30 s.
     options
         .sqlx_logging(false)
-        .max_connections(2)
+        // The dashboard answers a browser's parallel requests (page, script, refreshes).
+        .max_connections(if matches!(cli.command, Command::Dashboard(_)) {
+            5
+        } else {
+            2
+        })
         .connect_timeout(std::time::Duration::from_secs(5))
         .acquire_timeout(std::time::Duration::from_secs(10));
     let db = Database::connect(options).await?;
@@ -291,8 +323,49 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             out.note("tables", "the outbox tables are ready")?;
         }
         Command::Relays => out.relays(&admin.relays().await?)?,
+        Command::Dashboard(args) => dashboard(db, config, args).await?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn dashboard(
+    db: sea_orm::DatabaseConnection,
+    outbox: OutboxConfig,
+    args: DashboardArgs,
+) -> anyhow::Result<()> {
+    // The actions are logged through `tracing` (who, what, how many): print them.
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing::Level::INFO)
+        .try_init();
+    let mut config = crate::dashboard::DashboardConfig::new()
+        .outbox(outbox)
+        .read_only(args.read_only)
+        .allow_unauthenticated(args.i_know_it_is_open);
+    if let Some(pair) = &args.basic_auth {
+        let Some((user, password)) = pair.split_once(':') else {
+            return Err(usage("--basic-auth takes user:password"));
+        };
+        config = config.basic_auth(user, password);
+    }
+    if let Some(token) = &args.bearer_token {
+        config = config.bearer_token(token);
+    }
+    if let Some(t) = &args.trace_link {
+        config = config.trace_link(t);
+    }
+    config
+        .check_listen(args.listen)
+        .map_err(|e| usage(e.to_string()))?;
+    eprintln!(
+        "outbox dashboard on http://{} (Ctrl-C to stop)",
+        args.listen
+    );
+    let stop = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    crate::dashboard::serve(args.listen, db, config, stop).await?;
+    Ok(())
 }
 
 #[derive(Debug, Clone, Copy)]

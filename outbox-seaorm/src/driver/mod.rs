@@ -16,6 +16,7 @@ mod mysql;
 mod postgres;
 pub(crate) mod sql;
 mod sqlite;
+mod stats;
 mod types;
 
 use std::collections::HashMap;
@@ -38,6 +39,7 @@ use crate::error::{Error, Result};
 use sql::{Arg, Catalog, seqs};
 
 pub(crate) use maintenance::RelayRow;
+pub(crate) use stats::Series;
 pub(crate) use types::{
     BlockWrite, ClaimOrder, ClaimSpec, Claimed, Completion, DeliveryState, DeliveryWrite, Hold,
     NewMessage, OutcomeWrite, ReleaseWrite, Written,

@@ -252,3 +252,33 @@ SELECT
   -- The oldest message that is due: a delayed one counts from its `not_before`, not before.
   (SELECT COALESCE(not_before, occurred_at) FROM {messages} WHERE status = 'pending'
      AND (not_before IS NULL OR not_before <= {now}) ORDER BY seq LIMIT 1) AS oldest
+
+-- The dashboard's charts and handler table. Minutes are counted back from the database's now
+-- (0 = the current minute); lags are milliseconds from recording to delivery.
+-- name: delivered_per_minute
+SELECT CAST((julianday('now') - julianday(delivered_at)) * 1440 AS INTEGER) AS minute,
+  COUNT(*) AS n
+FROM {messages} WHERE status = 'delivered' AND delivered_at >= strftime({ts}, 'now', '-3600 seconds')
+GROUP BY 1
+
+-- A delivery's row keeps its latest outcome only: a failure counts in the minute it was the
+-- latest, and no more once the delivery succeeded.
+-- name: failed_per_minute
+SELECT CAST((julianday('now') - julianday(updated_at)) * 1440 AS INTEGER) AS minute,
+  COUNT(*) AS n
+FROM {deliveries} WHERE status IN ('failed', 'dead') AND updated_at >= strftime({ts}, 'now', '-3600 seconds')
+GROUP BY 1
+
+-- name: handler_counts
+SELECT handler, status, COUNT(*) AS n FROM {deliveries} GROUP BY handler, status
+
+-- name: handler_lags
+SELECT d.handler,
+  CAST((julianday(d.updated_at) - julianday(m.occurred_at)) * 86400000 AS INTEGER) AS lag_ms
+FROM {deliveries} d JOIN {messages} m ON m.id = d.message_id
+WHERE d.status = 'delivered' ORDER BY d.updated_at DESC LIMIT :limit
+
+-- name: message_lags
+SELECT CAST((julianday(delivered_at) - julianday(occurred_at)) * 86400000 AS INTEGER) AS lag_ms
+FROM {messages} WHERE status = 'delivered' AND delivered_at >= strftime({ts}, 'now', '-3600 seconds')
+ORDER BY delivered_at DESC LIMIT :limit
