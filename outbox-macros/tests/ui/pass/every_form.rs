@@ -2,7 +2,7 @@ use outbox_core::{event_handler, DomainEvent, DomainEvents, Events, HandlerConte
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize, DomainEvent)]
-#[event(name = "order.created", version = 2)]
+#[event(name = "order.created", version = 2, aggregate = "order")]
 pub struct OrderCreated {
     id: u64,
 }
