@@ -126,6 +126,6 @@ pub mod __private {
         ctx.decode::<E>().map_err(HandlerError::from)
     }
 
-    pub use crate::catalog::schema::{NoSchema, SchemaProbe, WithSchema};
+    pub use crate::catalog::schema::{NoSchema, SchemaProbe, WithSchema, require_schema};
     pub use serde_json;
 }

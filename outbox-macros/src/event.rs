@@ -14,6 +14,8 @@ struct Event {
     version: u32,
     /// `#[event(aggregate = "order")]`: for the catalog only.
     aggregate: Option<String>,
+    /// `#[event(schema)]`: the type must have a JSON Schema.
+    schema: bool,
     /// Generic events are rejected; emitting their impl would only add rustc's own errors.
     generic: bool,
 }
@@ -33,6 +35,7 @@ fn parse(input: &DeriveInput, errors: &mut Errors) -> Event {
     let mut name: Option<LitStr> = None;
     let mut version: Option<LitInt> = None;
     let mut aggregate: Option<LitStr> = None;
+    let mut schema = false;
     for a in input
         .attrs
         .iter()
@@ -57,16 +60,22 @@ fn parse(input: &DeriveInput, errors: &mut Errors) -> Event {
                     errors.spanned(&meta.path, "duplicate event attribute `aggregate`");
                 }
                 aggregate = Some(lit);
+            } else if meta.path.is_ident(attr::SCHEMA) {
+                if schema {
+                    errors.spanned(&meta.path, "duplicate event attribute `schema`");
+                }
+                schema = true;
             } else {
                 let path = &meta.path;
                 let key = quote!(#path).to_string().replace(' ', "");
                 errors.spanned(
                     &meta.path,
                     format!(
-                        "unknown event attribute `{key}`; expected `{}`, `{}` or `{}`",
+                        "unknown event attribute `{key}`; expected `{}`, `{}`, `{}` or `{}`",
                         attr::NAME,
                         attr::VERSION,
-                        attr::AGGREGATE
+                        attr::AGGREGATE,
+                        attr::SCHEMA
                     ),
                 );
                 // Skip the value, if any, so parsing goes on to the next key.
@@ -124,6 +133,7 @@ fn parse(input: &DeriveInput, errors: &mut Errors) -> Event {
         name,
         version,
         aggregate,
+        schema,
         generic: !input.generics.params.is_empty(),
     }
 }
@@ -135,8 +145,15 @@ fn expand(event: &Event) -> TokenStream {
         name,
         version,
         aggregate,
+        schema,
         generic,
     } = event;
+    // On the type's name, so the error points at the type that lacks the derive.
+    let require_schema = schema.then(|| {
+        quote::quote_spanned! {ident.span()=>
+            const _: () = #root::__private::require_schema::<#ident>();
+        }
+    });
     let aggregate = match aggregate {
         Some(a) => quote!(::core::option::Option::Some(#a)),
         None => quote!(::core::option::Option::None),
@@ -150,6 +167,8 @@ fn expand(event: &Event) -> TokenStream {
             const EVENT_TYPE: &'static str = #name;
             const VERSION: u32 = #version;
         }
+
+        #require_schema
 
         const _: () = {
             // Method resolution picks the schema where `#ident` is concrete: see

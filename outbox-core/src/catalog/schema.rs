@@ -11,7 +11,8 @@
 //! without `JsonSchema` (a library's events, other services' tests). Here the feature only adds;
 //! an event without a schema is listed with `"schema": null`, and
 //! [`Catalog::events_without_schema`](super::Catalog::events_without_schema) names them for a
-//! CI check.
+//! CI check. A type that must have one says `#[event(schema)]`: the derive then requires
+//! [`EventSchema`], a compile error with a message that says what to do.
 
 use std::marker::PhantomData;
 
@@ -53,6 +54,21 @@ impl<T> NoSchema for &SchemaProbe<T> {
         None
     }
 }
+
+/// What `#[event(schema)]` requires of its type: implemented for every type that derives
+/// `schemars::JsonSchema`, when the `schema` feature is on.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` has no JSON Schema, and `#[event(schema)]` asks for one",
+    label = "derive `schemars::JsonSchema` on `{Self}`",
+    note = "the schema also needs the `schema` feature of `outbox-seaorm` (or `outbox-core`)"
+)]
+pub trait EventSchema {}
+
+#[cfg(feature = "schema")]
+impl<T: schemars::JsonSchema> EventSchema for T {}
+
+/// Fails to compile unless `T: EventSchema`.
+pub const fn require_schema<T: EventSchema>() {}
 
 /// The root schema of `T` in JSON Schema draft 7: the dialect AsyncAPI 3.0's default schema
 /// format extends, and one every validator knows. It describes what deserializes into `T`

@@ -13,6 +13,12 @@ enum Lifecycle {
     Stopped { reason: String },
 }
 
+#[derive(Serialize, Deserialize, DomainEvent, schemars::JsonSchema)]
+#[event(name = "order.shipped", schema)]
+pub struct OrderShipped {
+    id: u64,
+}
+
 #[derive(DomainEvents)]
 #[domain_events(aggregate = "order", id = id)]
 struct Order {
