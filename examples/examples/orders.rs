@@ -9,6 +9,15 @@
 //!
 //! `ORDERS_DB` overrides the database file (default `target/orders-example.db`, recreated on
 //! every run).
+//!
+//! The same binary prints its event catalog (events with their JSON Schemas, handlers) instead
+//! of running, as JSON or AsyncAPI 3.0, or checks it against a committed one:
+//!
+//! ```text
+//! cargo run -p outbox-examples --example orders -- catalog asyncapi
+//! cargo run -p outbox-examples --example orders -- catalog json > catalog.json
+//! cargo run -p outbox-examples --example orders -- catalog check catalog.json
+//! ```
 
 // A binary: nothing in it is reachable from outside, `pub` only satisfies SeaORM's derives.
 #![allow(unreachable_pub)]
@@ -16,10 +25,12 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use outbox_seaorm::catalog::Catalog;
 use outbox_seaorm::{
     Admin, DomainEvent, HandlerContext, OutboxMigration, Relay, RetryPolicy, UnitOfWork,
     event_handler,
 };
+use schemars::JsonSchema;
 use sea_orm::entity::prelude::*;
 use sea_orm::{ConnectOptions, Database};
 use sea_orm_migration::prelude::*;
@@ -28,8 +39,8 @@ use serde::{Deserialize, Serialize};
 // ---- Domain events -------------------------------------------------------------------------
 
 /// A customer placed an order.
-#[derive(Debug, Serialize, Deserialize, DomainEvent)]
-#[event(name = "order.placed", version = 1)]
+#[derive(Debug, Serialize, Deserialize, DomainEvent, JsonSchema)]
+#[event(name = "order.placed", version = 1, aggregate = "order")]
 pub struct OrderPlaced {
     order_id: Uuid,
     customer: String,
@@ -37,16 +48,16 @@ pub struct OrderPlaced {
 }
 
 /// Payment went through; the order is confirmed.
-#[derive(Debug, Serialize, Deserialize, DomainEvent)]
-#[event(name = "order.confirmed", version = 1)]
+#[derive(Debug, Serialize, Deserialize, DomainEvent, JsonSchema)]
+#[event(name = "order.confirmed", version = 1, aggregate = "order")]
 pub struct OrderConfirmed {
     order_id: Uuid,
     customer: String,
 }
 
 /// The order was cancelled.
-#[derive(Debug, Serialize, Deserialize, DomainEvent)]
-#[event(name = "order.cancelled", version = 1)]
+#[derive(Debug, Serialize, Deserialize, DomainEvent, JsonSchema)]
+#[event(name = "order.cancelled", version = 1, aggregate = "order")]
 pub struct OrderCancelled {
     order_id: Uuid,
     reason: String,
@@ -209,8 +220,40 @@ fn short(id: Uuid) -> String {
 
 // ---- The service --------------------------------------------------------------------------
 
+/// `catalog [json|asyncapi|check FILE]`: the catalog of this service, from what its derives and
+/// handlers registered. A service with routes would build it with `Catalog::from_registry`.
+fn print_catalog(args: &[String]) -> anyhow::Result<std::process::ExitCode> {
+    let catalog = Catalog::from_inventory()?;
+    let doc = match args.first().map(String::as_str) {
+        None | Some("json") => catalog.to_json(),
+        Some("asyncapi") => catalog.to_asyncapi("orders", env!("CARGO_PKG_VERSION")),
+        Some("check") => {
+            let path = args
+                .get(1)
+                .ok_or_else(|| anyhow::anyhow!("check needs a file"))?;
+            let committed = Catalog::from_json(&std::fs::read_to_string(path)?)?;
+            return Ok(match catalog.check_against(&committed) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(changes) => {
+                    for c in changes {
+                        eprintln!("breaking: {c}");
+                    }
+                    std::process::ExitCode::FAILURE
+                }
+            });
+        }
+        Some(other) => anyhow::bail!("`{other}`: expected json, asyncapi or check FILE"),
+    };
+    println!("{}", serde_json::to_string_pretty(&doc)?);
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<std::process::ExitCode> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("catalog") {
+        return print_catalog(&args[1..]);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             std::env::var("RUST_LOG")
@@ -320,7 +363,7 @@ async fn main() -> anyhow::Result<()> {
         }
         println!("    (requeue it with Admin::requeue once the payment service is back)");
     }
-    Ok(())
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 // ---- Tests of the aggregate and the handlers (`cargo test -p outbox-examples --example orders`)

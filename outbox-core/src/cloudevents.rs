@@ -35,7 +35,8 @@ pub const CONTENT_TYPE: &str = "application/json";
 pub const STRUCTURED_CONTENT_TYPE: &str = "application/cloudevents+json";
 
 /// Structured (one JSON document) or binary (payload body, attributes as headers).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// `Content-Type: application/cloudevents+json`, attributes and data in the body.
     #[default]

@@ -147,6 +147,15 @@ pub enum Error {
         /// The offending name.
         name: String,
     },
+
+    /// A committed event catalog (the JSON of [`Catalog`](crate::catalog::Catalog)) does not
+    /// parse.
+    #[error("the event catalog does not parse")]
+    CatalogFormat {
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 impl Error {
@@ -164,7 +173,8 @@ impl Error {
             | Error::Upcast { .. }
             | Error::DuplicateHandler { .. }
             | Error::DuplicateEventType { .. }
-            | Error::InvalidName { .. } => false,
+            | Error::InvalidName { .. }
+            | Error::CatalogFormat { .. } => false,
         }
     }
 
@@ -183,6 +193,7 @@ impl Error {
             Error::DuplicateHandler { .. } => "duplicate_handler",
             Error::DuplicateEventType { .. } => "duplicate_event_type",
             Error::InvalidName { .. } => "invalid_name",
+            Error::CatalogFormat { .. } => "catalog_format",
         }
     }
 

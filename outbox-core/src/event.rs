@@ -36,7 +36,8 @@ pub trait DomainEvent: Serialize + DeserializeOwned + Send + 'static {
 }
 
 /// An event type known to the process, submitted by `#[derive(DomainEvent)]` so the relay can
-/// warn about event types nobody handles and refuse two types claiming one name.
+/// warn about event types nobody handles and refuse two types claiming one name, and the
+/// [event catalog](crate::catalog) can describe it.
 #[derive(Debug, Clone, Copy)]
 pub struct EventTypeRegistration {
     /// The event type name.
@@ -45,6 +46,12 @@ pub struct EventTypeRegistration {
     pub version: u32,
     /// The Rust type's path, for messages.
     pub rust_type: &'static str,
+    /// The aggregate type that records it, when `#[event(aggregate = "...")]` says so.
+    pub aggregate_type: Option<&'static str>,
+    /// The payload's JSON Schema (draft 7): `Some` when outbox-core's `schema` feature is on and
+    /// the type derives `schemars::JsonSchema`. A function, since a schema is built at run time
+    /// and a registration is a `static`.
+    pub schema: fn() -> Option<serde_json::Value>,
 }
 
 inventory::collect!(EventTypeRegistration);

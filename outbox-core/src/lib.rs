@@ -64,6 +64,7 @@
 extern crate self as outbox_core;
 
 mod aggregate;
+pub mod catalog;
 pub mod cloudevents;
 pub mod context;
 pub mod dispatch;
@@ -126,4 +127,7 @@ pub mod __private {
     pub fn decode<E: DomainEvent>(ctx: &HandlerContext) -> Result<E, HandlerError> {
         ctx.decode::<E>().map_err(HandlerError::from)
     }
+
+    pub use crate::catalog::schema::{NoSchema, SchemaProbe, WithSchema, require_schema};
+    pub use serde_json;
 }

@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use crate::catalog::RouteDescription;
 use crate::envelope::Envelope;
 use crate::error::{Error, Result, check_name};
 use crate::event::{EventTypeRegistration, registered_event_types};
@@ -22,6 +23,9 @@ pub struct Registry {
     by_event_type: HashMap<String, Vec<usize>>,
     event_types: BTreeMap<String, Vec<u32>>,
     routes: Vec<(Matcher, HandlerEntry)>,
+    /// What the catalog says about each route, in the order of `routes`: a route's template
+    /// and publisher are erased into its handler.
+    pub(crate) route_descriptions: Vec<RouteDescription>,
     upcasters: Arc<Upcasters>,
 }
 
@@ -119,6 +123,7 @@ impl Registry {
             by_event_type,
             event_types: types,
             routes: Vec::new(),
+            route_descriptions: Vec::new(),
             upcasters: Arc::new(upcasters),
         })
     }
@@ -126,6 +131,7 @@ impl Registry {
     /// Adds a route to a publisher. Its name shares the namespace of handler names (both key
     /// delivery state), so a clash is [`Error::DuplicateHandler`].
     pub fn with_route(mut self, route: Route) -> Result<Self> {
+        let description = RouteDescription::of(&route);
         let (matcher, entry) = route.into_entry()?;
         let taken = self.handlers.iter().any(|h| h.name == entry.name)
             || self.routes.iter().any(|(_, r)| r.name == entry.name);
@@ -135,6 +141,7 @@ impl Registry {
             });
         }
         self.routes.push((matcher, entry));
+        self.route_descriptions.push(description);
         Ok(self)
     }
 

@@ -69,6 +69,13 @@ impl Upcasters {
             .map(|f| &**f)
     }
 
+    /// Every step as (event type, version it reads), sorted.
+    pub fn steps(&self) -> Vec<(&str, u32)> {
+        let mut steps: Vec<_> = self.by_key.keys().map(|(t, v)| (t.as_str(), *v)).collect();
+        steps.sort_unstable();
+        steps
+    }
+
     /// Number of upcasters.
     pub fn len(&self) -> usize {
         self.by_key.len()

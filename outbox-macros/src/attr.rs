@@ -9,9 +9,11 @@ use quote::ToTokens;
 pub(crate) const EVENT: &str = "event";
 pub(crate) const NAME: &str = "name";
 pub(crate) const VERSION: &str = "version";
+pub(crate) const SCHEMA: &str = "schema";
+/// Also a key of `#[domain_events(...)]`.
+pub(crate) const AGGREGATE: &str = "aggregate";
 /// Keys of `#[domain_events(...)]`.
 pub(crate) const DOMAIN_EVENTS: &str = "domain_events";
-pub(crate) const AGGREGATE: &str = "aggregate";
 pub(crate) const ID: &str = "id";
 /// The marker of the events field.
 pub(crate) const EVENTS: &str = "events";

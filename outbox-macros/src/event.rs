@@ -12,6 +12,10 @@ struct Event {
     ident: Ident,
     name: String,
     version: u32,
+    /// `#[event(aggregate = "order")]`: for the catalog only.
+    aggregate: Option<String>,
+    /// `#[event(schema)]`: the type must have a JSON Schema.
+    schema: bool,
     /// Generic events are rejected; emitting their impl would only add rustc's own errors.
     generic: bool,
 }
@@ -30,6 +34,8 @@ pub(crate) fn derive(input: DeriveInput) -> TokenStream {
 fn parse(input: &DeriveInput, errors: &mut Errors) -> Event {
     let mut name: Option<LitStr> = None;
     let mut version: Option<LitInt> = None;
+    let mut aggregate: Option<LitStr> = None;
+    let mut schema = false;
     for a in input
         .attrs
         .iter()
@@ -48,15 +54,28 @@ fn parse(input: &DeriveInput, errors: &mut Errors) -> Event {
                     errors.spanned(&meta.path, "duplicate event attribute `version`");
                 }
                 version = Some(lit);
+            } else if meta.path.is_ident(attr::AGGREGATE) {
+                let lit: LitStr = meta.value()?.parse()?;
+                if aggregate.is_some() {
+                    errors.spanned(&meta.path, "duplicate event attribute `aggregate`");
+                }
+                aggregate = Some(lit);
+            } else if meta.path.is_ident(attr::SCHEMA) {
+                if schema {
+                    errors.spanned(&meta.path, "duplicate event attribute `schema`");
+                }
+                schema = true;
             } else {
                 let path = &meta.path;
                 let key = quote!(#path).to_string().replace(' ', "");
                 errors.spanned(
                     &meta.path,
                     format!(
-                        "unknown event attribute `{key}`; expected `{}` or `{}`",
+                        "unknown event attribute `{key}`; expected `{}`, `{}`, `{}` or `{}`",
                         attr::NAME,
-                        attr::VERSION
+                        attr::VERSION,
+                        attr::AGGREGATE,
+                        attr::SCHEMA
                     ),
                 );
                 // Skip the value, if any, so parsing goes on to the next key.
@@ -102,10 +121,19 @@ fn parse(input: &DeriveInput, errors: &mut Errors) -> Event {
         },
         None => 1,
     };
+    let aggregate = aggregate.map(|lit| {
+        let value = lit.value();
+        if let Some(msg) = attr::check_stored_name(&value) {
+            errors.spanned(&lit, format!("invalid aggregate type: {msg}"));
+        }
+        value
+    });
     Event {
         ident: input.ident.clone(),
         name,
         version,
+        aggregate,
+        schema,
         generic: !input.generics.params.is_empty(),
     }
 }
@@ -116,8 +144,20 @@ fn expand(event: &Event) -> TokenStream {
         ident,
         name,
         version,
+        aggregate,
+        schema,
         generic,
     } = event;
+    // On the type's name, so the error points at the type that lacks the derive.
+    let require_schema = schema.then(|| {
+        quote::quote_spanned! {ident.span()=>
+            const _: () = #root::__private::require_schema::<#ident>();
+        }
+    });
+    let aggregate = match aggregate {
+        Some(a) => quote!(::core::option::Option::Some(#a)),
+        None => quote!(::core::option::Option::None),
+    };
     if *generic {
         return TokenStream::new();
     }
@@ -128,12 +168,23 @@ fn expand(event: &Event) -> TokenStream {
             const VERSION: u32 = #version;
         }
 
+        #require_schema
+
         const _: () = {
+            // Method resolution picks the schema where `#ident` is concrete: see
+            // `outbox_core::catalog::schema`.
+            fn schema() -> ::core::option::Option<#root::__private::serde_json::Value> {
+                #[allow(unused_imports)]
+                use #root::__private::{NoSchema as _, WithSchema as _};
+                (&#root::__private::SchemaProbe::<#ident>::new()).event_schema()
+            }
             #root::__private::inventory::submit! {
                 #root::EventTypeRegistration {
                     name: #name,
                     version: #version,
                     rust_type: ::core::concat!(::core::module_path!(), "::", ::core::stringify!(#ident)),
+                    aggregate_type: #aggregate,
+                    schema,
                 }
             }
         };

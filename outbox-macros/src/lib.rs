@@ -15,7 +15,10 @@ use proc_macro::TokenStream;
 use syn::{DeriveInput, ItemFn, parse_macro_input};
 
 /// Implements `DomainEvent`: `#[event(name = "order.created", version = 1)]`, both optional
-/// (the type's identifier and 1 by default).
+/// (the type's identifier and 1 by default), and registers the type for the relay and the
+/// event catalog. `aggregate = "order"` names the aggregate type that records it, for the
+/// catalog; `schema` makes a missing `schemars::JsonSchema` derive (or `schema` feature) a
+/// compile error instead of an event listed without a schema.
 #[proc_macro_derive(DomainEvent, attributes(event))]
 pub fn derive_domain_event(input: TokenStream) -> TokenStream {
     event::derive(parse_macro_input!(input as DeriveInput)).into()

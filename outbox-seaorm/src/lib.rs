@@ -125,6 +125,11 @@ pub use self::schema::OutboxMigration;
 #[doc(inline)]
 pub use self::uow::{UnitOfWork, Written, save_aggregate, save_aggregate_with, stage_aggregate};
 
+/// The event catalog: events, handlers and routes as JSON and AsyncAPI 3.0, and the check of a
+/// committed catalog against the current one. It needs no database, so it lives in
+/// `outbox-core` (beside the registry it reads) and is re-exported here.
+#[doc(inline)]
+pub use outbox_core::catalog;
 #[doc(no_inline)]
 pub use outbox_core::cloudevents;
 #[doc(no_inline)]

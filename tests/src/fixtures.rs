@@ -3,13 +3,14 @@
 use std::sync::{Arc, Mutex};
 
 use outbox_seaorm::{DomainEvent, DomainEvents, Events, HandlerEntry};
+use schemars::JsonSchema;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// An order was placed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, DomainEvent)]
-#[event(name = "order.placed", version = 1)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, DomainEvent, JsonSchema)]
+#[event(name = "order.placed", version = 1, aggregate = "order")]
 pub struct OrderPlaced {
     /// The order.
     pub order_id: Uuid,
@@ -18,16 +19,16 @@ pub struct OrderPlaced {
 }
 
 /// An order was confirmed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, DomainEvent)]
-#[event(name = "order.confirmed")]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, DomainEvent, JsonSchema)]
+#[event(name = "order.confirmed", aggregate = "order")]
 pub struct OrderConfirmed {
     /// The order.
     pub order_id: Uuid,
 }
 
 /// An order was cancelled.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, DomainEvent)]
-#[event(name = "order.cancelled")]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, DomainEvent, JsonSchema)]
+#[event(name = "order.cancelled", aggregate = "order")]
 pub struct OrderCancelled {
     /// The order.
     pub order_id: Uuid,
@@ -36,8 +37,8 @@ pub struct OrderCancelled {
 }
 
 /// A numbered event, for ordering tests.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, DomainEvent)]
-#[event(name = "test.numbered")]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, DomainEvent, JsonSchema)]
+#[event(name = "test.numbered", aggregate = "counter")]
 pub struct Numbered {
     /// The aggregate.
     pub key: String,

@@ -94,6 +94,12 @@ impl Publisher for AmqpPublisher {
         crate::publish::percent_encode(id, ROUTING_WORD)
     }
 
+    fn transport(&self) -> crate::publish::Transport {
+        crate::publish::Transport::new("amqp")
+            .exchange(self.exchange.to_string())
+            .cloudevents(self.mode, self.source.clone())
+    }
+
     async fn publish(&self, envelope: &Envelope, routing_key: &str) -> Result<(), HandlerError> {
         let mut headers = FieldTable::default();
         let (body, content_type) = match self.mode {

@@ -35,6 +35,59 @@ pub trait Publisher: Send + Sync + 'static {
     fn escape_aggregate_id<'a>(&self, id: &'a str) -> Cow<'a, str> {
         Cow::Borrowed(id)
     }
+
+    /// What the [event catalog](crate::catalog) says about where this publisher sends. The
+    /// default is a protocol named `custom`, without CloudEvents.
+    fn transport(&self) -> Transport {
+        Transport::new("custom")
+    }
+}
+
+/// Where and how a publisher sends, as the [event catalog](crate::catalog) describes it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
+pub struct Transport {
+    /// `nats`, `amqp`, `http` (webhooks), or a custom publisher's own word. The AsyncAPI
+    /// document uses it as the channel's protocol.
+    pub protocol: String,
+    /// The AMQP exchange (a template, as the publisher was given it); `None` elsewhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exchange: Option<String>,
+    /// The CloudEvents `source` the publisher writes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Structured or binary CloudEvents; `None` for a publisher that sends something else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloudevents: Option<crate::cloudevents::Mode>,
+}
+
+impl Transport {
+    /// A transport of `protocol`, without exchange, source or CloudEvents.
+    pub fn new(protocol: impl Into<String>) -> Self {
+        Self {
+            protocol: protocol.into(),
+            exchange: None,
+            source: None,
+            cloudevents: None,
+        }
+    }
+
+    /// Sends CloudEvents in `mode` with `source`.
+    pub fn cloudevents(
+        mut self,
+        mode: crate::cloudevents::Mode,
+        source: impl Into<String>,
+    ) -> Self {
+        self.cloudevents = Some(mode);
+        self.source = Some(source.into());
+        self
+    }
+
+    /// Publishes to this AMQP exchange (template).
+    pub fn exchange(mut self, exchange: impl Into<String>) -> Self {
+        self.exchange = Some(exchange.into());
+        self
+    }
 }
 
 /// Percent-encodes `id` where it holds a byte of `set` (and anything that is not ASCII).
@@ -147,6 +200,22 @@ impl Template {
     }
 }
 
+/// The template as written: `parse(t.to_string())` gives `t` back.
+impl fmt::Display for Template {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for p in &self.parts {
+            match p {
+                Part::Text(t) => f.write_str(t)?,
+                Part::AggregateType => f.write_str("{aggregate_type}")?,
+                Part::AggregateId => f.write_str("{aggregate_id}")?,
+                Part::EventType => f.write_str("{event_type}")?,
+                Part::EventVersion => f.write_str("{event_version}")?,
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A destination template that does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid destination template `{template}`: {reason}")]
@@ -248,6 +317,16 @@ impl Route {
         &self.matcher
     }
 
+    /// Its destination template.
+    pub fn template(&self) -> &Template {
+        &self.template
+    }
+
+    /// What its publisher says about where it sends.
+    pub fn transport(&self) -> Transport {
+        self.publisher.transport()
+    }
+
     pub(crate) fn into_entry(self) -> Result<(Matcher, HandlerEntry)> {
         crate::error::check_name("route", &self.name)?;
         let mut entry = HandlerEntry::erased(
@@ -326,5 +405,7 @@ mod tests {
         assert!(Template::parse("x.{nope}").is_err());
         assert!(Template::parse("x.{event_type").is_err());
         assert_eq!(Template::parse("plain").unwrap().render(&e), "plain");
+        let written = "orders.{aggregate_type}.{event_type}.v{event_version}/{aggregate_id}";
+        assert_eq!(Template::parse(written).unwrap().to_string(), written);
     }
 }

@@ -56,6 +56,10 @@ impl Publisher for JetStreamPublisher {
         crate::publish::percent_encode(id, SUBJECT_TOKEN)
     }
 
+    fn transport(&self) -> crate::publish::Transport {
+        crate::publish::Transport::new("nats").cloudevents(self.mode, self.source.clone())
+    }
+
     async fn publish(&self, envelope: &Envelope, subject: &str) -> Result<(), HandlerError> {
         let mut headers = HeaderMap::new();
         let body = match self.mode {

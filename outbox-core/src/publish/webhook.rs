@@ -235,6 +235,10 @@ impl Publisher for WebhookPublisher {
         crate::publish::percent_encode(id, PATH_SEGMENT)
     }
 
+    fn transport(&self) -> crate::publish::Transport {
+        crate::publish::Transport::new("http").cloudevents(self.mode, self.source.clone())
+    }
+
     async fn publish(&self, envelope: &Envelope, url: &str) -> Result<(), HandlerError> {
         // URL parsers resolve `.` and `..` segments, encoded or not (`%2E%2E`): an aggregate id
         // that is one of them would post somewhere else. Refuse rather than guess.

@@ -11,12 +11,18 @@
 //! outbox discard <message id>
 //! outbox migrate [--check]
 //! outbox relays
+//! outbox catalog [--format asyncapi|json] [--check committed.json]
 //! outbox dashboard --listen 127.0.0.1:8080 [--read-only]
 //! ```
+//!
+//! `outbox catalog` needs no database: it prints the events, handlers and upcasters linked
+//! into the binary it runs in. Inside a service's own binary that is the service's catalog;
+//! [`main_with_catalog`] adds what only the service knows at run time (its routes).
 //!
 //! Every command takes `--json`. Exit codes: 0 ok, 1 an error or a failed `--fail-if` check,
 //! 2 a usage error.
 
+mod catalog;
 mod checks;
 mod render;
 
@@ -91,6 +97,9 @@ enum Command {
     },
     /// The relays recorded: id, host, version, last heartbeat, messages held.
     Relays,
+    /// The event catalog of this binary as JSON or AsyncAPI 3.0, or (with `--check`) its
+    /// comparison with a committed one. Needs no database.
+    Catalog(catalog::CatalogArgs),
     /// Serve the dashboard (see `outbox_seaorm::dashboard`) until interrupted.
     Dashboard(DashboardArgs),
 }
@@ -194,7 +203,21 @@ fn parse_status(s: &str) -> Result<MessageStatus, String> {
 /// Runs the `outbox` command line with the process's arguments and environment, and returns
 /// its exit code: 0 ok, 1 an error or a failed `--fail-if` check, 2 a usage error.
 pub fn main() -> ExitCode {
+    start(None)
+}
+
+/// Like [`main`], with `catalog` for `outbox catalog` instead of
+/// [`Catalog::from_inventory`](crate::catalog::Catalog::from_inventory): build it with
+/// [`Catalog::from_registry`](crate::catalog::Catalog::from_registry) to include the routes.
+pub fn main_with_catalog(catalog: crate::catalog::Catalog) -> ExitCode {
+    start(Some(catalog))
+}
+
+fn start(catalog: Option<crate::catalog::Catalog>) -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Catalog(args) = &cli.command {
+        return catalog::run(args, catalog);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -323,6 +346,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             out.note("tables", "the outbox tables are ready")?;
         }
         Command::Relays => out.relays(&admin.relays().await?)?,
+        Command::Catalog(_) => unreachable!("`outbox catalog` runs before connecting"),
         Command::Dashboard(args) => dashboard(db, config, args).await?,
     }
     Ok(ExitCode::SUCCESS)

@@ -2,7 +2,7 @@ use outbox_core::{event_handler, DomainEvent, DomainEvents, Events, HandlerConte
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize, DomainEvent)]
-#[event(name = "order.created", version = 2)]
+#[event(name = "order.created", version = 2, aggregate = "order")]
 pub struct OrderCreated {
     id: u64,
 }
@@ -11,6 +11,12 @@ pub struct OrderCreated {
 enum Lifecycle {
     Started,
     Stopped { reason: String },
+}
+
+#[derive(Serialize, Deserialize, DomainEvent, schemars::JsonSchema)]
+#[event(name = "order.shipped", schema)]
+pub struct OrderShipped {
+    id: u64,
 }
 
 #[derive(DomainEvents)]

@@ -1,0 +1,370 @@
+//! Whether payloads a committed catalog describes still fit the current one.
+//!
+//! The reader is the current code (and every consumer of the published events), the data is
+//! what was written under the committed schema. Within one event version that rules out a
+//! field removed, retyped, newly required, or an enum value dropped. A new version is fine as
+//! long as stored payloads of the old one still reach it: the old version stays, or upcasters
+//! lead from it to a version that is here.
+
+use std::collections::{BTreeSet, HashSet};
+use std::fmt;
+
+use serde_json::Value;
+
+use super::Catalog;
+
+/// A change that breaks readers of payloads written under the committed catalog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BreakingChange {
+    /// A version is gone and no upcaster chain leads from it to a version that is here.
+    VersionRemoved {
+        /// The event type.
+        event: String,
+        /// The version that is gone.
+        version: u32,
+    },
+    /// A field of the payload is gone.
+    FieldRemoved {
+        /// The event type.
+        event: String,
+        /// Its version.
+        version: u32,
+        /// The field's path (`lines[].sku`).
+        field: String,
+    },
+    /// A field has a type that some committed values do not fit.
+    FieldRetyped {
+        /// The event type.
+        event: String,
+        /// Its version.
+        version: u32,
+        /// The field's path; empty for the payload itself.
+        field: String,
+        /// The committed type(s).
+        was: String,
+        /// The current type(s).
+        now: String,
+    },
+    /// A field is required that was optional or absent.
+    FieldRequired {
+        /// The event type.
+        event: String,
+        /// Its version.
+        version: u32,
+        /// The field's path.
+        field: String,
+    },
+    /// An enum value (a unit variant's name) is no longer accepted.
+    ValueRemoved {
+        /// The event type.
+        event: String,
+        /// Its version.
+        version: u32,
+        /// The field's path.
+        field: String,
+        /// The value, as JSON.
+        value: String,
+    },
+}
+
+impl fmt::Display for BreakingChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hint = "bump the version and add an upcaster from the committed one";
+        match self {
+            Self::VersionRemoved { event, version } => write!(
+                f,
+                "{event} v{version}: the version is gone and no upcaster leads from it to a \
+                 version that is here; keep the type, or add an upcaster from v{version}"
+            ),
+            Self::FieldRemoved {
+                event,
+                version,
+                field,
+            } => write!(f, "{event} v{version}: field `{field}` was removed; {hint}"),
+            Self::FieldRetyped {
+                event,
+                version,
+                field,
+                was,
+                now,
+            } => {
+                let what = if field.is_empty() {
+                    "the payload".to_owned()
+                } else {
+                    format!("field `{field}`")
+                };
+                write!(
+                    f,
+                    "{event} v{version}: {what} was {was} and is now {now}; {hint}"
+                )
+            }
+            Self::FieldRequired {
+                event,
+                version,
+                field,
+            } => write!(
+                f,
+                "{event} v{version}: field `{field}` is now required (committed payloads may \
+                 lack it); give it a default, or {hint}"
+            ),
+            Self::ValueRemoved {
+                event,
+                version,
+                field,
+                value,
+            } => write!(
+                f,
+                "{event} v{version}: field `{field}` no longer accepts {value}; {hint}"
+            ),
+        }
+    }
+}
+
+/// Every breaking change from `committed` to `current`, in catalog order.
+pub(super) fn breaking_changes(committed: &Catalog, current: &Catalog) -> Vec<BreakingChange> {
+    let mut out = Vec::new();
+    for old in &committed.events {
+        let Some(new) = current.find(&old.name, old.version) else {
+            if !upcasts_to_current(current, &old.name, old.version) {
+                out.push(BreakingChange::VersionRemoved {
+                    event: old.name.clone(),
+                    version: old.version,
+                });
+            }
+            continue;
+        };
+        // Without both schemas there is nothing to compare; `events_without_schema` says so.
+        let (Some(old_schema), Some(new_schema)) = (&old.schema, &new.schema) else {
+            continue;
+        };
+        let mut cmp = Compare {
+            event: &old.name,
+            version: old.version,
+            old_root: old_schema,
+            new_root: new_schema,
+            seen: HashSet::new(),
+            out: &mut out,
+        };
+        cmp.node(old_schema, new_schema, "");
+    }
+    out
+}
+
+/// Whether upcasters lead from `version` of `event` to a version the current catalog has.
+fn upcasts_to_current(current: &Catalog, event: &str, version: u32) -> bool {
+    let mut v = version;
+    while current
+        .upcasters
+        .iter()
+        .any(|u| u.event_type == event && u.from_version == v)
+    {
+        v += 1;
+        if current.find(event, v).is_some() {
+            return true;
+        }
+    }
+    false
+}
+
+struct Compare<'a> {
+    event: &'a str,
+    version: u32,
+    old_root: &'a Value,
+    new_root: &'a Value,
+    /// Pairs of `$ref`s compared already: recursive types would loop.
+    seen: HashSet<(String, String)>,
+    out: &'a mut Vec<BreakingChange>,
+}
+
+impl<'a> Compare<'a> {
+    fn node(&mut self, old: &'a Value, new: &'a Value, path: &str) {
+        let refs = (ref_of(old), ref_of(new));
+        if let (Some(o), Some(n)) = refs
+            && !self.seen.insert((o.to_owned(), n.to_owned()))
+        {
+            return;
+        }
+        let old = non_null(resolve(self.old_root, old));
+        let new = non_null(resolve(self.new_root, new));
+
+        let (was, now) = (types(self.old_root, old), types(self.new_root, new));
+        // An unconstrained schema (`{}`, `true`) has no types: anything fits it.
+        let lost: Vec<_> = if now.is_empty() {
+            Vec::new()
+        } else {
+            was.iter().filter(|t| !fits(t, &now)).collect()
+        };
+        if lost == ["null"] {
+            // `Option<T>` became `T`: the field is required now, whatever else changed.
+            self.required(path);
+        } else if !lost.is_empty() {
+            self.out.push(BreakingChange::FieldRetyped {
+                event: self.event.to_owned(),
+                version: self.version,
+                field: path.to_owned(),
+                was: join(&was),
+                now: join(&now),
+            });
+            return;
+        }
+        if let (Some(old_values), Some(new_values)) = (enum_values(old), enum_values(new)) {
+            for v in old_values.iter().filter(|v| !new_values.contains(v)) {
+                self.out.push(BreakingChange::ValueRemoved {
+                    event: self.event.to_owned(),
+                    version: self.version,
+                    field: path.to_owned(),
+                    value: v.to_string(),
+                });
+            }
+        }
+        self.object(old, new, path);
+        if let (Some(o), Some(n)) = (old.get("items"), new.get("items")) {
+            self.node(o, n, &format!("{path}[]"));
+        }
+    }
+
+    fn object(&mut self, old: &'a Value, new: &'a Value, path: &str) {
+        let old_props = old.get("properties").and_then(Value::as_object);
+        let new_props = new.get("properties").and_then(Value::as_object);
+        let field = |name: &str| {
+            if path.is_empty() {
+                name.to_owned()
+            } else {
+                format!("{path}.{name}")
+            }
+        };
+        for (name, old_prop) in old_props.into_iter().flatten() {
+            match new_props.and_then(|p| p.get(name)) {
+                Some(new_prop) => self.node(old_prop, new_prop, &field(name)),
+                None => self.out.push(BreakingChange::FieldRemoved {
+                    event: self.event.to_owned(),
+                    version: self.version,
+                    field: field(name),
+                }),
+            }
+        }
+        let old_required = required(old);
+        for name in required(new).difference(&old_required) {
+            self.required(&field(name));
+        }
+    }
+
+    /// Reports `path` as newly required, once (a field can lose `null` and gain `required`).
+    fn required(&mut self, path: &str) {
+        let change = BreakingChange::FieldRequired {
+            event: self.event.to_owned(),
+            version: self.version,
+            field: path.to_owned(),
+        };
+        if !self.out.contains(&change) {
+            self.out.push(change);
+        }
+    }
+}
+
+fn ref_of(schema: &Value) -> Option<&str> {
+    schema.get("$ref").and_then(Value::as_str)
+}
+
+/// Follows a local `$ref` (`#/definitions/Line`, `#/$defs/Line`) within `root`.
+fn resolve<'a>(root: &'a Value, schema: &'a Value) -> &'a Value {
+    let mut schema = schema;
+    // A chain of refs is short; the bound only stops a cycle of bare refs.
+    for _ in 0..16 {
+        match ref_of(schema)
+            .and_then(|r| r.strip_prefix('#'))
+            .and_then(|pointer| root.pointer(pointer))
+        {
+            Some(target) => schema = target,
+            None => break,
+        }
+    }
+    schema
+}
+
+/// An `Option<T>` whose `T` is a `$ref` is `anyOf: [T, null]` in draft 7: compare `T`.
+fn non_null(schema: &Value) -> &Value {
+    let branches = schema
+        .get("anyOf")
+        .or_else(|| schema.get("oneOf"))
+        .and_then(Value::as_array);
+    if let Some(branches) = branches {
+        let not_null: Vec<_> = branches
+            .iter()
+            .filter(|b| b.get("type").and_then(Value::as_str) != Some("null"))
+            .collect();
+        if let [only] = not_null.as_slice() {
+            return only;
+        }
+    }
+    schema
+}
+
+/// The JSON types a schema admits (`null` included for an option); empty for "anything".
+fn types(root: &Value, schema: &Value) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    match schema.get("type") {
+        Some(Value::String(t)) => {
+            out.insert(t.clone());
+        }
+        Some(Value::Array(ts)) => out.extend(ts.iter().filter_map(Value::as_str).map(String::from)),
+        _ => {}
+    }
+    if let Some(values) = enum_values(schema) {
+        out.extend(values.iter().map(|v| json_type(v).to_owned()));
+    }
+    for key in ["anyOf", "oneOf"] {
+        for branch in schema
+            .get(key)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            out.extend(types(root, resolve(root, branch)));
+        }
+    }
+    if out.is_empty() && schema.get("properties").is_some() {
+        out.insert("object".into());
+    }
+    out
+}
+
+/// Whether a committed value of JSON type `was` fits one of the current types.
+fn fits(was: &str, now: &BTreeSet<String>) -> bool {
+    now.contains(was) || (was == "integer" && now.contains("number"))
+}
+
+fn enum_values(schema: &Value) -> Option<Vec<Value>> {
+    if let Some(values) = schema.get("enum").and_then(Value::as_array) {
+        return Some(values.clone());
+    }
+    schema.get("const").map(|v| vec![v.clone()])
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+fn required(schema: &Value) -> BTreeSet<String> {
+    schema
+        .get("required")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(String::from)
+        .collect()
+}
+
+fn join(types: &BTreeSet<String>) -> String {
+    types.iter().cloned().collect::<Vec<_>>().join(" or ")
+}
