@@ -361,3 +361,104 @@ async fn capture_publisher_keeps_what_a_route_sends_and_can_fail_it() {
         "{msg}"
     );
 }
+
+#[tokio::test]
+async fn a_hung_handler_ends_settle_at_its_time_limit() {
+    let registry = Registry::new([HandlerEntry::new(
+        "hangs",
+        |_: OrderPlaced, _: HandlerContext| async {
+            std::future::pending::<()>().await;
+            anyhow::Ok(())
+        },
+    )])
+    .unwrap();
+    let harness = Harness::builder()
+        .registry(registry)
+        .timeout(Duration::from_secs(1))
+        .build()
+        .await
+        .unwrap();
+    place(harness.db(), Uuid::now_v7()).await;
+    let started = std::time::Instant::now();
+    let err = harness.settle().await.unwrap_err();
+    // The handler timeout is the harness's time limit: not the relay's 30 s default.
+    assert!(started.elapsed() < Duration::from_secs(5), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("timed out after 1s"), "{text}");
+}
+
+#[tokio::test]
+async fn settle_with_a_unit_of_work_still_open_fails_in_time_and_recovers_after_the_commit() {
+    let harness = Harness::builder()
+        .registry(registry(0))
+        .timeout(Duration::from_secs(1))
+        .build()
+        .await
+        .unwrap();
+    let order_id = Uuid::now_v7();
+    let uow = UnitOfWork::begin(harness.db()).await.unwrap();
+    let placed = OrderPlaced {
+        order_id,
+        amount: 1,
+    };
+    uow.record("order", order_id, placed, RecordOptions::new())
+        .unwrap();
+
+    let started = std::time::Instant::now();
+    let err = harness.settle().await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(5), "{err}");
+    assert!(
+        err.to_string()
+            .contains("commit or drop every `UnitOfWork`"),
+        "{err}"
+    );
+
+    uow.commit().await.unwrap();
+    // The abandoned batch's claim may hold the message for its 2 s lease.
+    let report = harness
+        .settle_within(Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(report.delivered::<OrderPlaced>().len(), 1, "{report}");
+}
+
+#[tokio::test]
+async fn a_scheduled_message_is_reported_again_once_delivered() {
+    let harness = Harness::builder()
+        .registry(Registry::new([]).unwrap())
+        .timeout(Duration::from_millis(500))
+        .build()
+        .await
+        .unwrap();
+    let order_id = Uuid::now_v7();
+    let uow = UnitOfWork::begin(harness.db()).await.unwrap();
+    let soon = chrono::Utc::now() + chrono::Duration::milliseconds(1500);
+    let options = RecordOptions::new().not_before(soon);
+    uow.record("order", order_id, OrderConfirmed { order_id }, options)
+        .unwrap();
+    uow.commit().await.unwrap();
+
+    let first = harness.settle().await.unwrap();
+    assert_eq!(first.scheduled().len(), 1, "{first}");
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let second = harness.settle().await.unwrap();
+    assert_eq!(
+        second.delivered::<OrderConfirmed>(),
+        [OrderConfirmed { order_id }]
+    );
+    assert!(second.scheduled().is_empty());
+}
+
+#[tokio::test]
+#[should_panic(
+    expected = "no handler or route is named `mailr`; the harness's are: confirm-order, mailer, refund"
+)]
+async fn failed_for_a_name_no_handler_has_panics() {
+    let harness = Harness::builder()
+        .registry(registry(0))
+        .build()
+        .await
+        .unwrap();
+    let report = harness.settle().await.unwrap();
+    let _ = report.failed_for("mailr");
+}

@@ -17,11 +17,11 @@
 //! use serde::{Deserialize, Serialize};
 //!
 //! #[derive(Debug, Serialize, Deserialize, DomainEvent)]
-//! #[event(name = "order.confirmed")]
+//! #[event(name = "kit.order-confirmed")]
 //! struct OrderConfirmed { order_id: u64, total_cents: i64 }
 //!
 //! #[derive(Debug, Serialize, Deserialize, DomainEvent)]
-//! #[event(name = "order.cancelled")]
+//! #[event(name = "kit.order-cancelled")]
 //! struct OrderCancelled { order_id: u64 }
 //!
 //! #[derive(DomainEvents)]
@@ -154,7 +154,9 @@ pub fn __check_recorded<E: DomainEvent>(
 /// The events recorded, numbered in order, one per line.
 fn listing(pending: &[PendingEvent], mark: Option<usize>) -> String {
     if pending.is_empty() {
-        return "recorded: nothing".to_owned();
+        return "recorded: nothing (events leave an aggregate when its unit of work commits: \
+                check before the commit, or on the settled harness's report)"
+            .to_owned();
     }
     let mut out = format!("recorded, in order ({}):", pending.len());
     for (i, p) in pending.iter().enumerate() {
@@ -180,20 +182,42 @@ fn listing(pending: &[PendingEvent], mark: Option<usize>) -> String {
 /// The pattern is a struct pattern of a [`DomainEvent`](crate::DomainEvent) type, with an
 /// optional guard: `OrderConfirmed`, `OrderConfirmed { total_cents: 1250, .. }`,
 /// `OrderConfirmed { order_id, .. } if order_id == id`. Compare with a variable in the guard:
-/// in a pattern, `order_id: id` binds a new `id` and matches anything. See
-/// [`testing`](crate::testing) for an example.
+/// in a pattern, `order_id: id` binds a new `id` and matches anything, so the macro makes that
+/// unused binding a compile error:
+///
+/// ```compile_fail
+/// # use outbox_core::{assert_recorded, DomainEvent, Events};
+/// # #[derive(serde::Serialize, serde::Deserialize, DomainEvent)]
+/// # #[event(name = "order.confirmed")]
+/// # struct OrderConfirmed { order_id: u64 }
+/// # let mut events = Events::new();
+/// # events.record(OrderConfirmed { order_id: 7 });
+/// let id = 999;
+/// assert_recorded!(events, OrderConfirmed { order_id: id }); // error: unused variable `id`
+/// ```
+///
+/// Events leave an aggregate when its unit of work commits: check before committing, or on
+/// the harness's report in `outbox_seaorm::testing`. See [`testing`](crate::testing) for an
+/// example.
 #[macro_export]
 macro_rules! assert_recorded {
     ($source:expr, $($ty:ident)::+ $(if $guard:expr)? $(,)?) => {
         $crate::assert_recorded!($source, $($ty)::+ { .. } $(if $guard)?)
     };
     ($source:expr, $($ty:ident)::+ { $($fields:tt)* } $(if $guard:expr)? $(,)?) => {
-        $crate::testing::__check_recorded::<$($ty)::+>(
-            &$source,
-            ::core::stringify!($($ty)::+ { $($fields)* } $(if $guard)?),
-            |__event: $($ty)::+| ::core::matches!(__event, $($ty)::+ { $($fields)* } $(if $guard)?),
-            true,
-        )
+        {
+            // A pattern binds names, it does not compare: `order_id: id` would match anything
+            // and leave `id` unused, so an unused binding is an error here.
+            #[deny(unused_variables)]
+            let matches =
+                |__event: $($ty)::+| ::core::matches!(__event, $($ty)::+ { $($fields)* } $(if $guard)?);
+            $crate::testing::__check_recorded::<$($ty)::+>(
+                &$source,
+                ::core::stringify!($($ty)::+ { $($fields)* } $(if $guard)?),
+                matches,
+                true,
+            )
+        }
     };
 }
 
@@ -205,12 +229,19 @@ macro_rules! assert_not_recorded {
         $crate::assert_not_recorded!($source, $($ty)::+ { .. } $(if $guard)?)
     };
     ($source:expr, $($ty:ident)::+ { $($fields:tt)* } $(if $guard:expr)? $(,)?) => {
-        $crate::testing::__check_recorded::<$($ty)::+>(
-            &$source,
-            ::core::stringify!($($ty)::+ { $($fields)* } $(if $guard)?),
-            |__event: $($ty)::+| ::core::matches!(__event, $($ty)::+ { $($fields)* } $(if $guard)?),
-            false,
-        )
+        {
+            // A pattern binds names, it does not compare: `order_id: id` would match anything
+            // and leave `id` unused, so an unused binding is an error here.
+            #[deny(unused_variables)]
+            let matches =
+                |__event: $($ty)::+| ::core::matches!(__event, $($ty)::+ { $($fields)* } $(if $guard)?);
+            $crate::testing::__check_recorded::<$($ty)::+>(
+                &$source,
+                ::core::stringify!($($ty)::+ { $($fields)* } $(if $guard)?),
+                matches,
+                false,
+            )
+        }
     };
 }
 

@@ -127,8 +127,13 @@ pub(crate) trait Driver: Send + Sync + fmt::Debug {
     /// database has one writer: SQLite. Two of them from one process would otherwise collide
     /// on the file's write lock, and the loser sleeps in SQLite's busy handler (1, 2, 5, 10 ms
     /// and up) instead of waiting its turn. Held only around statements the relay runs itself,
-    /// never around user code, so it cannot deadlock with a unit of work.
-    async fn relay_write_gate(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+    /// never around user code, so it cannot deadlock with a unit of work. One gate per
+    /// database file: relays of other databases (another file, another in-memory database) do
+    /// not wait for each other.
+    async fn relay_write_gate(
+        &self,
+        _db: &DatabaseConnection,
+    ) -> Option<tokio::sync::OwnedMutexGuard<()>> {
         None
     }
 
@@ -204,7 +209,7 @@ pub(crate) trait Driver: Send + Sync + fmt::Debug {
                 ("lease", self.span(lease)),
             ],
         );
-        let _gate = self.relay_write_gate().await;
+        let _gate = self.relay_write_gate(db).await;
         Ok(db.execute_raw(stmt).await?.rows_affected())
     }
 
@@ -225,7 +230,7 @@ pub(crate) trait Driver: Send + Sync + fmt::Debug {
         relay: &str,
         c: &Completion,
     ) -> Result<Written> {
-        let _gate = self.relay_write_gate().await;
+        let _gate = self.relay_write_gate(db).await;
         let mut w = Written::default();
         let sql = self.sql();
         if !c.delivered.is_empty() {

@@ -3,6 +3,8 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sea_orm::{
@@ -29,8 +31,8 @@ pub(crate) struct Sqlite {
     streams: String,
     messages: String,
     now: String,
-    /// See [`Driver::relay_write_gate`].
-    gate: tokio::sync::Mutex<()>,
+    /// See [`Driver::relay_write_gate`]: one per database file.
+    gates: std::sync::Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Sqlite {
@@ -44,7 +46,7 @@ impl Sqlite {
             streams: fill("{streams}"),
             messages: fill("{messages}"),
             now,
-            gate: tokio::sync::Mutex::new(()),
+            gates: Default::default(),
         }
     }
 }
@@ -93,8 +95,24 @@ impl Driver for Sqlite {
             .await?)
     }
 
-    async fn relay_write_gate(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
-        Some(self.gate.lock().await)
+    async fn relay_write_gate(
+        &self,
+        db: &DatabaseConnection,
+    ) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        // sqlx names each in-memory database uniquely, so the file name tells databases apart.
+        let file = db
+            .get_sqlite_connection_pool()
+            .connect_options()
+            .get_filename()
+            .to_owned();
+        let gate = self
+            .gates
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(file)
+            .or_default()
+            .clone();
+        Some(gate.lock_owned().await)
     }
 
     async fn append(&self, txn: &DatabaseTransaction, rows: &[NewMessage]) -> Result<()> {
@@ -191,7 +209,7 @@ impl Driver for Sqlite {
         };
         // One statement: it waits for the write lock on the busy timeout, which bounds it.
         let rows = {
-            let _gate = self.gate.lock().await;
+            let _gate = self.relay_write_gate(db).await;
             db.query_all_raw(self.sql.stmt(query, &args)).await?
         };
         let mut claimed = rows.iter().map(read_claimed).collect::<Result<Vec<_>>>()?;

@@ -378,8 +378,8 @@ fn check_trace_context(relay: &str, required: bool) -> Result<()> {
             "the relay's start span has no OpenTelemetry context: no tracing-opentelemetry {} \
              layer (opentelemetry {}) is installed in the subscriber, or the installed one is \
              built on another opentelemetry version (`cargo tree -i opentelemetry` lists each; \
-             they must be the same), or the subscriber filters out INFO spans of target \
-             `outbox_seaorm`",
+             they must be the same), or its tracer is a no-op one (no tracer provider set up), \
+             or the subscriber filters out INFO spans of target `outbox_seaorm`",
             trace::TRACING_OPENTELEMETRY_VERSION,
             trace::OPENTELEMETRY_VERSION
         ),

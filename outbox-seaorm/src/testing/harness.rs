@@ -1,11 +1,13 @@
 //! A relay for tests that runs until the outbox has settled.
 
-use std::sync::Mutex;
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Datelike, Utc};
 use outbox_core::{Registry, RetryPolicy};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection};
+use uuid::Uuid;
 
 use super::report::SettleReport;
 use crate::admin::{Admin, MessageFilter, MessageSummary};
@@ -34,8 +36,18 @@ pub struct Harness {
     admin: Admin,
     registry: Registry,
     timeout: Duration,
-    /// The last sequence a report covered: each report covers what was written after it.
-    reported_up_to: Mutex<i64>,
+    cursor: Mutex<Cursor>,
+    /// The handlers' and routes' names, to refuse a look-up of a name that is not one.
+    names: Arc<BTreeSet<String>>,
+}
+
+/// Where the next report starts.
+#[derive(Debug, Default)]
+struct Cursor {
+    /// The last sequence a report covered: each report covers what was written after it...
+    reported_up_to: i64,
+    /// ...and the messages earlier reports left pending.
+    left_pending: Vec<Uuid>,
 }
 
 impl std::fmt::Debug for Harness {
@@ -109,7 +121,7 @@ impl Harness {
     /// `not_before` later than the time limit are left pending ([`SettleReport::scheduled`]),
     /// and so are those held behind a dead letter of their aggregate
     /// ([`SettleReport::blocked`]). The report covers the messages written since the last
-    /// report.
+    /// report, and again those an earlier report left pending.
     ///
     /// # Errors
     ///
@@ -125,7 +137,13 @@ impl Harness {
         let started = Instant::now();
         let horizon = Utc::now() + timeout;
         loop {
-            self.relay.drain().await?;
+            // `drain` returns when its batch is done; a hung handler or a transaction that
+            // holds the database would keep it past the time limit, so it gets what is left.
+            let left = timeout.saturating_sub(started.elapsed()) + Duration::from_secs(2);
+            match tokio::time::timeout(left, self.relay.drain()).await {
+                Ok(drained) => drained?,
+                Err(_elapsed) => return Err(self.stuck(started).await),
+            };
             let pending = self.all(MessageFilter::new().status(MessageStatus::Pending), 0);
             let mut waiting = Vec::new();
             let mut unknown = Vec::new();
@@ -177,26 +195,62 @@ impl Harness {
         self.report().await
     }
 
+    /// The error for a batch that did not finish in time, with what is pending if the database
+    /// still answers.
+    async fn stuck(&self, started: Instant) -> Error {
+        let listing = self.all(MessageFilter::new().status(MessageStatus::Pending), 0);
+        let pending = match tokio::time::timeout(Duration::from_secs(1), listing).await {
+            Ok(Ok(pending)) => pending,
+            _ => Vec::new(),
+        };
+        Error::NotSettled {
+            waited: started.elapsed(),
+            reason: "a batch was still running when the time ran out: a handler is hung or \
+                     slower than the time limit (set `.relay(|r| r.handler_timeout(..))`), or a \
+                     transaction still open holds the database (commit or drop every \
+                     `UnitOfWork` before `settle`; the messages the stuck batch claimed are \
+                     claimable again once its lease of 2 s runs out)"
+                .into(),
+            pending,
+        }
+    }
+
     async fn report(&self) -> Result<SettleReport> {
-        let after = *self
-            .reported_up_to
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let (after, carried) = {
+            let cursor = self.cursor.lock().unwrap_or_else(|p| p.into_inner());
+            (cursor.reported_up_to, cursor.left_pending.clone())
+        };
+        // Messages left pending by earlier reports (scheduled, blocked) come again, in their
+        // current state, so the report that sees them delivered or dead has them.
+        let mut messages = Vec::new();
+        for id in carried {
+            if let Some(detail) = self.admin.show(id).await? {
+                messages.push(detail);
+            }
+        }
         let summaries = self.all(MessageFilter::new(), after).await?;
-        let mut messages = Vec::with_capacity(summaries.len());
         for s in &summaries {
             // Gone only if something deleted it meanwhile (retention, a discard by the test).
             if let Some(detail) = self.admin.show(s.message_id).await? {
                 messages.push(detail);
             }
         }
+        messages.sort_by_key(|m| m.summary.sequence);
+        let mut cursor = self.cursor.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(last) = summaries.last() {
-            *self
-                .reported_up_to
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()) = last.sequence;
+            cursor.reported_up_to = last.sequence;
         }
-        Ok(SettleReport::new(messages))
+        cursor.left_pending = messages
+            .iter()
+            .filter(|m| m.summary.status == "pending")
+            .map(|m| m.summary.message_id)
+            .collect();
+        drop(cursor);
+        Ok(SettleReport::new(
+            messages,
+            self.registry.upcasters().clone(),
+            self.names.clone(),
+        ))
     }
 
     /// Every message the filter matches after sequence `after`, page by page.
@@ -264,7 +318,8 @@ impl HarnessBuilder {
 
     /// Adjusts the relay: state for handlers (`|b| b.state(mailer)`), a retry policy, an
     /// ordering. The harness's own defaults are applied first: retries after 5 ms doubling up
-    /// to 100 ms, delivered rows kept (the report reads them), no retention, no metrics.
+    /// to 100 ms, a handler timeout equal to the harness's time limit, a 2 s lease, delivered
+    /// rows kept (the report reads them), no retention, no metrics.
     pub fn relay(
         mut self,
         adjust: impl FnOnce(RelayBuilder) -> RelayBuilder + Send + 'static,
@@ -306,16 +361,27 @@ impl HarnessBuilder {
                     .jitter(false),
             )
             .delivered_rows(DeliveredRows::Keep)
+            // A hung handler fails within the time limit, and a batch abandoned by a settle that
+            // gave up gives its messages back soon.
+            .handler_timeout(self.timeout)
+            .lease(Duration::from_secs(2))
             .without_retention()
             .metrics_interval(None);
         let relay = (self.relay)(defaults).build().await?;
+        let names = registry
+            .handlers()
+            .iter()
+            .chain(registry.routes())
+            .map(|h| h.name().to_owned())
+            .collect();
         Ok(Harness {
+            names: Arc::new(names),
             admin: Admin::with_config(db.clone(), self.config),
             db,
             relay,
             registry,
             timeout: self.timeout,
-            reported_up_to: Mutex::new(0),
+            cursor: Mutex::default(),
         })
     }
 }

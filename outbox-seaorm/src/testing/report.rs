@@ -2,7 +2,10 @@
 
 use std::fmt;
 
-use outbox_core::DomainEvent;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use outbox_core::{DomainEvent, Envelope, Upcasters};
 use uuid::Uuid;
 
 use super::harness::is_blocked;
@@ -15,6 +18,8 @@ use crate::entity::DeliveryStatus;
 #[derive(Debug, Clone)]
 pub struct SettleReport {
     messages: Vec<MessageDetail>,
+    upcasters: Arc<Upcasters>,
+    names: Arc<BTreeSet<String>>,
 }
 
 /// A handler's or route's failures on one message (it may have succeeded on a retry).
@@ -37,8 +42,16 @@ pub struct HandlerFailure {
 }
 
 impl SettleReport {
-    pub(crate) fn new(messages: Vec<MessageDetail>) -> Self {
-        Self { messages }
+    pub(crate) fn new(
+        messages: Vec<MessageDetail>,
+        upcasters: Arc<Upcasters>,
+        names: Arc<BTreeSet<String>>,
+    ) -> Self {
+        Self {
+            messages,
+            upcasters,
+            names,
+        }
     }
 
     /// Every message, in outbox order.
@@ -46,11 +59,13 @@ impl SettleReport {
         &self.messages
     }
 
-    /// The delivered events of type `E` (its type name and version), decoded, in outbox order.
+    /// The delivered events of type `E`'s name, decoded as `E` (older versions through the
+    /// registry's upcasters, as handlers get them), in outbox order.
     ///
     /// # Panics
     ///
-    /// When a payload of `E`'s type and version does not decode as `E`.
+    /// When a payload of `E`'s type does not decode as `E` (a newer version, no upcaster, a
+    /// payload that does not fit).
     pub fn delivered<E: DomainEvent>(&self) -> Vec<E> {
         self.decoded::<E>(Some("delivered"))
     }
@@ -88,7 +103,18 @@ impl SettleReport {
 
     /// The messages on which `handler` (a handler or route name) failed at least once: dead,
     /// failed, or delivered after more than one attempt.
+    ///
+    /// # Panics
+    ///
+    /// When no handler or route of the harness has that name (a typo would otherwise make
+    /// `assert!(report.failed_for("..").is_empty())` pass whatever happened).
+    #[track_caller]
     pub fn failed_for(&self, handler: &str) -> Vec<HandlerFailure> {
+        assert!(
+            self.names.contains(handler),
+            "no handler or route is named `{handler}`; the harness's are: {}",
+            self.names.iter().cloned().collect::<Vec<_>>().join(", ")
+        );
         self.messages
             .iter()
             .flat_map(|m| {
@@ -129,23 +155,39 @@ impl SettleReport {
         self.messages
             .iter()
             .filter(|m| status.is_none_or(|s| m.summary.status == s))
-            .filter(|m| {
-                m.summary.event_type == E::EVENT_TYPE
-                    && u32::try_from(m.summary.event_version).ok() == Some(E::VERSION)
-            })
+            .filter(|m| m.summary.event_type == E::EVENT_TYPE)
             .map(|m| {
-                serde_json::from_value(m.payload.clone()).unwrap_or_else(|e| {
-                    panic!(
-                        "message {} ({} v{}) does not decode as {}: {e}; payload {}",
-                        m.summary.message_id,
-                        m.summary.event_type,
-                        m.summary.event_version,
-                        std::any::type_name::<E>(),
-                        m.payload
-                    )
-                })
+                envelope(m)
+                    .decode::<E>(&self.upcasters)
+                    .unwrap_or_else(|e| {
+                        panic!(
+                            "message {} ({} v{}) does not decode as {}: {e}; payload {}",
+                            m.summary.message_id,
+                            m.summary.event_type,
+                            m.summary.event_version,
+                            std::any::type_name::<E>(),
+                            m.payload
+                        )
+                    })
             })
             .collect()
+    }
+}
+
+/// The message as a handler would get it, for decoding.
+fn envelope(m: &MessageDetail) -> Envelope {
+    let s = &m.summary;
+    Envelope {
+        message_id: s.message_id,
+        sequence: s.sequence,
+        position: s.position,
+        aggregate_type: s.aggregate_type.clone(),
+        aggregate_id: s.aggregate_id.clone(),
+        event_type: s.event_type.clone(),
+        event_version: u32::try_from(s.event_version).unwrap_or(0),
+        payload: m.payload.to_string(),
+        headers: Default::default(),
+        occurred_at: s.occurred_at,
     }
 }
 
