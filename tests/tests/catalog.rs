@@ -305,6 +305,54 @@ fn channels_come_from_route_destinations_and_in_process_handlers() {
 }
 
 #[test]
+fn an_explicit_list_gives_what_the_registry_gives_for_the_same_parts() {
+    let route = || {
+        Route::new("carts-to-nats", NatsLike)
+            .event_types(["catalog.cart.checked-out"])
+            .destination("shop.{event_type}.v{event_version}")
+            .unwrap()
+    };
+    let handler = || {
+        HandlerEntry::new("catalog-count-carts", |_: CartCheckedOut, _ctx| async {
+            Ok::<_, std::io::Error>(())
+        })
+    };
+    let explicit = Catalog::new()
+        .event::<CartCheckedOut>()
+        .handler(&handler())
+        .route(&route())
+        .upcaster("catalog.cart.checked-out", 1);
+    assert_eq!(explicit.events.len(), 1, "only the listed event");
+    let e = &explicit.events[0];
+    assert_eq!(
+        (e.name.as_str(), e.version),
+        ("catalog.cart.checked-out", 2)
+    );
+    assert!(e.schema.is_some());
+    assert_eq!(
+        explicit.routes[0].destination,
+        "shop.{event_type}.v{event_version}"
+    );
+    assert_eq!(explicit.routes[0].transport.protocol, "nats");
+
+    let registry = Registry::new([handler()])
+        .unwrap()
+        .with_route(route())
+        .unwrap();
+    let from_registry = Catalog::from_registry(&registry);
+    let (a, b) = (
+        explicit.to_asyncapi("t", "1"),
+        from_registry.to_asyncapi("t", "1"),
+    );
+    let id = "carts-to-nats.shop.catalog.cart.checked-out.v2";
+    assert_eq!(a["channels"][id], b["channels"][id]);
+    assert_eq!(
+        a["operations"]["handler.catalog-count-carts"],
+        b["operations"]["handler.catalog-count-carts"]
+    );
+}
+
+#[test]
 fn one_message_per_event_version() {
     let v = |n: u32| {
         EventDescription::new("catalog.versioned", n)
