@@ -619,6 +619,90 @@ fn removing_an_enum_value_is_breaking() {
     );
 }
 
+/// A catalog with one event `order.status` v1 whose payload is `T`.
+fn status<T: JsonSchema>() -> Catalog {
+    Catalog::new().with_event(EventDescription::new("order.status", 1).schema(schema_of::<T>()))
+}
+
+#[test]
+fn removing_a_variant_of_a_data_enum_or_a_field_inside_one_is_breaking() {
+    #[derive(JsonSchema)]
+    #[allow(dead_code)]
+    enum Before {
+        /// A documented unit variant (its own `oneOf` branch).
+        Placed,
+        Shipped {
+            carrier: String,
+        },
+        Lost(u32),
+    }
+    #[derive(JsonSchema)]
+    #[allow(dead_code)]
+    enum After {
+        /// A documented unit variant.
+        Placed,
+        Shipped {
+            tracking: Option<String>,
+        },
+    }
+    let changes = status::<After>()
+        .check_against(&status::<Before>())
+        .unwrap_err();
+    let texts: Vec<_> = changes.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        changes,
+        [
+            BreakingChange::FieldRemoved {
+                event: "order.status".into(),
+                version: 1,
+                field: "Shipped.carrier".into(),
+            },
+            BreakingChange::ValueRemoved {
+                event: "order.status".into(),
+                version: 1,
+                field: "".into(),
+                value: "\"Lost\"".into(),
+            },
+        ],
+        "{texts:#?}"
+    );
+    assert_eq!(
+        status::<Before>().check_against(&status::<Before>()),
+        Ok(())
+    );
+}
+
+#[test]
+fn removing_a_variant_of_an_internally_tagged_enum_is_breaking() {
+    #[derive(JsonSchema)]
+    #[serde(tag = "kind")]
+    #[allow(dead_code)]
+    enum Before {
+        Card { last4: String },
+        Transfer { iban: String },
+    }
+    #[derive(JsonSchema)]
+    #[serde(tag = "kind")]
+    #[allow(dead_code)]
+    enum After {
+        Card { last4: String },
+    }
+    let changes = status::<After>()
+        .check_against(&status::<Before>())
+        .unwrap_err();
+    assert_eq!(
+        changes,
+        [BreakingChange::ValueRemoved {
+            event: "order.status".into(),
+            version: 1,
+            field: "".into(),
+            value: "kind=\"Transfer\"".into(),
+        }]
+    );
+    // The other way round a variant is added: not breaking.
+    assert_eq!(status::<Before>().check_against(&status::<After>()), Ok(()));
+}
+
 #[test]
 fn a_version_bump_without_an_upcaster_is_breaking_and_with_one_is_not() {
     #[derive(JsonSchema)]
