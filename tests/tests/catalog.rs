@@ -140,6 +140,16 @@ impl Publisher for NatsLike {
     }
 }
 
+/// A publisher that says nothing about itself: protocol `custom`, no CloudEvents.
+struct AuditLog;
+
+#[async_trait::async_trait]
+impl Publisher for AuditLog {
+    async fn publish(&self, _: &Envelope, _: &str) -> Result<(), HandlerError> {
+        Ok(())
+    }
+}
+
 fn service_registry() -> Registry {
     let amqp = AmqpPublisher::new("amqp://127.0.0.1:1", "{aggregate_type}.events", "/orders")
         .unwrap()
@@ -164,6 +174,12 @@ fn service_registry() -> Registry {
             Route::new("orders-to-rabbit", amqp)
                 .aggregate_types(["order"])
                 .destination("{event_type}")
+                .unwrap(),
+        )
+        .unwrap()
+        .with_route(
+            Route::new("audit", AuditLog)
+                .destination("audit/{aggregate_type}/{event_type}")
                 .unwrap(),
         )
         .unwrap()
@@ -290,6 +306,18 @@ fn channels_come_from_route_destinations_and_in_process_handlers() {
     assert_eq!(
         structured["payload"]["properties"]["data"]["$ref"],
         "#/components/schemas/order.confirmed.v1"
+    );
+
+    // A custom publisher taking everything: the bare payload; an event without a declared
+    // aggregate keeps `{aggregate_type}` as a parameter; an event without schema, no payload.
+    let audit = &channels["audit.audit__aggregate_type__catalog.no-schema"];
+    assert_eq!(audit["address"], "audit/{aggregate_type}/catalog.no-schema");
+    assert!(audit["parameters"]["aggregate_type"].is_object());
+    let plain = &doc["components"]["messages"]["catalog.no-schema.v1"];
+    assert!(plain.get("payload").is_none() && plain.get("headers").is_none());
+    assert_eq!(
+        address("audit.audit_order_order.placed"),
+        "audit/order/order.placed"
     );
 
     // In process: the handler receives from the outbox, not a broker.
