@@ -15,9 +15,13 @@
 //!
 //! ```text
 //! cargo run -p outbox-examples --example orders -- catalog asyncapi
-//! cargo run -p outbox-examples --example orders -- catalog json > catalog.json
-//! cargo run -p outbox-examples --example orders -- catalog check catalog.json
+//! cargo run -p outbox-examples --example orders -- catalog json > examples/orders.catalog.json
+//! cargo run -p outbox-examples --example orders -- catalog check examples/orders.catalog.json
 //! ```
+//!
+//! CI runs the check against the committed `examples/orders.catalog.json`; after a deliberate
+//! change, regenerate it with the second line. A normal run ends by validating every stored
+//! payload against its event's schema in the catalog.
 
 // A binary: nothing in it is reachable from outside, `pub` only satisfies SeaORM's derives.
 #![allow(unreachable_pub)]
@@ -363,7 +367,35 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
         }
         println!("    (requeue it with Admin::requeue once the payment service is back)");
     }
+
+    check_payloads(&db).await?;
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// Every stored payload against its event's JSON Schema in the catalog: what a service's own
+/// test can do to keep the published contract honest.
+async fn check_payloads(db: &sea_orm::DatabaseConnection) -> anyhow::Result<()> {
+    use outbox_seaorm::entity::message;
+
+    let catalog = Catalog::from_inventory()?;
+    let rows = message::Entity::find().all(db).await?;
+    for row in &rows {
+        let version = <u32 as TryFrom<i32>>::try_from(row.event_version)?;
+        let schema = catalog
+            .find(&row.event_type, version)
+            .and_then(|e| e.schema.as_ref())
+            .ok_or_else(|| anyhow::anyhow!("{} v{version}: no schema", row.event_type))?;
+        let validator = jsonschema::validator_for(schema)?;
+        if let Err(e) = validator.validate(&row.payload) {
+            anyhow::bail!("{} v{version} payload {}: {e}", row.event_type, row.payload);
+        }
+    }
+    println!(
+        "  payloads:            {} of {} match their event's schema in the catalog",
+        rows.len(),
+        rows.len()
+    );
+    Ok(())
 }
 
 // ---- Tests of the aggregate and the handlers (`cargo test -p outbox-examples --example orders`)

@@ -5,7 +5,8 @@
 //! work that writes events in the caller's transaction and the relay that delivers them. This
 //! crate holds what both sides share: events with stable names ([`DomainEvent`]), aggregates
 //! that buffer them ([`Aggregate`], [`Events`]), handlers ([`event_handler`], [`Registry`]),
-//! and how a handler is called ([`dispatch::invoke`]) and retried ([`RetryPolicy`]).
+//! and how a handler is called ([`dispatch::invoke`]) and retried ([`RetryPolicy`]), and the
+//! [`catalog`] of it all (JSON, AsyncAPI 3.0, a breaking-change check).
 //!
 //! ```standalone_crate
 //! use std::sync::Arc;

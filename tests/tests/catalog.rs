@@ -140,6 +140,16 @@ impl Publisher for NatsLike {
     }
 }
 
+/// A publisher that says nothing about itself: protocol `custom`, no CloudEvents.
+struct AuditLog;
+
+#[async_trait::async_trait]
+impl Publisher for AuditLog {
+    async fn publish(&self, _: &Envelope, _: &str) -> Result<(), HandlerError> {
+        Ok(())
+    }
+}
+
 fn service_registry() -> Registry {
     let amqp = AmqpPublisher::new("amqp://127.0.0.1:1", "{aggregate_type}.events", "/orders")
         .unwrap()
@@ -164,6 +174,12 @@ fn service_registry() -> Registry {
             Route::new("orders-to-rabbit", amqp)
                 .aggregate_types(["order"])
                 .destination("{event_type}")
+                .unwrap(),
+        )
+        .unwrap()
+        .with_route(
+            Route::new("audit", AuditLog)
+                .destination("audit/{aggregate_type}/{event_type}")
                 .unwrap(),
         )
         .unwrap()
@@ -292,6 +308,18 @@ fn channels_come_from_route_destinations_and_in_process_handlers() {
         "#/components/schemas/order.confirmed.v1"
     );
 
+    // A custom publisher taking everything: the bare payload; an event without a declared
+    // aggregate keeps `{aggregate_type}` as a parameter; an event without schema, no payload.
+    let audit = &channels["audit.audit__aggregate_type__catalog.no-schema"];
+    assert_eq!(audit["address"], "audit/{aggregate_type}/catalog.no-schema");
+    assert!(audit["parameters"]["aggregate_type"].is_object());
+    let plain = &doc["components"]["messages"]["catalog.no-schema.v1"];
+    assert!(plain.get("payload").is_none() && plain.get("headers").is_none());
+    assert_eq!(
+        address("audit.audit_order_order.placed"),
+        "audit/order/order.placed"
+    );
+
     // In process: the handler receives from the outbox, not a broker.
     let inproc = &channels["in-process.catalog.cart.checked-out"];
     assert!(inproc["address"].is_null());
@@ -302,6 +330,54 @@ fn channels_come_from_route_destinations_and_in_process_handlers() {
         "#/channels/in-process.catalog.cart.checked-out"
     );
     assert_eq!(doc["operations"][nats]["action"], "send");
+}
+
+#[test]
+fn an_explicit_list_gives_what_the_registry_gives_for_the_same_parts() {
+    let route = || {
+        Route::new("carts-to-nats", NatsLike)
+            .event_types(["catalog.cart.checked-out"])
+            .destination("shop.{event_type}.v{event_version}")
+            .unwrap()
+    };
+    let handler = || {
+        HandlerEntry::new("catalog-count-carts", |_: CartCheckedOut, _ctx| async {
+            Ok::<_, std::io::Error>(())
+        })
+    };
+    let explicit = Catalog::new()
+        .event::<CartCheckedOut>()
+        .handler(&handler())
+        .route(&route())
+        .upcaster("catalog.cart.checked-out", 1);
+    assert_eq!(explicit.events.len(), 1, "only the listed event");
+    let e = &explicit.events[0];
+    assert_eq!(
+        (e.name.as_str(), e.version),
+        ("catalog.cart.checked-out", 2)
+    );
+    assert!(e.schema.is_some());
+    assert_eq!(
+        explicit.routes[0].destination,
+        "shop.{event_type}.v{event_version}"
+    );
+    assert_eq!(explicit.routes[0].transport.protocol, "nats");
+
+    let registry = Registry::new([handler()])
+        .unwrap()
+        .with_route(route())
+        .unwrap();
+    let from_registry = Catalog::from_registry(&registry);
+    let (a, b) = (
+        explicit.to_asyncapi("t", "1"),
+        from_registry.to_asyncapi("t", "1"),
+    );
+    let id = "carts-to-nats.shop.catalog.cart.checked-out.v2";
+    assert_eq!(a["channels"][id], b["channels"][id]);
+    assert_eq!(
+        a["operations"]["handler.catalog-count-carts"],
+        b["operations"]["handler.catalog-count-carts"]
+    );
 }
 
 #[test]
@@ -569,6 +645,90 @@ fn removing_an_enum_value_is_breaking() {
             value: "\"Phone\"".into(),
         }]
     );
+}
+
+/// A catalog with one event `order.status` v1 whose payload is `T`.
+fn status<T: JsonSchema>() -> Catalog {
+    Catalog::new().with_event(EventDescription::new("order.status", 1).schema(schema_of::<T>()))
+}
+
+#[test]
+fn removing_a_variant_of_a_data_enum_or_a_field_inside_one_is_breaking() {
+    #[derive(JsonSchema)]
+    #[allow(dead_code)]
+    enum Before {
+        /// A documented unit variant (its own `oneOf` branch).
+        Placed,
+        Shipped {
+            carrier: String,
+        },
+        Lost(u32),
+    }
+    #[derive(JsonSchema)]
+    #[allow(dead_code)]
+    enum After {
+        /// A documented unit variant.
+        Placed,
+        Shipped {
+            tracking: Option<String>,
+        },
+    }
+    let changes = status::<After>()
+        .check_against(&status::<Before>())
+        .unwrap_err();
+    let texts: Vec<_> = changes.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        changes,
+        [
+            BreakingChange::FieldRemoved {
+                event: "order.status".into(),
+                version: 1,
+                field: "Shipped.carrier".into(),
+            },
+            BreakingChange::ValueRemoved {
+                event: "order.status".into(),
+                version: 1,
+                field: "".into(),
+                value: "\"Lost\"".into(),
+            },
+        ],
+        "{texts:#?}"
+    );
+    assert_eq!(
+        status::<Before>().check_against(&status::<Before>()),
+        Ok(())
+    );
+}
+
+#[test]
+fn removing_a_variant_of_an_internally_tagged_enum_is_breaking() {
+    #[derive(JsonSchema)]
+    #[serde(tag = "kind")]
+    #[allow(dead_code)]
+    enum Before {
+        Card { last4: String },
+        Transfer { iban: String },
+    }
+    #[derive(JsonSchema)]
+    #[serde(tag = "kind")]
+    #[allow(dead_code)]
+    enum After {
+        Card { last4: String },
+    }
+    let changes = status::<After>()
+        .check_against(&status::<Before>())
+        .unwrap_err();
+    assert_eq!(
+        changes,
+        [BreakingChange::ValueRemoved {
+            event: "order.status".into(),
+            version: 1,
+            field: "".into(),
+            value: "kind=\"Transfer\"".into(),
+        }]
+    );
+    // The other way round a variant is added: not breaking.
+    assert_eq!(status::<Before>().check_against(&status::<After>()), Ok(()));
 }
 
 #[test]

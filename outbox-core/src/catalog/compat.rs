@@ -218,6 +218,11 @@ impl<'a> Compare<'a> {
                 });
             }
         }
+        if branches(old).is_some() || branches(new).is_some() {
+            // An enum, on either side: an enum of one variant is that variant's schema alone.
+            self.variants(old, new, path);
+            return;
+        }
         self.object(old, new, path);
         if let (Some(o), Some(n)) = (old.get("items"), new.get("items")) {
             self.node(o, n, &format!("{path}[]"));
@@ -247,6 +252,35 @@ impl<'a> Compare<'a> {
         let old_required = required(old);
         for name in required(new).difference(&old_required) {
             self.required(&field(name));
+        }
+    }
+
+    /// The variants of an enum (`oneOf` branches): each committed one must still be there,
+    /// and is compared with its namesake.
+    fn variants(&mut self, old: &'a Value, new: &'a Value, path: &str) {
+        let as_branches = |s: &'a Value| match branches(s) {
+            Some(b) => b.iter().collect::<Vec<_>>(),
+            None => vec![s],
+        };
+        let (old_branches, new_branches) = (as_branches(old), as_branches(new));
+        for o in old_branches {
+            let o_resolved = resolve(self.old_root, o);
+            let Some(name) = variant_name(o_resolved) else {
+                continue;
+            };
+            let found = new_branches
+                .iter()
+                .find(|n| variant_name(resolve(self.new_root, n)).as_ref() == Some(&name))
+                .copied();
+            match found {
+                Some(n) => self.node(o, n, path),
+                None => self.out.push(BreakingChange::ValueRemoved {
+                    event: self.event.to_owned(),
+                    version: self.version,
+                    field: path.to_owned(),
+                    value: name,
+                }),
+            }
         }
     }
 
@@ -333,6 +367,38 @@ fn types(root: &Value, schema: &Value) -> BTreeSet<String> {
 /// Whether a committed value of JSON type `was` fits one of the current types.
 fn fits(was: &str, now: &BTreeSet<String>) -> bool {
     now.contains(was) || (was == "integer" && now.contains("number"))
+}
+
+fn branches(schema: &Value) -> Option<&Vec<Value>> {
+    schema
+        .get("oneOf")
+        .or_else(|| schema.get("anyOf"))
+        .and_then(Value::as_array)
+}
+
+/// What tells an enum variant apart in its schema, as JSON text: its `const` (a unit variant),
+/// its one key (externally tagged, `{"Shipped": {..}}`), or its tag property's `const`
+/// (`#[serde(tag = "type")]`). `None` for a branch that is not a variant (`null`).
+fn variant_name(branch: &Value) -> Option<String> {
+    if let Some(values) = enum_values(branch)
+        && let [only] = values.as_slice()
+    {
+        return Some(only.to_string());
+    }
+    let props = branch.get("properties")?.as_object()?;
+    if let Some((tag, value)) = props.iter().find_map(|(k, v)| {
+        let values = enum_values(v)?;
+        match values.as_slice() {
+            [only] => Some((k, only.clone())),
+            _ => None,
+        }
+    }) {
+        return Some(format!("{tag}={value}"));
+    }
+    match required(branch).into_iter().collect::<Vec<_>>().as_slice() {
+        [only] if props.len() == 1 => Some(format!("{only:?}")),
+        _ => None,
+    }
 }
 
 fn enum_values(schema: &Value) -> Option<Vec<Value>> {

@@ -24,8 +24,10 @@
 //! ```
 //!
 //! Schemas come from `schemars`: turn on the `schema` feature and derive
-//! `schemars::JsonSchema` next to `DomainEvent` (see [`schema`] for why a missing derive is
-//! not a compile error).
+//! `schemars::JsonSchema` next to `DomainEvent`. A type without the derive is listed without a
+//! schema rather than failing the build, because Cargo unifies features: a hard bound would
+//! break every crate in the build that derives `DomainEvent` alone as soon as one crate turns
+//! `schema` on. `#[event(schema)]` makes the derive required for one type.
 
 mod asyncapi;
 mod compat;
