@@ -126,7 +126,11 @@ async fn order(db: &DatabaseConnection, n: u64) -> anyhow::Result<()> {
         uow.record("order", id, paid, Default::default())?;
     }
     if n.is_multiple_of(3) {
-        let carrier = if n.is_multiple_of(21) { "pigeon" } else { "dhl" };
+        let carrier = if n.is_multiple_of(21) {
+            "pigeon"
+        } else {
+            "dhl"
+        };
         let shipped = OrderShipped {
             order_id: id,
             carrier: carrier.into(),
