@@ -43,6 +43,25 @@ impl Auth {
     }
 }
 
+/// Who is operating, as the caller's own authentication layer knows them: insert it into the
+/// request's extensions and the action log names them.
+///
+/// ```
+/// # fn f(db: sea_orm::DatabaseConnection) -> axum::Router {
+/// use axum::{extract::Request, middleware::Next};
+/// use outbox_seaorm::dashboard::{self, DashboardConfig, Operator};
+///
+/// async fn sso(mut req: Request, next: Next) -> axum::response::Response {
+///     // ... authenticate, then:
+///     req.extensions_mut().insert(Operator("ada@example.com".into()));
+///     next.run(req).await
+/// }
+/// dashboard::router(db, DashboardConfig::new()).layer(axum::middleware::from_fn(sso))
+/// # }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Operator(pub String);
+
 /// Who made a request, for the action log: the authenticated user and the peer address.
 #[derive(Debug, Clone)]
 pub(super) struct Who(pub(super) String);
@@ -58,7 +77,10 @@ pub(super) async fn authenticate(
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ConnectInfo(a)| a.to_string());
     let user = match &dash.config.auth {
-        None => "unauthenticated".to_owned(),
+        None => match req.extensions().get::<Operator>() {
+            Some(Operator(name)) => name.clone(),
+            None => "unauthenticated".to_owned(),
+        },
         Some(auth) => {
             let given = req
                 .headers()

@@ -202,19 +202,11 @@ pub(super) async fn message(State(dash): State<Shared>, ctx: Ctx, Path(id): Path
         ));
     };
     let s = &m.summary;
-    let trace_link = dash.config.trace_link.as_ref().and_then(|template| {
-        let trace_id = m
-            .headers
-            .get("traceparent")
-            .and_then(|t| t.as_str())
-            .and_then(|t| t.split('-').nth(1))?
-            .to_owned();
-        Some(
-            template
-                .replace("{trace_id}", &encode(&trace_id))
-                .replace("{message_id}", &id.to_string()),
-        )
-    });
+    let trace_link = dash
+        .config
+        .trace_link
+        .as_ref()
+        .and_then(|template| trace_link(template, &m.headers, id));
     let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).unwrap_or_default();
     let body = html! {
         dl.fields #message-fields {
@@ -263,6 +255,22 @@ pub(super) async fn message(State(dash): State<Shared>, ctx: Ctx, Path(id): Path
     ))
 }
 
+/// The template with the trace id of the message's W3C `traceparent`
+/// (`00-<trace id>-<span id>-<flags>`) and its id filled in; `None` without a trace.
+fn trace_link(template: &str, headers: &serde_json::Value, id: Uuid) -> Option<String> {
+    let trace_id = headers
+        .get("traceparent")?
+        .as_str()?
+        .split('-')
+        .nth(1)
+        .filter(|t| t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit()))?;
+    Some(
+        template
+            .replace("{trace_id}", trace_id)
+            .replace("{message_id}", &id.to_string()),
+    )
+}
+
 /// What an action just did, shown once after its redirect.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
@@ -280,10 +288,12 @@ pub(super) async fn dead_letters(
 ) -> Page {
     params.status = MessageStatus::Dead.as_str().to_owned();
     let filter = params.filter()?;
-    let matching = dash
-        .admin
-        .count(&filter.clone().status(MessageStatus::Dead))
-        .await?;
+    // Every match, not only those after this page: the count the actions would act on.
+    let every = FilterParams {
+        after: String::new(),
+        ..params.clone()
+    };
+    let matching = dash.admin.count(&every.filter()?).await?;
     let rows = dash.admin.list(&filter).await?;
     let groups = dash.admin.status().await?.dead_letters;
     let body = html! {
@@ -393,4 +403,27 @@ pub(super) async fn relays(State(dash): State<Shared>, ctx: Ctx) -> Page {
         }
     };
     Ok(page(&ctx, "Relays", Nav::Relays, true, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_trace_link_takes_the_trace_id_of_the_traceparent() {
+        let id = Uuid::nil();
+        let headers = serde_json::json!({
+            "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        });
+        assert_eq!(
+            trace_link("https://t.example/{trace_id}?m={message_id}", &headers, id).as_deref(),
+            Some(
+                "https://t.example/4bf92f3577b34da6a3ce929d0e0e4736\
+                 ?m=00000000-0000-0000-0000-000000000000"
+            )
+        );
+        assert_eq!(trace_link("{trace_id}", &serde_json::json!({}), id), None);
+        let forged = serde_json::json!({ "traceparent": "00-\"><script>-x-01" });
+        assert_eq!(trace_link("{trace_id}", &forged, id), None, "only hex ids");
+    }
 }

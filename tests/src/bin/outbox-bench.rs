@@ -13,6 +13,7 @@
 //! - `scale`: claim cost with delivered history and a large backlog; relay RSS.
 //! - `order`: ordered vs unordered drain at 10, 1 000 and 100 000 aggregates.
 //! - `big`: the drain of 1M pending rows vs 100k with `DeliveredRows::Delete`.
+//! - `dashboard`: each dashboard page's response time with `BENCH_BIG` delivered rows.
 //!
 //! Servers come from `OUTBOX_TEST_POSTGRES_URL` / `OUTBOX_TEST_MYSQL_URL`; without backends
 //! the suite runs on SQLite and PostgreSQL. Knobs: `BENCH_SECS` (seconds per measured write
@@ -31,6 +32,8 @@
 mod backlog;
 #[path = "outbox-bench/big.rs"]
 mod big;
+#[path = "outbox-bench/dashboard.rs"]
+mod dashboard;
 #[path = "outbox-bench/latency.rs"]
 mod latency;
 #[path = "outbox-bench/order.rs"]
@@ -46,8 +49,7 @@ use chrono::Utc;
 use outbox_tests::{Backend, TestDb};
 use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
 
-const USAGE: &str =
-    "usage: outbox-bench <write|relay|latency|scale|order|big> [sqlite] [postgres] [mariadb]";
+const USAGE: &str = "usage: outbox-bench <write|relay|latency|scale|order|big|dashboard> [sqlite] [postgres] [mariadb]";
 
 fn env_num(var: &str, default: f64) -> f64 {
     std::env::var(var)
@@ -86,6 +88,7 @@ async fn main() -> anyhow::Result<()> {
             "scale" => scale::suite(backend).await?,
             "order" => order::suite(backend).await?,
             "big" => big::suite(backend).await?,
+            "dashboard" => dashboard::suite(backend).await?,
             other => anyhow::bail!("unknown suite {other}\n{USAGE}"),
         }
     }
