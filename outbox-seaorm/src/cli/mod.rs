@@ -358,8 +358,10 @@ async fn dashboard(
     args: DashboardArgs,
 ) -> anyhow::Result<()> {
     // The actions are logged through `tracing` (who, what, how many): print them.
+    // Colours only on a terminal: the log is often a file or a collector's pipe.
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_max_level(tracing::Level::INFO)
         .try_init();
     let mut config = crate::dashboard::DashboardConfig::new()
