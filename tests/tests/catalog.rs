@@ -921,3 +921,93 @@ async fn every_stored_payload_validates_against_its_event_schema() {
     let retyped = json!({ "order_id": uuid::Uuid::nil(), "amount": "12.50" });
     assert!(!errors(placed.schema.as_ref().unwrap(), &retyped).is_empty());
 }
+
+/// Field `a` of type `A` in the committed catalog, of type `B` now.
+fn field_change<A: JsonSchema, B: JsonSchema>() -> Result<(), Vec<BreakingChange>> {
+    #[derive(JsonSchema)]
+    #[allow(dead_code)]
+    struct Of<T> {
+        a: T,
+    }
+    let c =
+        |schema| Catalog::new().with_event(EventDescription::new("x.changed", 1).schema(schema));
+    c(schema_of::<Of<B>>()).check_against(&c(schema_of::<Of<A>>()))
+}
+
+#[test]
+fn narrowing_a_field_within_its_json_type_is_breaking() {
+    #[derive(JsonSchema)]
+    #[allow(dead_code)]
+    enum Colour {
+        Red,
+        Blue,
+    }
+    let retyped = |r: Result<(), Vec<BreakingChange>>, field: &str| {
+        let changes = r.expect_err("breaking");
+        assert!(
+            matches!(&changes[..], [BreakingChange::FieldRetyped { field: f, .. }] if f == field),
+            "{changes:?}"
+        );
+        changes[0].to_string()
+    };
+    assert_eq!(
+        retyped(field_change::<i64, i32>(), "a"),
+        "x.changed v1: field `a` was integer (int64) and is now integer (int32); bump the \
+         version and add an upcaster from the committed one"
+    );
+    retyped(field_change::<u32, i32>(), "a");
+    retyped(field_change::<String, uuid::Uuid>(), "a");
+    retyped(
+        field_change::<chrono::DateTime<chrono::Utc>, chrono::NaiveDate>(),
+        "a",
+    );
+    assert!(retyped(field_change::<String, Colour>(), "a").contains(r#"one of "Red", "Blue""#));
+    assert!(retyped(field_change::<serde_json::Value, String>(), "a").contains("was any JSON"));
+    retyped(
+        field_change::<
+            std::collections::HashMap<String, i32>,
+            std::collections::HashMap<String, String>,
+        >(),
+        "a{}",
+    );
+}
+
+#[test]
+fn widening_a_field_is_not_breaking() {
+    assert_eq!(field_change::<i32, i64>(), Ok(()));
+    assert_eq!(field_change::<u32, u64>(), Ok(()));
+    assert_eq!(field_change::<u32, i64>(), Ok(()));
+    assert_eq!(field_change::<uuid::Uuid, String>(), Ok(()));
+    assert_eq!(field_change::<i32, f64>(), Ok(()));
+    assert_eq!(field_change::<String, serde_json::Value>(), Ok(()));
+}
+
+#[test]
+fn an_event_that_lost_its_schema_is_reported_not_skipped() {
+    let current = Catalog::new().with_event(EventDescription::new("order.placed", 1));
+    let changes = current.check_against(&committed()).unwrap_err();
+    assert_eq!(
+        changes,
+        [BreakingChange::SchemaMissing {
+            event: "order.placed".into(),
+            version: 1
+        }]
+    );
+    assert!(changes[0].to_string().contains("cannot be checked"));
+}
+
+#[test]
+fn a_file_that_is_not_a_catalog_is_refused_not_read_as_empty() {
+    for not_a_catalog in [
+        "{}",
+        r#"{"catalog_version": 1, "event_types": []}"#,
+        r#"{"asyncapi": "3.0.0", "info": {"title": "t", "version": "1"}}"#,
+    ] {
+        assert!(
+            Catalog::from_json(not_a_catalog).is_err(),
+            "{not_a_catalog} read as a catalog"
+        );
+    }
+    let written = committed().to_json().to_string();
+    assert_eq!(Catalog::from_json(&written).unwrap(), committed());
+}

@@ -1,10 +1,15 @@
 //! Whether payloads a committed catalog describes still fit the current one.
 //!
-//! The reader is the current code (and every consumer of the published events), the data is
-//! what was written under the committed schema. Within one event version that rules out a
-//! field removed, retyped, newly required, or an enum value dropped. A new version is fine as
-//! long as stored payloads of the old one still reach it: the old version stays, or upcasters
-//! lead from it to a version that is here.
+//! The reader is the current code, the data is what was written under the committed schema.
+//! Within one event version that rules out a field retyped or narrowed (`i64` to `i32`, a
+//! string to a UUID or an enum, a date-time to a date, any JSON to a string), newly required,
+//! or an enum value dropped; a removed field is flagged too, since consumers of the published
+//! events lose it. A new version is fine as long as stored payloads of the old one still reach
+//! it: the old version stays, or upcasters lead from it to a version that is here.
+//!
+//! Not flagged: what only a strict consumer of the published events may reject — a new enum
+//! variant, a wider integer, a field that became optional. An event that had a schema and has
+//! none now cannot be compared, and is reported.
 
 use std::collections::{BTreeSet, HashSet};
 use std::fmt;
@@ -55,6 +60,14 @@ pub enum BreakingChange {
         /// The field's path.
         field: String,
     },
+    /// The committed catalog has the payload's schema and the current one has none (no
+    /// `JsonSchema` derive, or the `schema` feature off): it cannot be checked.
+    SchemaMissing {
+        /// The event type.
+        event: String,
+        /// Its version.
+        version: u32,
+    },
     /// An enum value (a unit variant's name) is no longer accepted.
     ValueRemoved {
         /// The event type.
@@ -75,13 +88,20 @@ impl fmt::Display for BreakingChange {
             Self::VersionRemoved { event, version } => write!(
                 f,
                 "{event} v{version}: the version is gone and no upcaster leads from it to a \
-                 version that is here; keep the type, or add an upcaster from v{version}"
+                 version that is here; keep it (a renamed event type is a new type: keep the \
+                 old one too), or add an upcaster from v{version}"
             ),
             Self::FieldRemoved {
                 event,
                 version,
                 field,
             } => write!(f, "{event} v{version}: field `{field}` was removed; {hint}"),
+            Self::SchemaMissing { event, version } => write!(
+                f,
+                "{event} v{version}: the committed catalog has its schema and this build has \
+                 none (derive `schemars::JsonSchema` on it, with the `schema` feature on), so \
+                 it cannot be checked"
+            ),
             Self::FieldRetyped {
                 event,
                 version,
@@ -89,14 +109,10 @@ impl fmt::Display for BreakingChange {
                 was,
                 now,
             } => {
-                let what = if field.is_empty() {
-                    "the payload".to_owned()
-                } else {
-                    format!("field `{field}`")
-                };
                 write!(
                     f,
-                    "{event} v{version}: {what} was {was} and is now {now}; {hint}"
+                    "{event} v{version}: {} was {was} and is now {now}; {hint}",
+                    what(field)
                 )
             }
             Self::FieldRequired {
@@ -105,8 +121,9 @@ impl fmt::Display for BreakingChange {
                 field,
             } => write!(
                 f,
-                "{event} v{version}: field `{field}` is now required (committed payloads may \
-                 lack it); give it a default, or {hint}"
+                "{event} v{version}: {} is now required (committed payloads may lack it); \
+                 give it a default, or {hint}",
+                what(field)
             ),
             Self::ValueRemoved {
                 event,
@@ -115,9 +132,19 @@ impl fmt::Display for BreakingChange {
                 value,
             } => write!(
                 f,
-                "{event} v{version}: field `{field}` no longer accepts {value}; {hint}"
+                "{event} v{version}: {} no longer accepts {value}; {hint}",
+                what(field)
             ),
         }
+    }
+}
+
+/// A field's path as a message names it; the payload itself has an empty path.
+fn what(field: &str) -> String {
+    if field.is_empty() {
+        "the payload".to_owned()
+    } else {
+        format!("field `{field}`")
     }
 }
 
@@ -134,9 +161,18 @@ pub(super) fn breaking_changes(committed: &Catalog, current: &Catalog) -> Vec<Br
             }
             continue;
         };
-        // Without both schemas there is nothing to compare; `events_without_schema` says so.
-        let (Some(old_schema), Some(new_schema)) = (&old.schema, &new.schema) else {
-            continue;
+        let (old_schema, new_schema) = match (&old.schema, &new.schema) {
+            (Some(o), Some(n)) => (o, n),
+            // A schema lost hides every change behind it.
+            (Some(_), None) => {
+                out.push(BreakingChange::SchemaMissing {
+                    event: old.name.clone(),
+                    version: old.version,
+                });
+                continue;
+            }
+            // Nothing was committed to compare with; `events_without_schema` names them.
+            (None, _) => continue,
         };
         let mut cmp = Compare {
             event: &old.name,
@@ -189,6 +225,11 @@ impl<'a> Compare<'a> {
         let new = non_null(resolve(self.new_root, new));
 
         let (was, now) = (types(self.old_root, old), types(self.new_root, new));
+        if was.is_empty() && !now.is_empty() && !is_object_like(old) {
+            // Any JSON (`serde_json::Value`) became one type: most committed values no longer fit.
+            self.retyped(path, "any JSON".to_owned(), join(&now));
+            return;
+        }
         // An unconstrained schema (`{}`, `true`) has no types: anything fits it.
         let lost: Vec<_> = if now.is_empty() {
             Vec::new()
@@ -206,6 +247,10 @@ impl<'a> Compare<'a> {
                 was: join(&was),
                 now: join(&now),
             });
+            return;
+        }
+        if let Some((was, now)) = narrowed(old, new) {
+            self.retyped(path, was, now);
             return;
         }
         if let (Some(old_values), Some(new_values)) = (enum_values(old), enum_values(new)) {
@@ -227,6 +272,23 @@ impl<'a> Compare<'a> {
         if let (Some(o), Some(n)) = (old.get("items"), new.get("items")) {
             self.node(o, n, &format!("{path}[]"));
         }
+        // A map's values (`HashMap<String, V>`).
+        if let (Some(o @ Value::Object(_)), Some(n @ Value::Object(_))) = (
+            old.get("additionalProperties"),
+            new.get("additionalProperties"),
+        ) {
+            self.node(o, n, &format!("{path}{{}}"));
+        }
+    }
+
+    fn retyped(&mut self, path: &str, was: String, now: String) {
+        self.out.push(BreakingChange::FieldRetyped {
+            event: self.event.to_owned(),
+            version: self.version,
+            field: path.to_owned(),
+            was,
+            now,
+        });
     }
 
     fn object(&mut self, old: &'a Value, new: &'a Value, path: &str) {
@@ -295,6 +357,69 @@ impl<'a> Compare<'a> {
             self.out.push(change);
         }
     }
+}
+
+/// A schema with properties or a map's values but no `type`: an object all the same.
+fn is_object_like(schema: &Value) -> bool {
+    schema.get("properties").is_some() || schema.get("additionalProperties").is_some()
+}
+
+/// Whether `new` admits fewer values of the same JSON type than `old`: a smaller integer
+/// range (`int64` to `int32`, `uint32` to `int32`), a string format added or changed (a UUID,
+/// a date where a date-time was), or an enum where any string was. Returns how to name both.
+fn narrowed(old: &Value, new: &Value) -> Option<(String, String)> {
+    let describe = |s: &Value| {
+        let ty = s.get("type").and_then(Value::as_str).unwrap_or("value");
+        match s.get("format").and_then(Value::as_str) {
+            Some(f) => format!("{ty} ({f})"),
+            None => ty.to_owned(),
+        }
+    };
+    if let (Some(o), Some(n)) = (int_range(old), int_range(new))
+        && (n.0 > o.0 || n.1 < o.1)
+    {
+        return Some((describe(old), describe(new)));
+    }
+    let is_string = |s: &Value| s.get("type").and_then(Value::as_str) == Some("string");
+    if is_string(old) && is_string(new) {
+        let (of, nf) = (old.get("format"), new.get("format"));
+        if nf.is_some() && of != nf {
+            return Some((describe(old), describe(new)));
+        }
+    }
+    if enum_values(old).is_none() && is_string(old) {
+        if let Some(values) = enum_values(new) {
+            let listed: Vec<String> = values.iter().map(Value::to_string).collect();
+            return Some((describe(old), format!("one of {}", listed.join(", "))));
+        }
+    }
+    None
+}
+
+/// The range of integers a schema admits, from its format and bounds (`None` if not an
+/// integer).
+fn int_range(s: &Value) -> Option<(i128, i128)> {
+    if s.get("type").and_then(Value::as_str) != Some("integer") {
+        return None;
+    }
+    let (mut lo, mut hi) = match s.get("format").and_then(Value::as_str) {
+        Some("int8") => (i8::MIN.into(), i8::MAX.into()),
+        Some("int16") => (i16::MIN.into(), i16::MAX.into()),
+        Some("int32") => (i32::MIN.into(), i32::MAX.into()),
+        Some("int64") => (i64::MIN.into(), i64::MAX.into()),
+        Some("uint8") => (0, u8::MAX.into()),
+        Some("uint16") => (0, u16::MAX.into()),
+        Some("uint32") => (0, u32::MAX.into()),
+        Some("uint64" | "uint") => (0, u64::MAX.into()),
+        _ => (i128::MIN, i128::MAX),
+    };
+    if let Some(m) = s.get("minimum").and_then(Value::as_f64) {
+        lo = lo.max(m.ceil() as i128);
+    }
+    if let Some(m) = s.get("maximum").and_then(Value::as_f64) {
+        hi = hi.min(m.floor() as i128);
+    }
+    Some((lo, hi))
 }
 
 fn ref_of(schema: &Value) -> Option<&str> {

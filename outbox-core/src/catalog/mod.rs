@@ -47,10 +47,12 @@ use crate::registry::Registry;
 /// Events, handlers, routes and upcasters of a service. Its JSON form is what
 /// [`serde_json::to_string_pretty`] writes; lists are sorted so that the file diffs well.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+// A file that is not a catalog (`{}`, an AsyncAPI document, another format) must not read as
+// an empty catalog, which every check would pass: `events` is required, other keys refused.
+#[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct Catalog {
     /// One entry per event type and version, sorted by name then version.
-    #[serde(default)]
     pub events: Vec<EventDescription>,
     /// In-process handlers, sorted by name.
     #[serde(default)]

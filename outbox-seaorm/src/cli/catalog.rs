@@ -57,7 +57,13 @@ fn try_run(args: &CatalogArgs, catalog: Option<Catalog>) -> anyhow::Result<ExitC
     if let Some(path) = &args.check {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-        let committed = Catalog::from_json(&text)?;
+        let committed = Catalog::from_json(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "{} is not an event catalog written by `outbox catalog --format json`: {}",
+                path.display(),
+                e.report()
+            )
+        })?;
         return Ok(match current.check_against(&committed) {
             Ok(()) => {
                 eprintln!("no breaking change against {}", path.display());
