@@ -387,11 +387,12 @@ fn narrowed(old: &Value, new: &Value) -> Option<(String, String)> {
             return Some((describe(old), describe(new)));
         }
     }
-    if enum_values(old).is_none() && is_string(old) {
-        if let Some(values) = enum_values(new) {
-            let listed: Vec<String> = values.iter().map(Value::to_string).collect();
-            return Some((describe(old), format!("one of {}", listed.join(", "))));
-        }
+    if enum_values(old).is_none()
+        && is_string(old)
+        && let Some(values) = enum_values(new)
+    {
+        let listed: Vec<String> = values.iter().map(Value::to_string).collect();
+        return Some((describe(old), format!("one of {}", listed.join(", "))));
     }
     None
 }
