@@ -25,6 +25,15 @@ fn the_readme_tests_are_the_orders_example_tests() {
     );
 }
 
+#[test]
+fn the_readme_dashboard_snippet_is_the_dashboard_mount_example() {
+    assert_eq!(
+        first_rust_block("### The dashboard"),
+        include_str!("../examples/dashboard_mount.rs").trim_end(),
+        "README.md and examples/examples/dashboard_mount.rs differ"
+    );
+}
+
 /// The first ```rust block after `heading`, without its fences.
 fn first_rust_block(heading: &str) -> &'static str {
     let readme = include_str!("../../README.md");

@@ -139,7 +139,8 @@ pub enum Error {
     /// `DashboardConfig::allow_unauthenticated`.
     #[error(
         "refusing to serve the outbox dashboard on {addr} without authentication: set basic or \
-         bearer auth, or allow it explicitly (--i-know-it-is-open)"
+         bearer auth, or allow it explicitly (`DashboardConfig::allow_unauthenticated`, \
+         `--i-know-it-is-open` on the command line)"
     )]
     OpenDashboard {
         /// The address asked for.

@@ -117,7 +117,12 @@ struct DashboardArgs {
     #[arg(long, env = "OUTBOX_DASHBOARD_BASIC_AUTH", hide_env_values = true)]
     basic_auth: Option<String>,
     /// Require `Authorization: Bearer <token>`.
-    #[arg(long, env = "OUTBOX_DASHBOARD_BEARER_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "OUTBOX_DASHBOARD_BEARER_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "basic_auth"
+    )]
     bearer_token: Option<String>,
     /// Serve without authentication on a non-loopback address: the network is trusted, or a
     /// proxy in front authenticates.
@@ -365,7 +370,7 @@ async fn dashboard(
         .with_max_level(tracing::Level::INFO)
         .try_init();
     let mut config = crate::dashboard::DashboardConfig::new()
-        .outbox(outbox)
+        .outbox(outbox.clone())
         .read_only(args.read_only)
         .allow_unauthenticated(args.i_know_it_is_open);
     if let Some(pair) = &args.basic_auth {
@@ -383,6 +388,10 @@ async fn dashboard(
     config
         .check_listen(args.listen)
         .map_err(|e| usage(e.to_string()))?;
+    // Tables missing: say so now (with the `outbox migrate` hint), not on every page.
+    crate::Admin::with_config(db.clone(), outbox.clone())
+        .counts()
+        .await?;
     eprintln!(
         "outbox dashboard on http://{} (Ctrl-C to stop)",
         args.listen

@@ -1,6 +1,7 @@
 //! Requeue and discard every dead letter a filter matches: a confirmation page with the
 //! count, then a `POST` with the CSRF token, running the same `Admin` calls as the command line.
 
+use axum::extract::rejection::FormRejection;
 use axum::extract::{Form, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
@@ -72,6 +73,9 @@ pub(super) async fn confirm(
     }
     let verb = Verb::parse(&p.action)
         .ok_or_else(|| ErrorPage::new(StatusCode::BAD_REQUEST, "action: requeue or discard"))?;
+    // The action takes every match, not a page: count what it will take.
+    let mut p = p;
+    p.filter.whole();
     let filter = p.filter.filter()?.status(MessageStatus::Dead);
     let count = dash.admin.count(&filter).await?;
     let back = ctx.href(&format!("/dead-letters?{}", p.filter.query(None)));
@@ -97,11 +101,15 @@ pub(super) async fn confirm(
     Ok(page(&ctx, &title, Nav::DeadLetters, false, body).into_response())
 }
 
+/// The form, or why it did not parse: read only after the read-only check, so a read-only
+/// dashboard answers every action with 403 whatever the body.
+type ActionForm = Result<Form<ActionParams>, FormRejection>;
+
 /// `POST /dead-letters/requeue`.
 pub(super) async fn requeue(
     state: State<Shared>,
     ctx: Ctx,
-    form: Form<ActionParams>,
+    form: ActionForm,
 ) -> Result<Response, ErrorPage> {
     act(state, ctx, form, Verb::Requeue).await
 }
@@ -110,7 +118,7 @@ pub(super) async fn requeue(
 pub(super) async fn discard(
     state: State<Shared>,
     ctx: Ctx,
-    form: Form<ActionParams>,
+    form: ActionForm,
 ) -> Result<Response, ErrorPage> {
     act(state, ctx, form, Verb::Discard).await
 }
@@ -118,7 +126,7 @@ pub(super) async fn discard(
 async fn act(
     State(dash): State<Shared>,
     ctx: Ctx,
-    Form(p): Form<ActionParams>,
+    form: ActionForm,
     verb: Verb,
 ) -> Result<Response, ErrorPage> {
     let who = ctx.who.as_str();
@@ -130,6 +138,9 @@ async fn act(
         );
         return Err(read_only());
     }
+    let Form(mut p) = form.map_err(|e| ErrorPage::new(e.status(), e.body_text()))?;
+    // Every match, as the confirmation counted them (a page's `after` is not part of it).
+    p.filter.whole();
     if !same(p.csrf.as_bytes(), ctx.csrf.as_bytes()) {
         tracing::warn!(
             who,

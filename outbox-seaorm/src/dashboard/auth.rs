@@ -35,6 +35,18 @@ impl Auth {
         }
     }
 
+    /// A user, password or token that is empty.
+    pub(super) fn is_empty(&self) -> bool {
+        match self {
+            Auth::Basic { user, expected } => {
+                let encoded_colon_only =
+                    base64::engine::general_purpose::STANDARD.encode(format!("{user}:"));
+                user.is_empty() || expected == &format!("Basic {encoded_colon_only}")
+            }
+            Auth::Bearer(token) => token.trim().is_empty(),
+        }
+    }
+
     pub(super) fn kind(&self) -> &'static str {
         match self {
             Auth::Basic { .. } => "basic",
@@ -66,6 +78,28 @@ pub struct Operator(pub String);
 #[derive(Debug, Clone)]
 pub(super) struct Who(pub(super) String);
 
+/// The `Authorization` value with its scheme written as we compare it (`Basic`, `Bearer`): the
+/// scheme name is case-insensitive (RFC 7235), the credentials are not.
+fn normalize_scheme(value: &[u8]) -> Vec<u8> {
+    let (scheme, rest) = match value.iter().position(|b| *b == b' ') {
+        Some(i) => (&value[..i], value[i..].trim_ascii_start()),
+        None => (value, &b""[..]),
+    };
+    let scheme: &[u8] = if scheme.eq_ignore_ascii_case(b"basic") {
+        b"Basic"
+    } else if scheme.eq_ignore_ascii_case(b"bearer") {
+        b"Bearer"
+    } else {
+        scheme
+    };
+    let mut out = scheme.to_vec();
+    if !rest.is_empty() {
+        out.push(b' ');
+        out.extend_from_slice(rest);
+    }
+    out
+}
+
 /// Checks the configured authentication, and records who is asking.
 pub(super) async fn authenticate(
     State(dash): State<Shared>,
@@ -86,7 +120,9 @@ pub(super) async fn authenticate(
                 .headers()
                 .get(header::AUTHORIZATION)
                 .map(HeaderValue::as_bytes)
+                .map(normalize_scheme)
                 .unwrap_or_default();
+            let given = given.as_slice();
             let (ok, user) = match auth {
                 Auth::Basic { user, expected } => (same(given, expected.as_bytes()), user.clone()),
                 Auth::Bearer(token) => (

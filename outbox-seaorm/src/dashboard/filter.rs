@@ -54,6 +54,19 @@ impl FilterParams {
     /// The filter these parameters describe (its status, after and limit included).
     pub(super) fn filter(&self) -> Result<MessageFilter, ErrorPage> {
         let bad = |m: String| ErrorPage::new(StatusCode::BAD_REQUEST, m);
+        // No stored name or id holds a NUL, and PostgreSQL refuses one in a query.
+        if [
+            &self.handler,
+            &self.event_type,
+            &self.aggregate_type,
+            &self.aggregate,
+            &self.error_kind,
+        ]
+        .iter()
+        .any(|v| v.contains('\0'))
+        {
+            return Err(bad("a filter value contains a NUL character".into()));
+        }
         let mut f = MessageFilter::new();
         if let Some(s) = set(&self.status) {
             let s = MessageStatus::parse(s)
@@ -87,10 +100,19 @@ impl FilterParams {
         let limit = match set(&self.limit) {
             Some(l) => l
                 .parse::<u32>()
-                .map_err(|_| bad(format!("limit: `{l}` is not a number")))?,
+                .ok()
+                .filter(|n| (1..=500).contains(n))
+                .ok_or_else(|| bad(format!("limit: `{l}` is not a number from 1 to 500")))?,
             None => 50,
         };
-        Ok(f.limit(limit.clamp(1, 500)))
+        Ok(f.limit(limit))
+    }
+
+    /// Drops the page (`after`, `limit`): what is left selects every match, as an action on
+    /// "all matching" must.
+    pub(super) fn whole(&mut self) {
+        self.after.clear();
+        self.limit.clear();
     }
 
     /// Whether no condition is set (status, page and limit aside).

@@ -83,8 +83,26 @@ impl ErrorPage {
 
 impl From<Error> for ErrorPage {
     fn from(e: Error) -> Self {
-        tracing::error!(error = %e.report(), "outbox dashboard: query failed");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, e.report())
+        let report = e.report();
+        tracing::error!(error = %report, "outbox dashboard: query failed");
+        // The database's own words (server source lines, schema names) are for the log; the
+        // page says what to do.
+        let message = if !matches!(e, Error::Db(_)) {
+            report
+        } else if ["no such table", "does not exist", "doesn't exist"]
+            .iter()
+            .any(|m| report.contains(m))
+            && report.contains("outbox")
+        {
+            "the outbox tables are missing: run `outbox migrate` (or add `OutboxMigration` to \
+             your migrator)"
+                .to_owned()
+        } else {
+            "the outbox could not be read: a database error (the details are in the server's \
+             log)"
+                .to_owned()
+        };
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, message)
     }
 }
 

@@ -132,8 +132,17 @@ impl DashboardConfig {
     ///
     /// # Errors
     ///
-    /// [`Error::OpenDashboard`] otherwise.
+    /// [`Error::OpenDashboard`] otherwise; [`Error::InvalidSetting`] for an empty password,
+    /// user or token.
     pub fn check_listen(&self, addr: SocketAddr) -> Result<()> {
+        // An empty password or token is what an unset environment variable gives: that is no
+        // authentication at all (or a lock-out), never what was meant.
+        if self.auth.as_ref().is_some_and(auth::Auth::is_empty) {
+            return Err(Error::InvalidSetting(
+                "dashboard credentials must not be empty (an unset variable?): give basic auth \
+                 a user and a password, bearer auth a token",
+            ));
+        }
         if addr.ip().is_loopback() || self.auth.is_some() || self.allow_unauthenticated {
             Ok(())
         } else {
