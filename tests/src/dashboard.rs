@@ -84,6 +84,15 @@ pub async fn get(app: &Router, uri: &str) -> Page {
     send(app, Request::get(uri).body(Body::empty()).expect("request")).await
 }
 
+/// `GET /` with an `Authorization` header through `app`.
+pub async fn get_as(app: &Router, authorization: &str) -> Page {
+    let req = Request::get("/")
+        .header(header::AUTHORIZATION, authorization)
+        .body(Body::empty())
+        .expect("request");
+    send(app, req).await
+}
+
 /// `POST uri` with a form body through `app`.
 pub async fn post_form(app: &Router, uri: &str, form: &str) -> Page {
     let req = Request::builder()

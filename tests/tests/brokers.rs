@@ -60,6 +60,84 @@ async fn drain_with_kills(t: &TestDb, broker: &[&str], total: usize) -> usize {
 
 /// A fresh topic exchange and a durable queue bound to it with `binding`, both deleted by the
 /// server once unused (the queue when its last consumer leaves).
+/// A binary-mode NATS message as the CloudEvents SDK's HTTP binding reads it (NATS headers
+/// follow it).
+fn sdk_event(headers: &async_nats::HeaderMap, payload: &[u8]) -> cloudevents::Event {
+    let mut h = http::HeaderMap::new();
+    for (k, v) in headers.iter() {
+        let name: &str = k.as_ref();
+        h.insert(
+            http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).unwrap(),
+            v[0].as_str().parse().unwrap(),
+        );
+    }
+    cloudevents::binding::http::to_event(&h, payload.to_vec())
+        .expect("a valid binary-mode CloudEvent")
+}
+
+/// Commits one event per awkward id, relays them through a RabbitMQ topic exchange to
+/// `{word}.{aggregate_id}` (a queue bound to `{word}.*`: an id that split the routing key would
+/// be unroutable, returned and retried, never delivered) in `mode`, and returns what the queue
+/// got.
+async fn awkward_ids_through_rabbitmq(
+    t: &TestDb,
+    amqp_url: &str,
+    word: &str,
+    mode: Mode,
+) -> Vec<lapin::message::Delivery> {
+    use outbox_seaorm::core::publish::amqp::AmqpPublisher;
+
+    commit_awkward(&t.db, &AWKWARD_IDS).await;
+    let conn = Connection::connect(amqp_url, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let (exchange, queue) = topic_queue(&ch, &format!("{word}.*")).await;
+    let publisher = AmqpPublisher::new(amqp_url.to_owned(), &exchange, "/orders")
+        .unwrap()
+        .mode(mode);
+    let route = Route::new(format!("awkward-{word}"), publisher)
+        .destination(&format!("{word}.{{aggregate_id}}"))
+        .unwrap();
+    let relay = Relay::builder(t.db.clone())
+        .registry(Registry::new([]).unwrap().with_route(route).unwrap())
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(relay.drain().await.unwrap().delivered, AWKWARD_IDS.len());
+
+    let mut deliveries = ch
+        .basic_consume(
+            queue.clone().into(),
+            word.into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    for _ in 0..AWKWARD_IDS.len() {
+        let d = tokio::time::timeout(Duration::from_secs(10), deliveries.next())
+            .await
+            .expect("every event is in the queue")
+            .unwrap()
+            .unwrap();
+        got.push(d);
+    }
+    got
+}
+
+/// Each awkward id came through exactly once.
+fn assert_each_awkward_id_once(mut seen: Vec<String>) {
+    seen.sort();
+    let mut want: Vec<String> = AWKWARD_IDS.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    assert_eq!(seen, want);
+}
+
 async fn topic_queue(ch: &lapin::Channel, binding: &str) -> (String, String) {
     let tag = Uuid::new_v4().simple().to_string();
     let (exchange, queue) = (format!("outbox-test-{tag}"), format!("outbox-test-{tag}"));
@@ -325,14 +403,7 @@ async fn binary_mode_jetstream_events_are_valid_cloudevents() {
         .await
         .unwrap()
         .unwrap();
-    let mut headers = http::HeaderMap::new();
-    for (k, v) in msg.headers.as_ref().unwrap().iter() {
-        let key: &str = k.as_ref();
-        let name: http::HeaderName = key.to_ascii_lowercase().parse().unwrap();
-        headers.insert(name, v[0].as_str().parse().unwrap());
-    }
-    let event = cloudevents::binding::http::to_event(&headers, msg.payload.to_vec())
-        .expect("valid binary-mode CloudEvent");
+    let event = sdk_event(msg.headers.as_ref().unwrap(), &msg.payload);
     assert_eq!(cloudevents::AttributesReader::ty(&event), "test.numbered");
     assert_eq!(
         cloudevents::AttributesReader::subject(&event),
@@ -411,16 +482,7 @@ async fn awkward_aggregate_ids_stay_one_subject_token_and_one_header_value() {
         );
         // The SDK's HTTP binding reads the same headers (NATS headers follow it); it does not
         // percent-decode values (0.9), so decode its subject to compare.
-        let mut h = http::HeaderMap::new();
-        for (k, v) in headers.iter() {
-            let name: &str = k.as_ref();
-            h.insert(
-                http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).unwrap(),
-                v[0].as_str().parse().unwrap(),
-            );
-        }
-        let event = cloudevents::binding::http::to_event(&h, msg.payload.to_vec())
-            .expect("a valid binary-mode CloudEvent");
+        let event = sdk_event(&headers, &msg.payload);
         let subject = cloudevents::AttributesReader::subject(&event).unwrap();
         let subject = percent_encoding::percent_decode_str(subject)
             .decode_utf8()
@@ -434,10 +496,7 @@ async fn awkward_aggregate_ids_stay_one_subject_token_and_one_header_value() {
         assert_eq!(decoded, back.aggregate_id);
         seen.push(back.aggregate_id);
     }
-    seen.sort();
-    let mut want: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
-    want.sort();
-    assert_eq!(seen, want);
+    assert_each_awkward_id_once(seen);
     js.delete_stream(format!("OUTBOX_IDS_{tag}")).await.unwrap();
     t.cleanup().await;
 }
@@ -447,54 +506,13 @@ async fn awkward_aggregate_ids_stay_one_subject_token_and_one_header_value() {
 async fn awkward_aggregate_ids_stay_one_routing_key_word_and_one_header_value() {
     use lapin::types::AMQPValue;
     use outbox_seaorm::core::cloudevents::{Binding, from_binary};
-    use outbox_seaorm::core::publish::amqp::AmqpPublisher;
 
     let Some(amqp_url) = server_url(Server::Amqp) else {
         return;
     };
     let t = TestDb::new(Backend::Sqlite).await.unwrap();
-    let ids = AWKWARD_IDS;
-    commit_awkward(&t.db, &ids).await;
-
-    let conn = Connection::connect(&amqp_url, ConnectionProperties::default())
-        .await
-        .unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    // Exactly two words: an id that split the key would be unroutable (and, published
-    // `mandatory`, returned and retried, never delivered).
-    let (exchange, queue) = topic_queue(&ch, "k.*").await;
-    let publisher = AmqpPublisher::new(amqp_url.clone(), &exchange, "/orders")
-        .unwrap()
-        .mode(Mode::Binary);
-    let route = Route::new("ids", publisher)
-        .destination("k.{aggregate_id}")
-        .unwrap();
-    let relay = Relay::builder(t.db.clone())
-        .registry(Registry::new([]).unwrap().with_route(route).unwrap())
-        .build()
-        .await
-        .unwrap();
-    assert_eq!(relay.drain().await.unwrap().delivered, ids.len());
-
-    let mut deliveries = ch
-        .basic_consume(
-            queue.clone().into(),
-            "ids".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
     let mut seen = Vec::new();
-    for _ in 0..ids.len() {
-        let d = tokio::time::timeout(Duration::from_secs(10), deliveries.next())
-            .await
-            .expect("every event is in the queue")
-            .unwrap()
-            .unwrap();
+    for d in awkward_ids_through_rabbitmq(&t, &amqp_url, "k", Mode::Binary).await {
         let headers = d.properties.headers().clone().unwrap_or_default();
         let strings = headers.inner().iter().filter_map(|(k, v)| match v {
             AMQPValue::LongString(s) => Some((k.to_string(), s.to_string())),
@@ -515,10 +533,7 @@ async fn awkward_aggregate_ids_stay_one_routing_key_word_and_one_header_value() 
         );
         seen.push(back.aggregate_id);
     }
-    seen.sort();
-    let mut want: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
-    want.sort();
-    assert_eq!(seen, want);
+    assert_each_awkward_id_once(seen);
     t.cleanup().await;
 }
 
@@ -528,53 +543,14 @@ async fn structured_rabbitmq_events_parse_with_the_cloudevents_sdk_and_match_the
     // The Rust CloudEvents SDK (0.9) has no AMQP binding (cloudevents/sdk-rust#188 was never
     // merged); structured mode is its JSON event format, so its own parser reads these bodies.
     use cloudevents::AttributesReader;
-    use outbox_seaorm::core::publish::amqp::AmqpPublisher;
 
     let Some(amqp_url) = server_url(Server::Amqp) else {
         return;
     };
     let t = TestDb::new(Backend::Sqlite).await.unwrap();
-    let ids = AWKWARD_IDS;
-    commit_awkward(&t.db, &ids).await;
-
-    let conn = Connection::connect(&amqp_url, ConnectionProperties::default())
-        .await
-        .unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    let (exchange, queue) = topic_queue(&ch, "s.*").await;
-    let publisher = AmqpPublisher::new(amqp_url.clone(), &exchange, "/orders")
-        .unwrap()
-        .mode(Mode::Structured);
-    let route = Route::new("structured", publisher)
-        .destination("s.{aggregate_id}")
-        .unwrap();
-    let relay = Relay::builder(t.db.clone())
-        .registry(Registry::new([]).unwrap().with_route(route).unwrap())
-        .build()
-        .await
-        .unwrap();
-    assert_eq!(relay.drain().await.unwrap().delivered, ids.len());
-
     let admin = Admin::new(t.db.clone());
-    let mut deliveries = ch
-        .basic_consume(
-            queue.clone().into(),
-            "structured".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
     let mut seen = Vec::new();
-    for _ in 0..ids.len() {
-        let d = tokio::time::timeout(Duration::from_secs(10), deliveries.next())
-            .await
-            .expect("every event is in the queue")
-            .unwrap()
-            .unwrap();
+    for d in awkward_ids_through_rabbitmq(&t, &amqp_url, "s", Mode::Structured).await {
         assert_eq!(
             d.properties.content_type().as_ref().map(|s| s.as_str()),
             Some("application/cloudevents+json")
@@ -607,9 +583,6 @@ async fn structured_rabbitmq_events_parse_with_the_cloudevents_sdk_and_match_the
         }
         seen.push(s.aggregate_id.clone());
     }
-    seen.sort();
-    let mut want: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
-    want.sort();
-    assert_eq!(seen, want);
+    assert_each_awkward_id_once(seen);
     t.cleanup().await;
 }

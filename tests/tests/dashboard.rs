@@ -9,7 +9,7 @@ use axum::http::{StatusCode, header};
 use outbox_seaorm::dashboard::{self, DashboardConfig};
 use outbox_seaorm::entity::MessageStatus;
 use outbox_seaorm::{Admin, MessageFilter};
-use outbox_tests::dashboard::{get, post_form, seed, send};
+use outbox_tests::dashboard::{get, get_as, post_form, seed, send};
 use outbox_tests::{TestDb, backend_tests, wait_for};
 
 backend_tests!(
@@ -293,27 +293,21 @@ async fn authentication_is_checked_and_open_listening_refused() {
     let denied = get(&basic, "/").await;
     assert_eq!(denied.status, StatusCode::UNAUTHORIZED);
     assert!(denied.headers.contains_key(header::WWW_AUTHENTICATE));
-    let with = |value: &str| {
-        axum::http::Request::get("/")
-            .header(header::AUTHORIZATION, value)
-            .body(axum::body::Body::empty())
-            .unwrap()
-    };
     assert_eq!(
-        send(&basic, with("Basic b3BzOnB3")).await.status,
+        get_as(&basic, "Basic b3BzOnB3").await.status,
         StatusCode::OK
     );
     assert_eq!(
-        send(&basic, with("Basic b3BzOnB4")).await.status,
+        get_as(&basic, "Basic b3BzOnB4").await.status,
         StatusCode::UNAUTHORIZED
     );
     let bearer = dashboard::router(t.db.clone(), DashboardConfig::new().bearer_token("s3cret"));
     assert_eq!(
-        send(&bearer, with("Bearer s3cret")).await.status,
+        get_as(&bearer, "Bearer s3cret").await.status,
         StatusCode::OK
     );
     assert_eq!(
-        send(&bearer, with("Bearer nope")).await.status,
+        get_as(&bearer, "Bearer nope").await.status,
         StatusCode::UNAUTHORIZED
     );
 
@@ -508,22 +502,16 @@ async fn empty_credentials_are_refused_and_the_scheme_is_case_insensitive() {
         assert!(err.to_string().contains("must not be empty"), "{err}");
     }
     let basic = dashboard::router(t.db.clone(), DashboardConfig::new().basic_auth("ops", "pw"));
-    let with = |value: &str| {
-        axum::http::Request::get("/")
-            .header(header::AUTHORIZATION, value)
-            .body(axum::body::Body::empty())
-            .unwrap()
-    };
     assert_eq!(
-        send(&basic, with("basic b3BzOnB3")).await.status,
+        get_as(&basic, "basic b3BzOnB3").await.status,
         StatusCode::OK
     );
     assert_eq!(
-        send(&basic, with("BASIC  b3BzOnB3")).await.status,
+        get_as(&basic, "BASIC  b3BzOnB3").await.status,
         StatusCode::OK
     );
     assert_eq!(
-        send(&basic, with("basic b3BzOnB4")).await.status,
+        get_as(&basic, "basic b3BzOnB4").await.status,
         StatusCode::UNAUTHORIZED
     );
     t.cleanup().await;

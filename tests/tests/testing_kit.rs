@@ -440,8 +440,11 @@ async fn a_scheduled_message_is_reported_again_once_delivered() {
 
     let first = harness.settle().await.unwrap();
     assert_eq!(first.scheduled().len(), 1, "{first}");
-    tokio::time::sleep(Duration::from_millis(1600)).await;
-    let second = harness.settle().await.unwrap();
+    // A longer limit takes it in: settle waits until it is due.
+    let second = harness
+        .settle_within(Duration::from_secs(10))
+        .await
+        .unwrap();
     assert_eq!(
         second.delivered::<OrderConfirmed>(),
         [OrderConfirmed { order_id }]

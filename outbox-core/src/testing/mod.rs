@@ -176,6 +176,26 @@ fn listing(pending: &[PendingEvent], mark: Option<usize>) -> String {
     out
 }
 
+/// What [`assert_recorded!`](crate::assert_recorded) and
+/// [`assert_not_recorded!`](crate::assert_not_recorded) expand to.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __check_recorded {
+    ($expected:literal; $source:expr, $($ty:ident)::+ { $($fields:tt)* } $(if $guard:expr)?) => {{
+        // A pattern binds names, it does not compare: `order_id: id` would match anything
+        // and leave `id` unused, so an unused binding is an error here.
+        #[deny(unused_variables)]
+        let matches =
+            |__event: $($ty)::+| ::core::matches!(__event, $($ty)::+ { $($fields)* } $(if $guard)?);
+        $crate::testing::__check_recorded::<$($ty)::+>(
+            &$source,
+            ::core::stringify!($($ty)::+ { $($fields)* } $(if $guard)?),
+            matches,
+            $expected,
+        )
+    }};
+}
+
 /// Asserts that an aggregate (or an [`Events`](crate::Events) buffer) recorded an event
 /// matching a pattern, and lists what it recorded when it did not.
 ///
@@ -205,19 +225,7 @@ macro_rules! assert_recorded {
         $crate::assert_recorded!($source, $($ty)::+ { .. } $(if $guard)?)
     };
     ($source:expr, $($ty:ident)::+ { $($fields:tt)* } $(if $guard:expr)? $(,)?) => {
-        {
-            // A pattern binds names, it does not compare: `order_id: id` would match anything
-            // and leave `id` unused, so an unused binding is an error here.
-            #[deny(unused_variables)]
-            let matches =
-                |__event: $($ty)::+| ::core::matches!(__event, $($ty)::+ { $($fields)* } $(if $guard)?);
-            $crate::testing::__check_recorded::<$($ty)::+>(
-                &$source,
-                ::core::stringify!($($ty)::+ { $($fields)* } $(if $guard)?),
-                matches,
-                true,
-            )
-        }
+        $crate::__check_recorded!(true; $source, $($ty)::+ { $($fields)* } $(if $guard)?)
     };
 }
 
@@ -229,19 +237,7 @@ macro_rules! assert_not_recorded {
         $crate::assert_not_recorded!($source, $($ty)::+ { .. } $(if $guard)?)
     };
     ($source:expr, $($ty:ident)::+ { $($fields:tt)* } $(if $guard:expr)? $(,)?) => {
-        {
-            // A pattern binds names, it does not compare: `order_id: id` would match anything
-            // and leave `id` unused, so an unused binding is an error here.
-            #[deny(unused_variables)]
-            let matches =
-                |__event: $($ty)::+| ::core::matches!(__event, $($ty)::+ { $($fields)* } $(if $guard)?);
-            $crate::testing::__check_recorded::<$($ty)::+>(
-                &$source,
-                ::core::stringify!($($ty)::+ { $($fields)* } $(if $guard)?),
-                matches,
-                false,
-            )
-        }
+        $crate::__check_recorded!(false; $source, $($ty)::+ { $($fields)* } $(if $guard)?)
     };
 }
 

@@ -100,18 +100,16 @@ impl Driver for Sqlite {
         db: &DatabaseConnection,
     ) -> Option<tokio::sync::OwnedMutexGuard<()>> {
         // sqlx names each in-memory database uniquely, so the file name tells databases apart.
-        let file = db
-            .get_sqlite_connection_pool()
-            .connect_options()
-            .get_filename()
-            .to_owned();
-        let gate = self
-            .gates
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(file)
-            .or_default()
-            .clone();
+        let options = db.get_sqlite_connection_pool().connect_options();
+        let file = options.get_filename();
+        let gate = {
+            let mut gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
+            // Every relay write passes here: look up without allocating, insert once.
+            match gates.get(file) {
+                Some(gate) => gate.clone(),
+                None => gates.entry(file.to_owned()).or_default().clone(),
+            }
+        };
         Some(gate.lock_owned().await)
     }
 
