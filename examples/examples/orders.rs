@@ -261,7 +261,7 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
             std::env::var("RUST_LOG")
-                .unwrap_or_else(|_| "warn,outbox_seaorm=info,outbox_core=error".into()),
+                .unwrap_or_else(|_| "warn,outbox_seaorm=info,outbox_seaorm_core=error".into()),
         )
         .with_target(false)
         .init();

@@ -18,7 +18,7 @@ use crate::unsaved;
 /// empties the buffer once that transaction commits.
 ///
 /// ```
-/// use outbox_core::{Aggregate, DomainEvent, DomainEvents, Events};
+/// use outbox_seaorm_core::{Aggregate, DomainEvent, DomainEvents, Events};
 /// use serde::{Deserialize, Serialize};
 ///
 /// #[derive(Serialize, Deserialize, DomainEvent)]

@@ -214,9 +214,9 @@ impl Error {
 /// (PostgreSQL cannot store one, and a C client would cut the string there).
 ///
 /// ```
-/// assert!(outbox_core::check_name("aggregate id", "order-1").is_ok());
-/// assert!(outbox_core::check_name("aggregate id", "a\0b").is_err());
-/// assert!(outbox_core::check_name("aggregate id", "").is_err());
+/// assert!(outbox_seaorm_core::check_name("aggregate id", "order-1").is_ok());
+/// assert!(outbox_seaorm_core::check_name("aggregate id", "a\0b").is_err());
+/// assert!(outbox_seaorm_core::check_name("aggregate id", "").is_err());
 /// ```
 pub fn check_name(what: &'static str, name: &str) -> Result<()> {
     if name.is_empty() || name.len() > 255 || name.contains('\0') {

@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 /// change when the Rust type is renamed or moved. Derive it:
 ///
 /// ```
-/// use outbox_core::DomainEvent;
+/// use outbox_seaorm_core::DomainEvent;
 /// use serde::{Deserialize, Serialize};
 ///
 /// #[derive(Serialize, Deserialize, DomainEvent)]
@@ -48,7 +48,7 @@ pub struct EventTypeRegistration {
     pub rust_type: &'static str,
     /// The aggregate type that records it, when `#[event(aggregate = "...")]` says so.
     pub aggregate_type: Option<&'static str>,
-    /// The payload's JSON Schema (draft 7): `Some` when outbox-core's `schema` feature is on and
+    /// The payload's JSON Schema (draft 7): `Some` when outbox-seaorm-core's `schema` feature is on and
     /// the type derives `schemars::JsonSchema`. A function, since a schema is built at run time
     /// and a registration is a `static`.
     pub schema: fn() -> Option<serde_json::Value>,

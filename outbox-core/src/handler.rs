@@ -67,7 +67,7 @@ impl HandlerEntry {
     /// A typed handler from a closure or async fn taking the event and an owned context.
     ///
     /// ```
-    /// use outbox_core::{DomainEvent, HandlerEntry, Registry};
+    /// use outbox_seaorm_core::{DomainEvent, HandlerEntry, Registry};
     /// use serde::{Deserialize, Serialize};
     ///
     /// #[derive(Serialize, Deserialize, DomainEvent)]
@@ -79,7 +79,7 @@ impl HandlerEntry {
     ///     Ok::<_, std::io::Error>(())
     /// })])?;
     /// assert_eq!(registry.handlers_for("ping").count(), 1);
-    /// # Ok::<(), outbox_core::Error>(())
+    /// # Ok::<(), outbox_seaorm_core::Error>(())
     /// ```
     pub fn new<E, F, Fut, R>(name: impl Into<Cow<'static, str>>, f: F) -> Self
     where
@@ -121,7 +121,7 @@ impl HandlerEntry {
     ///
     /// ```
     /// use std::sync::{Arc, Mutex};
-    /// use outbox_core::{DomainEvent, HandlerEntry, Registry};
+    /// use outbox_seaorm_core::{DomainEvent, HandlerEntry, Registry};
     /// use serde::{Deserialize, Serialize};
     ///
     /// #[derive(Serialize, Deserialize, DomainEvent)]
@@ -134,7 +134,7 @@ impl HandlerEntry {
     ///     Ok::<_, std::io::Error>(())
     /// });
     /// assert_eq!(Registry::new([entry])?.handlers_for("counted.ping").count(), 1);
-    /// # Ok::<(), outbox_core::Error>(())
+    /// # Ok::<(), outbox_seaorm_core::Error>(())
     /// ```
     pub fn with_state<E, S, F, Fut, R>(name: impl Into<Cow<'static, str>>, state: S, f: F) -> Self
     where

@@ -10,7 +10,7 @@
 //!
 //! ```standalone_crate
 //! use std::sync::Arc;
-//! use outbox_core::{
+//! use outbox_seaorm_core::{
 //!     dispatch, event_handler, DomainEvent, DomainEvents, Aggregate, Envelope, Events,
 //!     Extensions, HandlerContext, Headers, Registry,
 //! };
@@ -31,7 +31,7 @@
 //! }
 //!
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), outbox_core::Error> {
+//! # async fn main() -> Result<(), outbox_seaorm_core::Error> {
 //! let mut order = Order { id: 42, events: Events::new() };
 //! order.events.record(OrderConfirmed { order_id: 42 });
 //!
@@ -61,8 +61,8 @@
 //! # }
 //! ```
 
-// Generated code names this crate `::outbox_core`; this makes that path work inside it too.
-extern crate self as outbox_core;
+// Generated code names this crate `::outbox_seaorm_core`; this makes that path work inside it too.
+extern crate self as outbox_seaorm_core;
 
 mod aggregate;
 pub mod catalog;
@@ -109,13 +109,13 @@ pub use self::upcast::{UpcastFn, UpcasterRegistration, Upcasters};
 
 /// Derives [`DomainEvent`]: `#[event(name = "order.created", version = 1)]`.
 #[cfg(feature = "macros")]
-pub use outbox_macros::DomainEvent;
+pub use outbox_seaorm_macros::DomainEvent;
 /// Derives [`Aggregate`]: `#[domain_events(aggregate = "order", id = id)]` and an `#[events]` field.
 #[cfg(feature = "macros")]
-pub use outbox_macros::DomainEvents;
+pub use outbox_seaorm_macros::DomainEvents;
 /// Registers an `async fn(event: E, ctx: &HandlerContext)` as a handler of `E`.
 #[cfg(feature = "macros")]
-pub use outbox_macros::event_handler;
+pub use outbox_seaorm_macros::event_handler;
 
 /// Not public API: what generated code refers to.
 #[doc(hidden)]

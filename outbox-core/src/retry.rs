@@ -12,7 +12,7 @@ use std::time::Duration;
 ///
 /// ```
 /// use std::time::Duration;
-/// use outbox_core::RetryPolicy;
+/// use outbox_seaorm_core::RetryPolicy;
 ///
 /// let policy = RetryPolicy::exponential(Duration::from_secs(1))
 ///     .max_attempts(5)

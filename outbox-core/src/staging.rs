@@ -7,8 +7,8 @@
 //! its events. A unit that is dropped unsettled gives its events back.
 //!
 //! ```
-//! use outbox_core::staging::Unit;
-//! use outbox_core::{Aggregate, DomainEvent, DomainEvents, Events};
+//! use outbox_seaorm_core::staging::Unit;
+//! use outbox_seaorm_core::{Aggregate, DomainEvent, DomainEvents, Events};
 //! use serde::{Deserialize, Serialize};
 //!
 //! #[derive(Serialize, Deserialize, DomainEvent)]

@@ -26,7 +26,7 @@ static POLICY: AtomicU8 = AtomicU8::new(UNSET);
 /// Sets how the process reacts to events dropped unsaved (process-wide).
 ///
 /// ```
-/// use outbox_core::{on_unsaved_events, UnsavedEvents};
+/// use outbox_seaorm_core::{on_unsaved_events, UnsavedEvents};
 /// on_unsaved_events(UnsavedEvents::Log);
 /// ```
 pub fn on_unsaved_events(policy: UnsavedEvents) {

@@ -100,16 +100,16 @@ impl fmt::Debug for Upcasters {
 /// ```standalone_crate
 /// use serde_json::{json, Value};
 ///
-/// fn order_created_v1_to_v2(mut v: Value) -> Result<Value, outbox_core::BoxError> {
+/// fn order_created_v1_to_v2(mut v: Value) -> Result<Value, outbox_seaorm_core::BoxError> {
 ///     v["currency"] = json!("EUR");
 ///     Ok(v)
 /// }
-/// outbox_core::upcaster!("order.created", from = 1, order_created_v1_to_v2);
+/// outbox_seaorm_core::upcaster!("order.created", from = 1, order_created_v1_to_v2);
 ///
-/// let upcasters = outbox_core::Upcasters::from_inventory();
+/// let upcasters = outbox_seaorm_core::Upcasters::from_inventory();
 /// let up = upcasters.get("order.created", 1).unwrap();
 /// assert_eq!(up(json!({}))?, json!({"currency": "EUR"}));
-/// # Ok::<(), outbox_core::BoxError>(())
+/// # Ok::<(), outbox_seaorm_core::BoxError>(())
 /// ```
 #[macro_export]
 macro_rules! upcaster {

@@ -172,7 +172,7 @@ fn expand(event: &Event) -> TokenStream {
 
         const _: () = {
             // Method resolution picks the schema where `#ident` is concrete: see
-            // `outbox_core::catalog::schema`.
+            // `outbox_seaorm_core::catalog::schema`.
             fn schema() -> ::core::option::Option<#root::__private::serde_json::Value> {
                 #[allow(unused_imports)]
                 use #root::__private::{NoSchema as _, WithSchema as _};

@@ -1,5 +1,5 @@
-//! Macros of `outbox-core`: `#[derive(DomainEvent)]`, `#[derive(DomainEvents)]` and
-//! `#[event_handler]`. Use them through `outbox-core` or `outbox-seaorm`, which re-export them.
+//! Macros of `outbox-seaorm-core`: `#[derive(DomainEvent)]`, `#[derive(DomainEvents)]` and
+//! `#[event_handler]`. Use them through `outbox-seaorm-core` or `outbox-seaorm`, which re-export them.
 //!
 //! Each macro parses its input into a small model (collecting every error, each on the
 //! offending tokens), then expands the model. On error the input item is still emitted, so one

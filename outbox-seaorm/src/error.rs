@@ -26,7 +26,7 @@ pub enum Error {
 
     /// An event could not be recorded, decoded or handled, or the handler registry is invalid.
     #[error(transparent)]
-    Event(#[from] outbox_core::Error),
+    Event(#[from] outbox_seaorm_core::Error),
 
     /// An outbox table is missing, or lacks a column this version uses (it was created by an
     /// older version).

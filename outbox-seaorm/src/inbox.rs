@@ -14,8 +14,8 @@ use sea_orm::DatabaseConnection;
 use uuid::Uuid;
 
 #[cfg(any(feature = "nats", feature = "amqp"))]
-use outbox_core::BoxFuture;
-use outbox_core::{BoxError, HandlerContext, HandlerError};
+use outbox_seaorm_core::BoxFuture;
+use outbox_seaorm_core::{BoxError, HandlerContext, HandlerError};
 
 use std::sync::Arc;
 
@@ -132,8 +132,8 @@ pub trait HandlerContextExt {
     /// The relay's database connection: begin a [`UnitOfWork`] on it and the events you
     /// record are caused by the message being handled.
     ///
-    /// Fails with [`outbox_core::Error::MissingState`] for a context that no relay built.
-    fn db(&self) -> outbox_core::Result<&DatabaseConnection>;
+    /// Fails with [`outbox_seaorm_core::Error::MissingState`] for a context that no relay built.
+    fn db(&self) -> outbox_seaorm_core::Result<&DatabaseConnection>;
 
     /// Runs `work` in a unit of work on the relay's database together with the inbox mark for
     /// this handler and message: if the message was processed before (a redelivery after a
@@ -169,7 +169,7 @@ pub trait HandlerContextExt {
 }
 
 impl HandlerContextExt for HandlerContext {
-    fn db(&self) -> outbox_core::Result<&DatabaseConnection> {
+    fn db(&self) -> outbox_seaorm_core::Result<&DatabaseConnection> {
         crate::relay::host(self).map(|h| &h.db)
     }
 
@@ -207,11 +207,14 @@ enum Verdict {
 async fn judge<F>(
     inbox: &Inbox,
     consumer: &str,
-    parsed: outbox_core::Result<outbox_core::Envelope>,
+    parsed: outbox_seaorm_core::Result<outbox_seaorm_core::Envelope>,
     handler: &F,
 ) -> Verdict
 where
-    F: for<'c> Fn(outbox_core::Envelope, &'c UnitOfWork) -> BoxFuture<'c, Result<(), HandlerError>>,
+    F: for<'c> Fn(
+        outbox_seaorm_core::Envelope,
+        &'c UnitOfWork,
+    ) -> BoxFuture<'c, Result<(), HandlerError>>,
 {
     let envelope = match parsed {
         Ok(e) => e,
@@ -253,7 +256,10 @@ where
                 async_nats::jetstream::consumer::pull::MessagesError,
             >,
         > + Unpin,
-    F: for<'c> Fn(outbox_core::Envelope, &'c UnitOfWork) -> BoxFuture<'c, Result<(), HandlerError>>,
+    F: for<'c> Fn(
+        outbox_seaorm_core::Envelope,
+        &'c UnitOfWork,
+    ) -> BoxFuture<'c, Result<(), HandlerError>>,
 {
     use async_nats::jetstream::AckKind;
     use futures_util::StreamExt;
@@ -272,7 +278,7 @@ where
             .and_then(|h| h.get("Content-Type"))
             .is_some_and(|v| v.as_str().starts_with("application/cloudevents+json"));
         let parsed = if structured {
-            outbox_core::cloudevents::from_structured(&msg.payload)
+            outbox_seaorm_core::cloudevents::from_structured(&msg.payload)
         } else {
             let headers = msg.headers.iter().flat_map(|h| {
                 h.iter().filter_map(|(k, v)| {
@@ -280,8 +286,8 @@ where
                     Some((name.to_owned(), v.first()?.as_str().to_owned()))
                 })
             });
-            outbox_core::cloudevents::from_binary(
-                outbox_core::cloudevents::Binding::Http,
+            outbox_seaorm_core::cloudevents::from_binary(
+                outbox_seaorm_core::cloudevents::Binding::Http,
                 headers,
                 &msg.payload,
             )
@@ -313,7 +319,10 @@ pub async fn consume_amqp<F>(
     handler: F,
 ) -> Result<(), Error>
 where
-    F: for<'c> Fn(outbox_core::Envelope, &'c UnitOfWork) -> BoxFuture<'c, Result<(), HandlerError>>,
+    F: for<'c> Fn(
+        outbox_seaorm_core::Envelope,
+        &'c UnitOfWork,
+    ) -> BoxFuture<'c, Result<(), HandlerError>>,
 {
     use futures_util::StreamExt;
     use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
@@ -333,7 +342,7 @@ where
             .as_ref()
             .is_some_and(|c| c.as_str().starts_with("application/cloudevents+json"));
         let parsed = if structured {
-            outbox_core::cloudevents::from_structured(&delivery.data)
+            outbox_seaorm_core::cloudevents::from_structured(&delivery.data)
         } else {
             let headers = delivery.properties.headers().clone().unwrap_or_default();
             let strings = headers.inner().iter().filter_map(|(k, v)| match v {
@@ -341,8 +350,8 @@ where
                 AMQPValue::ShortString(s) => Some((k.to_string(), s.to_string())),
                 _ => None,
             });
-            outbox_core::cloudevents::from_binary(
-                outbox_core::cloudevents::Binding::Amqp,
+            outbox_seaorm_core::cloudevents::from_binary(
+                outbox_seaorm_core::cloudevents::Binding::Amqp,
                 strings,
                 &delivery.data,
             )

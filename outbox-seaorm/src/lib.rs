@@ -127,28 +127,28 @@ pub use self::uow::{UnitOfWork, Written, save_aggregate, save_aggregate_with, st
 
 /// The event catalog: events, handlers and routes as JSON and AsyncAPI 3.0, and the check of a
 /// committed catalog against the current one. It needs no database, so it lives in
-/// `outbox-core` (beside the registry it reads) and is re-exported here.
+/// `outbox-seaorm-core` (beside the registry it reads) and is re-exported here.
 #[doc(inline)]
-pub use outbox_core::catalog;
+pub use outbox_seaorm_core::catalog;
 #[doc(no_inline)]
-pub use outbox_core::cloudevents;
+pub use outbox_seaorm_core::cloudevents;
 #[doc(no_inline)]
-pub use outbox_core::publish;
+pub use outbox_seaorm_core::publish;
 #[doc(no_inline)]
-pub use outbox_core::publish::{Publisher, Route};
+pub use outbox_seaorm_core::publish::{Publisher, Route};
 #[doc(no_inline)]
-pub use outbox_core::{
+pub use outbox_seaorm_core::{
     Aggregate, BoxError, DomainEvent, DomainEvents, Envelope, Events, Extensions, HandlerContext,
     HandlerEntry, HandlerError, Headers, RecordOptions, Registry, RetryPolicy, UnsavedEvents,
     Upcasters, event_handler, on_unsaved_events, upcaster,
 };
 
 /// The core crate, for what is not re-exported above.
-pub use outbox_core as core;
+pub use outbox_seaorm_core as core;
 
 /// Not public API: the path generated code takes when the user depends on this crate only.
 #[doc(hidden)]
-pub use outbox_core as __core;
+pub use outbox_seaorm_core as __core;
 
 /// The README's examples, compiled as doc tests so they cannot drift from the API.
 #[doc = include_str!("../../README.md")]

@@ -7,8 +7,8 @@
 //! `outbox_seaorm::catalog` re-exports it.
 //!
 //! ```
-//! use outbox_core::DomainEvent;
-//! use outbox_core::catalog::Catalog;
+//! use outbox_seaorm_core::DomainEvent;
+//! use outbox_seaorm_core::catalog::Catalog;
 //! use serde::{Deserialize, Serialize};
 //!
 //! #[derive(Serialize, Deserialize, DomainEvent)]

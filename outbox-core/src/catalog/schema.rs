@@ -1,6 +1,6 @@
 //! The JSON Schema of an event's payload, as `#[derive(DomainEvent)]` registers it.
 //!
-//! The derive expands in the user's crate, which cannot see outbox-core's features, so it
+//! The derive expands in the user's crate, which cannot see outbox-seaorm-core's features, so it
 //! always emits the same call, `(&SchemaProbe::<E>::new()).event_schema()`, and method
 //! resolution picks the answer where the type is concrete: [`WithSchema`] (no autoref needed)
 //! when the `schema` feature is on and `E: schemars::JsonSchema`, else [`NoSchema`] (one
@@ -60,7 +60,7 @@ impl<T> NoSchema for &SchemaProbe<T> {
 #[diagnostic::on_unimplemented(
     message = "`{Self}` has no JSON Schema, and `#[event(schema)]` asks for one",
     label = "derive `schemars::JsonSchema` on `{Self}`",
-    note = "the schema also needs the `schema` feature of `outbox-seaorm` (or `outbox-core`)"
+    note = "the schema also needs the `schema` feature of `outbox-seaorm` (or `outbox-seaorm-core`)"
 )]
 pub trait EventSchema {}
 

@@ -229,8 +229,8 @@ pub struct TemplateError {
 /// Messages matching a [`Matcher`], published by a [`Publisher`] to a templated destination.
 ///
 /// ```
-/// # use outbox_core::{Envelope, HandlerError, Registry};
-/// # use outbox_core::publish::{Publisher, Route};
+/// # use outbox_seaorm_core::{Envelope, HandlerError, Registry};
+/// # use outbox_seaorm_core::publish::{Publisher, Route};
 /// struct Log;
 /// #[async_trait::async_trait]
 /// impl Publisher for Log {

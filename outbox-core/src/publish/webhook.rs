@@ -40,11 +40,11 @@ const BODY_SNIPPET: usize = 2048;
 /// A signing key, written `whsec_<base64>` in the Standard Webhooks format.
 ///
 /// ```
-/// # use outbox_core::publish::webhook::WebhookSecret;
+/// # use outbox_seaorm_core::publish::webhook::WebhookSecret;
 /// let secret: WebhookSecret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".parse()?;
 /// assert_eq!(secret.key().len(), 24);
 /// assert!("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".parse::<WebhookSecret>().is_err());
-/// # Ok::<(), outbox_core::publish::webhook::WebhookSecretError>(())
+/// # Ok::<(), outbox_seaorm_core::publish::webhook::WebhookSecretError>(())
 /// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct WebhookSecret {

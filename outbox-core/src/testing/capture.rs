@@ -56,8 +56,8 @@ impl Published {
 /// another to look at.
 ///
 /// ```
-/// use outbox_core::publish::Route;
-/// use outbox_core::testing::CapturePublisher;
+/// use outbox_seaorm_core::publish::Route;
+/// use outbox_seaorm_core::testing::CapturePublisher;
 ///
 /// let capture = CapturePublisher::new();
 /// let route = Route::new("orders-to-nats", capture.clone())

@@ -11,9 +11,9 @@
 //! test records events on purpose and never saves them.
 //!
 //! ```
-//! use outbox_core::{Aggregate, DomainEvent, DomainEvents, Events};
-//! use outbox_core::testing::recorded;
-//! use outbox_core::{assert_not_recorded, assert_recorded};
+//! use outbox_seaorm_core::{Aggregate, DomainEvent, DomainEvents, Events};
+//! use outbox_seaorm_core::testing::recorded;
+//! use outbox_seaorm_core::{assert_not_recorded, assert_recorded};
 //! use serde::{Deserialize, Serialize};
 //!
 //! #[derive(Debug, Serialize, Deserialize, DomainEvent)]
@@ -206,7 +206,7 @@ macro_rules! __check_recorded {
 /// unused binding a compile error:
 ///
 /// ```compile_fail
-/// # use outbox_core::{assert_recorded, DomainEvent, Events};
+/// # use outbox_seaorm_core::{assert_recorded, DomainEvent, Events};
 /// # #[derive(serde::Serialize, serde::Deserialize, DomainEvent)]
 /// # #[event(name = "order.confirmed")]
 /// # struct OrderConfirmed { order_id: u64 }

@@ -31,7 +31,7 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use outbox_core::{Envelope, Headers};
+use outbox_seaorm_core::{Envelope, Headers};
 
 use crate::config::{OutboxConfig, quote};
 use crate::entity::{DeliveryStatus, MessageStatus};

@@ -5,7 +5,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use outbox_core::Envelope;
+use outbox_seaorm_core::Envelope;
 
 use crate::entity::{DeliveryStatus, MessageStatus};
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use sea_orm::DatabaseConnection;
 
-use outbox_core::{Extensions, Registry, RetryPolicy};
+use outbox_seaorm_core::{Extensions, Registry, RetryPolicy};
 
 use super::decide::Policy;
 use super::policy::{DeliveredRows, DeliveryOrder, OnFailure, Retention};
@@ -186,7 +186,7 @@ impl RelayBuilder {
     /// start span gets no OpenTelemetry context (default: no, the relay only logs it). Turn it
     /// on in a service that traces: a `tracing-opentelemetry` layer built on another
     /// `opentelemetry` version than the outbox's is invisible to it, and events would carry no
-    /// `traceparent` without any other sign (see `outbox_core::trace::propagation`).
+    /// `traceparent` without any other sign (see `outbox_seaorm_core::trace::propagation`).
     pub fn require_trace_context(mut self, yes: bool) -> Self {
         self.require_trace_context = yes;
         self
@@ -237,7 +237,7 @@ impl RelayBuilder {
     /// relay will handle.
     ///
     /// Fails with [`Error::Schema`] when a table is missing or outdated, with
-    /// [`Error::InvalidSetting`] on a setting out of range, and with [`outbox_core::Error`]
+    /// [`Error::InvalidSetting`] on a setting out of range, and with [`outbox_seaorm_core::Error`]
     /// on duplicate handler names or event types.
     pub async fn build(self) -> Result<Relay> {
         let s = &self.settings;
@@ -359,7 +359,7 @@ fn default_id() -> String {
 /// does not: a layer of another `opentelemetry` version would otherwise only show as events
 /// with no `traceparent`.
 fn check_trace_context(relay: &str, required: bool) -> Result<()> {
-    use outbox_core::trace::{self, Propagation};
+    use outbox_seaorm_core::trace::{self, Propagation};
 
     let start = tracing::info_span!("outbox.relay.start", relay = %relay);
     let state = trace::propagation(&start);

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use outbox_core::{Error as CoreError, RetryPolicy};
+use outbox_seaorm_core::{Error as CoreError, RetryPolicy};
 
 use crate::driver::{DeliveryState, DeliveryWrite, Hold};
 use crate::entity::DeliveryStatus;

@@ -24,7 +24,7 @@ use chrono::Utc;
 use metrics::{Label, counter, gauge, histogram};
 use tokio_util::sync::CancellationToken;
 
-use outbox_core::Error as CoreError;
+use outbox_seaorm_core::Error as CoreError;
 
 use super::Shared;
 use crate::driver::Written;

@@ -38,7 +38,7 @@ use sea_orm::DatabaseConnection;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use outbox_core::{Extensions, HandlerContext, Registry};
+use outbox_seaorm_core::{Extensions, HandlerContext, Registry};
 
 use crate::config::OutboxConfig;
 use crate::driver::Driver;
@@ -55,7 +55,7 @@ pub use stats::{BatchReport, RelayStats};
 /// Each relay claims batches of available messages under a lease (`locked_by`,
 /// `locked_until`), so any number of relays, in one process or many, can run against one
 /// outbox. Every handler of a message is a delivery of its own: one that fails is retried alone,
-/// with exponential back-off, until it succeeds or the [`RetryPolicy`](outbox_core::RetryPolicy)
+/// with exponential back-off, until it succeeds or the [`RetryPolicy`](outbox_seaorm_core::RetryPolicy)
 /// gives up and the delivery is dead; the ones that succeeded are not run again.
 pub struct Relay {
     shared: Arc<Shared>,
@@ -247,9 +247,9 @@ impl fmt::Debug for Relay {
 }
 
 /// The relay that built `ctx`.
-pub(crate) fn host(ctx: &HandlerContext) -> outbox_core::Result<&RelayHost> {
+pub(crate) fn host(ctx: &HandlerContext) -> outbox_seaorm_core::Result<&RelayHost> {
     ctx.host::<RelayHost>()
-        .ok_or(outbox_core::Error::MissingState {
+        .ok_or(outbox_seaorm_core::Error::MissingState {
             type_name: "outbox_seaorm relay (this context was not built by a relay)",
         })
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
-use outbox_core::{HandlerContext, HandlerEntry, dispatch};
+use outbox_seaorm_core::{HandlerContext, HandlerEntry, dispatch};
 
 use super::Shared;
 use super::completer::{Completer, Item};

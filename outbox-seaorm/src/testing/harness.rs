@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Datelike, Utc};
-use outbox_core::{Registry, RetryPolicy};
+use outbox_seaorm_core::{Registry, RetryPolicy};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection};
 use uuid::Uuid;
 

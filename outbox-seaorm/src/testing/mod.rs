@@ -46,7 +46,7 @@ mod harness;
 mod report;
 
 pub use harness::{Harness, HarnessBuilder};
-pub use outbox_core::testing::{CapturePublisher, Published, RecordedEvents, recorded};
+pub use outbox_seaorm_core::testing::{CapturePublisher, Published, RecordedEvents, recorded};
 #[doc(inline)]
-pub use outbox_core::{assert_not_recorded, assert_recorded};
+pub use outbox_seaorm_core::{assert_not_recorded, assert_recorded};
 pub use report::{HandlerFailure, SettleReport};

@@ -5,7 +5,7 @@ use std::fmt;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use outbox_core::{DomainEvent, Envelope, Upcasters};
+use outbox_seaorm_core::{DomainEvent, Envelope, Upcasters};
 use uuid::Uuid;
 
 use super::harness::is_blocked;

@@ -14,8 +14,8 @@ use sea_orm::{
 use tracing::Instrument;
 use uuid::Uuid;
 
-use outbox_core::staging::Unit;
-use outbox_core::{Aggregate, DomainEvent, Headers, PendingEvent, RecordOptions};
+use outbox_seaorm_core::staging::Unit;
+use outbox_seaorm_core::{Aggregate, DomainEvent, Headers, PendingEvent, RecordOptions};
 
 use crate::config::OutboxConfig;
 use crate::driver::{self, Driver, NewMessage};
@@ -39,7 +39,7 @@ pub(crate) use model::SaveAs;
 ///
 /// A plain SeaORM write of an aggregate on `&uow` (`model.into_active_model().insert(&uow)`,
 /// `ActiveModel::save`, `Entity::insert(..).exec(&uow)`) writes the row but not the events;
-/// the event buffer reports them when it is dropped (see [`Events`](outbox_core::Events)).
+/// the event buffer reports them when it is dropped (see [`Events`](outbox_seaorm_core::Events)).
 ///
 /// ```
 /// # use outbox_seaorm::{Aggregate, DomainEvent, DomainEvents, Events, UnitOfWork};
@@ -265,8 +265,8 @@ impl UnitOfWork {
         options: RecordOptions,
     ) -> Result<Uuid> {
         let aggregate_id = aggregate_id.to_string();
-        outbox_core::check_name("aggregate type", aggregate_type)?;
-        outbox_core::check_name("aggregate id", &aggregate_id)?;
+        outbox_seaorm_core::check_name("aggregate type", aggregate_type)?;
+        outbox_seaorm_core::check_name("aggregate id", &aggregate_id)?;
         let event = PendingEvent::new(event, options);
         check_event(&event)?;
         let id = event.message_id;
@@ -507,7 +507,7 @@ fn save_span<A: Aggregate>(aggregate: &A, op: &'static str) -> tracing::Span {
 /// Correlation and causation for events recorded now: inherited from the message being
 /// handled on this task, if any, else a fresh correlation id.
 fn ambient_ids() -> (Uuid, Option<Uuid>) {
-    match outbox_core::context::current_message() {
+    match outbox_seaorm_core::context::current_message() {
         Some(m) => (m.correlation_id.unwrap_or(m.message_id), Some(m.message_id)),
         None => (Uuid::now_v7(), None),
     }
@@ -516,8 +516,8 @@ fn ambient_ids() -> (Uuid, Option<Uuid>) {
 /// Checks what would make the aggregate's rows invalid, before anything is written: names and
 /// ids that do not fit their columns, payloads that failed to serialize, bad header names.
 fn validate<A: Aggregate>(aggregate: &A) -> Result<()> {
-    outbox_core::check_name("aggregate type", A::AGGREGATE_TYPE)?;
-    outbox_core::check_name("aggregate id", &aggregate.aggregate_id())?;
+    outbox_seaorm_core::check_name("aggregate type", A::AGGREGATE_TYPE)?;
+    outbox_seaorm_core::check_name("aggregate id", &aggregate.aggregate_id())?;
     aggregate.events().validate()?;
     Ok(())
 }
@@ -534,7 +534,7 @@ fn into_rows(
     correlation_id: Uuid,
     causation_id: Option<Uuid>,
 ) -> Vec<NewMessage> {
-    let fallback_trace = outbox_core::trace::current();
+    let fallback_trace = outbox_seaorm_core::trace::current();
     events
         .into_iter()
         .filter_map(|e| {

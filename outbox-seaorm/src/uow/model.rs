@@ -7,7 +7,7 @@ use sea_orm::{
     ModelTrait, PrimaryKeyToColumn, PrimaryKeyTrait, Value,
 };
 
-use outbox_core::Aggregate;
+use outbox_seaorm_core::Aggregate;
 
 use crate::error::{Error, Result};
 
@@ -66,7 +66,7 @@ fn is_unset(v: &Value) -> bool {
 /// Writes `model`'s row as `how` says, and puts what the database stored (a generated key,
 /// defaults) back into `model`, which keeps its events. Returns whether the database generated
 /// the key just now (the unit of work must then remember it, see
-/// [`Unit::inserted_with_generated_key`](outbox_core::staging::Unit::inserted_with_generated_key)).
+/// [`Unit::inserted_with_generated_key`](outbox_seaorm_core::staging::Unit::inserted_with_generated_key)).
 pub(crate) async fn write<E, M>(
     db: &impl ConnectionTrait,
     model: &mut M,

@@ -1,4 +1,4 @@
-use outbox_core::{DomainEvents, Events};
+use outbox_seaorm_core::{DomainEvents, Events};
 
 #[derive(DomainEvents)]
 #[domain_events(aggregate = "order")]

@@ -1,4 +1,4 @@
-use outbox_core::{DomainEvents, Events};
+use outbox_seaorm_core::{DomainEvents, Events};
 
 // A SeaORM entity's model: its identifier would be every entity's aggregate type.
 #[derive(DomainEvents)]

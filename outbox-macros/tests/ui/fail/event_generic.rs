@@ -1,4 +1,4 @@
-use outbox_core::DomainEvent;
+use outbox_seaorm_core::DomainEvent;
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize, DomainEvent)]

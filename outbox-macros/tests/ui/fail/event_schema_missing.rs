@@ -1,4 +1,4 @@
-use outbox_core::DomainEvent;
+use outbox_seaorm_core::DomainEvent;
 use serde::{Deserialize, Serialize};
 
 // `#[event(schema)]` asks for a JSON Schema; the type does not derive `JsonSchema`.

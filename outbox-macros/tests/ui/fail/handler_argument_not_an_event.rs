@@ -1,4 +1,4 @@
-use outbox_core::{event_handler, HandlerContext};
+use outbox_seaorm_core::{event_handler, HandlerContext};
 
 struct NotAnEvent;
 

@@ -1,4 +1,4 @@
-use outbox_core::{event_handler, DomainEvent, HandlerContext};
+use outbox_seaorm_core::{event_handler, DomainEvent, HandlerContext};
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize, DomainEvent)]

@@ -1,4 +1,4 @@
-use outbox_core::{event_handler, DomainEvent, DomainEvents, Events, HandlerContext, HandlerError};
+use outbox_seaorm_core::{event_handler, DomainEvent, DomainEvents, Events, HandlerContext, HandlerError};
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize, DomainEvent)]
@@ -49,7 +49,7 @@ pub async fn typed_error(_event: OrderCreated) -> Result<(), HandlerError> {
 }
 
 fn main() {
-    use outbox_core::Aggregate;
+    use outbox_seaorm_core::Aggregate;
     assert_eq!(<OrderCreated as DomainEvent>::EVENT_TYPE, "order.created");
     assert_eq!(<OrderCreated as DomainEvent>::VERSION, 2);
     assert_eq!(<Lifecycle as DomainEvent>::EVENT_TYPE, "Lifecycle");
