@@ -23,6 +23,9 @@ pub struct Registry {
     by_event_type: HashMap<String, Vec<usize>>,
     event_types: BTreeMap<String, Vec<u32>>,
     routes: Vec<(Matcher, HandlerEntry)>,
+    /// Routes that change data capture publishes (`Route::published_by_cdc`): never delivered
+    /// by the relay, but they take their messages all the same.
+    cdc_routes: Vec<(Matcher, String)>,
     /// What the catalog says about each route, in the order of `routes`: a route's template
     /// and publisher are erased into its handler.
     pub(crate) route_descriptions: Vec<RouteDescription>,
@@ -123,6 +126,7 @@ impl Registry {
             by_event_type,
             event_types: types,
             routes: Vec::new(),
+            cdc_routes: Vec::new(),
             route_descriptions: Vec::new(),
             upcasters: Arc::new(upcasters),
         })
@@ -130,19 +134,35 @@ impl Registry {
 
     /// Adds a route to a publisher. Its name shares the namespace of handler names (both key
     /// delivery state), so a clash is [`Error::DuplicateHandler`].
+    ///
+    /// A route [`published_by_cdc`](Route::published_by_cdc) is kept apart: the relay never
+    /// delivers it ([`deliveries_for`](Self::deliveries_for) leaves it out), and lists it in
+    /// [`cdc_routes`](Self::cdc_routes).
     pub fn with_route(mut self, route: Route) -> Result<Self> {
         let description = RouteDescription::of(&route);
+        let cdc = route.is_published_by_cdc();
         let (matcher, entry) = route.into_entry()?;
         let taken = self.handlers.iter().any(|h| h.name == entry.name)
-            || self.routes.iter().any(|(_, r)| r.name == entry.name);
+            || self.routes.iter().any(|(_, r)| r.name == entry.name)
+            || self.cdc_routes.iter().any(|(_, n)| *n == *entry.name);
         if taken {
             return Err(Error::DuplicateHandler {
                 name: entry.name.to_string(),
             });
         }
-        self.routes.push((matcher, entry));
+        if cdc {
+            self.cdc_routes.push((matcher, entry.name.to_string()));
+        } else {
+            self.routes.push((matcher, entry));
+        }
         self.route_descriptions.push(description);
         Ok(self)
+    }
+
+    /// The names of the routes that change data capture publishes, in the order they were
+    /// added.
+    pub fn cdc_routes(&self) -> impl Iterator<Item = &str> {
+        self.cdc_routes.iter().map(|(_, n)| n.as_str())
     }
 
     /// Every delivery of `envelope`: the handlers of its event type, then the routes it matches.
@@ -191,7 +211,9 @@ impl Registry {
     /// [`knows`](Self::knows)), or a route takes the message (a route forwards the payload as
     /// it is stored, without the Rust type).
     pub fn understands(&self, envelope: &Envelope) -> bool {
-        self.knows(&envelope.event_type) || self.routes.iter().any(|(m, _)| m.matches(envelope))
+        self.knows(&envelope.event_type)
+            || self.routes.iter().any(|(m, _)| m.matches(envelope))
+            || self.cdc_routes.iter().any(|(m, _)| m.matches(envelope))
     }
 
     /// Replaces the upcasters.
@@ -242,10 +264,12 @@ impl Registry {
             .map(String::as_str)
             .filter(|t| !self.by_event_type.contains_key(*t))
             .filter(|t| {
-                !self.routes.iter().any(|(m, _)| match m {
+                let takes = |m: &Matcher| match m {
                     Matcher::All | Matcher::AggregateTypes(_) => true,
                     Matcher::EventTypes(types) => types.iter().any(|x| x == t),
-                })
+                };
+                !self.routes.iter().any(|(m, _)| takes(m))
+                    && !self.cdc_routes.iter().any(|(m, _)| takes(m))
             })
     }
 

@@ -124,7 +124,15 @@ where
 }
 
 impl Cdc {
+    /// The schema and publication with the engine running.
     async fn start(admin_url: String) -> Self {
+        let mut cdc = Self::prepare(admin_url).await;
+        cdc.start_engine().await;
+        cdc
+    }
+
+    /// The schema, its tables and the publication, with no engine (and no slot) yet.
+    async fn prepare(admin_url: String) -> Self {
         let suffix = Uuid::new_v4().simple().to_string();
         let schema = format!("dbz_{suffix}");
         let slot = format!("dbz_{suffix}");
@@ -151,7 +159,7 @@ impl Cdc {
 
         let offsets = std::env::temp_dir().join(format!("outbox-dbz-{suffix}.offsets"));
         let (_, records) = tokio::sync::mpsc::unbounded_channel();
-        let mut cdc = Cdc {
+        Cdc {
             admin_url,
             schema,
             slot,
@@ -160,9 +168,7 @@ impl Cdc {
             engine: None,
             records,
             offsets,
-        };
-        cdc.start_engine().await;
-        cdc
+        }
     }
 
     /// Starts the engine on the slot and offsets of this schema (again, after [`Cdc::pause`]:
@@ -458,6 +464,111 @@ async fn rows_deleted_before_debezium_read_them_are_still_routed() {
             Some(&vec![1, 2]),
             "order {id}: {by_key:?}"
         );
+    }
+    cdc.stop().await;
+}
+
+/// `n` orders placed and confirmed (two events each) in a unit of work each.
+async fn save_orders(db: &DatabaseConnection, n: usize) {
+    for i in 0..n {
+        let mut o = order::Model::place(&format!("customer-{i}"), 1);
+        o.confirm();
+        let uow = UnitOfWork::begin(db).await.unwrap();
+        uow.save(&mut o).await.unwrap();
+        uow.commit().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(outbox_debezium), ignore = "OUTBOX_TEST_DEBEZIUM_URL is not set")]
+async fn a_route_moves_from_the_relay_to_debezium_and_back_without_missing_an_event() {
+    let Some(url) = server_url(Server::Debezium) else {
+        return;
+    };
+    let mut cdc = Cdc::prepare(url).await;
+    let capture = CapturePublisher::new();
+    let db = cdc.db.clone();
+    // The same route definition throughout; only the flag says who publishes it.
+    let relay = |cdc_publishes: bool| {
+        let route = Route::new("orders-out", capture.clone())
+            .aggregate_types(["order"])
+            .destination("outbox.event.{aggregate_type}")
+            .unwrap()
+            .published_by_cdc(cdc_publishes);
+        Relay::builder(db.clone()).registry(Registry::new([]).unwrap().with_route(route).unwrap())
+    };
+
+    // 1. The relay publishes the route.
+    save_orders(&cdc.db, 3).await;
+    relay(false).build().await.unwrap().drain().await.unwrap();
+    assert_eq!(capture.published().len(), 6);
+
+    // 2. Relay -> Debezium. Rows committed before Debezium's slot exists are the relay's to
+    // publish: start Debezium first, let the relay (still publishing the route) drain what is
+    // pending, then restart the relays with the route published by CDC.
+    save_orders(&cdc.db, 2).await; // committed before the slot: nobody has published them yet
+    cdc.start_engine().await;
+    relay(false).build().await.unwrap().drain().await.unwrap();
+    assert_eq!(capture.published().len(), 10);
+    let handed_off = relay(true).build().await.unwrap();
+    save_orders(&cdc.db, 3).await;
+    handed_off.drain().await.unwrap();
+    assert_eq!(
+        capture.published().len(),
+        10,
+        "the relay published a route CDC publishes"
+    );
+    // A running relay says which routes CDC publishes (`outbox relays`, `status`, dashboard).
+    let running = relay(true).spawn().await.unwrap();
+    let admin = outbox_seaorm::Admin::new(cdc.db.clone());
+    let info = outbox_tests::wait_for("the relay's row", Duration::from_secs(30), || async {
+        admin.relays().await.ok().filter(|r| !r.is_empty())
+    })
+    .await;
+    assert_eq!(info[0].handles.cdc_routes, ["orders-out"], "{info:?}");
+    assert!(info[0].handles.routes.is_empty(), "{info:?}");
+    running.shutdown().await;
+
+    // 3. Debezium -> relay: restart the relays with the route their own, and stop Debezium
+    // only once it has published what was committed before that.
+    save_orders(&cdc.db, 2).await;
+    handed_off.drain().await.unwrap();
+    drop(handed_off);
+    let back = relay(false).build().await.unwrap();
+    let routed = cdc.take(10).await;
+    cdc.pause().await;
+    save_orders(&cdc.db, 2).await;
+    back.drain().await.unwrap();
+    drop(back);
+
+    // The consumer: every event once, through one path or the other.
+    let by_relay: Vec<String> = capture
+        .published()
+        .iter()
+        .map(|p| p.envelope.message_id.to_string())
+        .collect();
+    let by_debezium: Vec<String> = routed
+        .iter()
+        .map(|r| r.header_str("id").to_owned())
+        .collect();
+    assert_eq!(by_relay.len(), 14);
+    assert_eq!(by_debezium.len(), 10);
+    let mut seen: Vec<&String> = by_relay.iter().chain(&by_debezium).collect();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 24, "an event went through both paths");
+    let all = cdc
+        .db
+        .query_all_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT id::text AS id FROM outbox_messages",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 24);
+    for row in &all {
+        let id: String = row.try_get("", "id").unwrap();
+        assert!(seen.contains(&&id), "event {id} reached no consumer");
     }
     cdc.stop().await;
 }

@@ -138,6 +138,10 @@ pub struct Handles {
     pub handlers: Vec<(String, String)>,
     /// Route names.
     pub routes: Vec<String>,
+    /// Routes it leaves to change data capture (`Route::published_by_cdc`): Debezium publishes
+    /// them, the relay does not. Absent in rows written before it existed.
+    #[serde(default)]
+    pub cdc_routes: Vec<String>,
     /// Every event type it knows.
     pub event_types: Vec<String>,
 }

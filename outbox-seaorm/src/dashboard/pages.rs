@@ -395,7 +395,17 @@ pub(super) async fn relays(State(dash): State<Shared>, ctx: Ctx) -> Page {
                             td { (time(r.started_at)) }
                             td.num { (age(r.silent_for.as_secs_f64())) " ago" }
                             td.num.held { (r.held) }
-                            td { (r.handles.handlers.len()) " handlers, " (r.handles.routes.len()) " routes" }
+                            td {
+                                (r.handles.handlers.len()) " handlers, " (r.handles.routes.len()) " routes"
+                                @if !r.handles.cdc_routes.is_empty() {
+                                    br;
+                                    "published by CDC, not by the relay: "
+                                    @for (i, n) in r.handles.cdc_routes.iter().enumerate() {
+                                        @if i > 0 { ", " }
+                                        code.cdc-route { (n) }
+                                    }
+                                }
+                            }
                         }
                     }
                 }
