@@ -4,10 +4,13 @@
 
 use assert_cmd::Command;
 use outbox_tests::fixtures::seed_dead_letters;
-use outbox_tests::{TestDb, backend_tests};
+use outbox_tests::{Backend, TestDb, backend_tests};
 use serde_json::Value;
 
-backend_tests!(the_command_line_shows_and_acts_on_dead_letters);
+backend_tests!(
+    the_command_line_shows_and_acts_on_dead_letters,
+    the_command_line_refuses_wrong_calls_and_hints_only_what_it_checked
+);
 
 fn outbox(t: &TestDb) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_outbox-cli"));
@@ -187,4 +190,181 @@ async fn the_command_line_shows_and_acts_on_dead_letters(t: TestDb) {
     outbox(&t).args(["migrate"]).assert().success();
     outbox(&t).args(["migrate", "--check"]).assert().success();
     t.cleanup().await;
+}
+
+/// What `outbox` says on a wrong call, each message as the README's "What you will see when…"
+/// lists it.
+async fn the_command_line_refuses_wrong_calls_and_hints_only_what_it_checked(t: TestDb) {
+    seed_dead_letters(&t.db).await.drain().await.unwrap();
+    let out = outbox(&t).args(["--json", "list"]).assert().success();
+    let all = json(&out.get_output().stdout);
+    let delivered = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["status"] == "delivered")
+        .expect("a delivered message")
+        .clone();
+    let id = delivered["message_id"].as_str().unwrap();
+
+    // Requeue of a message that is not dead: says what it is, and no migrate hint (the tables
+    // are there).
+    let out = outbox(&t).args(["requeue", id]).assert().code(1);
+    let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert_eq!(
+        err,
+        format!("error: message {id} is delivered: only dead messages are requeued\n")
+    );
+    let missing = "01a22a77-7155-70f7-b142-8f6a4e319215";
+    outbox(&t)
+        .args(["discard", missing])
+        .assert()
+        .code(1)
+        .stderr(format!("error: no outbox message {missing}\n"));
+
+    // Out-of-range limits and unknown error kinds are usage errors naming the value and the
+    // allowed ones.
+    outbox(&t)
+        .args(["list", "--limit", "0"])
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains(
+            "error: invalid value '0' for '--limit <LIMIT>': 0 is not in 1..=1000",
+        ));
+    outbox(&t)
+        .args(["requeue", "--error-kind", "nonsense", "--yes"])
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains(
+            "error: invalid value 'nonsense' for '--error-kind <ERROR_KIND>'",
+        ))
+        .stderr(predicates::str::contains(
+            "[possible values: handler_failed, handler_timed_out,",
+        ));
+
+    // `show` takes the sequence number `list` prints.
+    let seq = delivered["sequence"].as_i64().unwrap().to_string();
+    let out = outbox(&t).args(["--json", "show", &seq]).assert().success();
+    assert_eq!(json(&out.get_output().stdout)["message_id"], id);
+    outbox(&t)
+        .args(["show", "987654321"])
+        .assert()
+        .code(1)
+        .stderr("error: no outbox message has sequence number 987654321\n");
+    outbox(&t)
+        .args(["show", "x1"])
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains(
+            "`x1` is neither a message id (a UUID) nor a sequence number (a positive integer)",
+        ));
+
+    // Tables that are really missing: the database's own words, without driver noise
+    // (PostgreSQL's " at line 948", SeaORM's "Execution Error"), then the hint.
+    let out = outbox(&t)
+        .args(["--prefix", "nowhere_", "status"])
+        .assert()
+        .code(1);
+    let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    let said = match t.backend {
+        Backend::Sqlite => "no such table: nowhere_outbox_messages",
+        Backend::Postgres => "relation \"nowhere_outbox_messages\" does not exist",
+        Backend::MySql => "nowhere_outbox_messages' doesn't exist",
+    };
+    assert!(err.starts_with("error: database error: "), "{err}");
+    assert!(err.contains(said), "{err}");
+    assert!(
+        !err.contains(" at line ") && !err.contains("Error: "),
+        "{err}"
+    );
+    assert!(
+        err.ends_with(&format!("\nhint: {MISSING_TABLES}\n")),
+        "{err}"
+    );
+    t.cleanup().await;
+}
+
+const MISSING_TABLES: &str = "the outbox tables are missing: run `outbox migrate`, or name the \
+                              tables with --prefix / --messages-table / --deliveries-table";
+
+/// `outbox status` against `url`: its exit code, its stderr and how long it took.
+fn status_at(url: &str) -> (Option<i32>, String, std::time::Duration) {
+    let started = std::time::Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_outbox-cli"))
+        .env("DATABASE_URL", url)
+        .env_remove("RUST_LOG")
+        .arg("status")
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        started.elapsed(),
+    )
+}
+
+#[test]
+fn a_refused_connection_and_an_unknown_host_are_named_at_once() {
+    // A port nothing listens on: bind one, note it, free it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    for scheme in ["postgres", "mysql"] {
+        let (code, err, took) = status_at(&format!("{scheme}://u@127.0.0.1:{port}/db"));
+        assert_eq!(code, Some(1));
+        assert_eq!(
+            err,
+            format!(
+                "error: cannot connect to the database at 127.0.0.1:{port}: connection refused \
+                 (is the server running, and listening on this port?)\n"
+            )
+        );
+        assert!(took < std::time::Duration::from_secs(2), "{took:?}");
+    }
+    let (code, err, _) = status_at("postgres://u@no-such-host.invalid:5432/db");
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        err,
+        "error: cannot connect to the database at no-such-host.invalid:5432: unknown host \
+         `no-such-host.invalid`\n"
+    );
+}
+
+#[test]
+#[cfg_attr(not(outbox_postgres), ignore = "OUTBOX_TEST_POSTGRES_URL is not set")]
+fn an_unknown_postgres_role_is_an_authentication_failure() {
+    let Some(url) = outbox_tests::server_url(outbox_tests::Server::Postgres) else {
+        return;
+    };
+    let mut url = url::Url::parse(&url).unwrap();
+    url.set_username("no_such_role_outbox").unwrap();
+    let (code, err, took) = status_at(url.as_str());
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains(": authentication failed for user `no_such_role_outbox` (role \"no_such_role_outbox\" does not exist)"),
+        "{err}"
+    );
+    assert!(took < std::time::Duration::from_secs(2), "{took:?}");
+}
+
+#[test]
+#[cfg_attr(not(outbox_mysql), ignore = "OUTBOX_TEST_MYSQL_URL is not set")]
+fn a_wrong_mysql_password_is_an_authentication_failure() {
+    let Some(url) = outbox_tests::server_url(outbox_tests::Server::MySql) else {
+        return;
+    };
+    let mut url = url::Url::parse(&url).unwrap();
+    url.set_password(Some("certainly-wrong")).unwrap();
+    let user = url.username().to_owned();
+    let (code, err, took) = status_at(url.as_str());
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains(&format!(
+            ": authentication failed for user `{user}` (Access denied for user"
+        )),
+        "{err}"
+    );
+    assert!(took < std::time::Duration::from_secs(2), "{took:?}");
 }
