@@ -66,12 +66,15 @@ impl Registry {
         event_types: &[EventTypeRegistration],
         upcasters: Upcasters,
     ) -> Result<Self> {
-        // inventory's order is unspecified: sort, so dispatch order and logs are stable.
-        handlers.sort_by(|a, b| a.name.cmp(&b.name));
+        // inventory's order is unspecified: sort, so dispatch order, logs and errors are
+        // stable.
+        handlers.sort_by(|a, b| (&a.name, &a.defined_at).cmp(&(&b.name, &b.defined_at)));
         for pair in handlers.windows(2) {
             if pair[0].name == pair[1].name {
                 return Err(Error::DuplicateHandler {
                     name: pair[0].name.to_string(),
+                    first: pair[0].defined_at.to_string(),
+                    second: pair[1].defined_at.to_string(),
                 });
             }
         }
@@ -133,11 +136,16 @@ impl Registry {
     pub fn with_route(mut self, route: Route) -> Result<Self> {
         let description = RouteDescription::of(&route);
         let (matcher, entry) = route.into_entry()?;
-        let taken = self.handlers.iter().any(|h| h.name == entry.name)
-            || self.routes.iter().any(|(_, r)| r.name == entry.name);
-        if taken {
+        let taken = self
+            .handlers
+            .iter()
+            .chain(self.routes.iter().map(|(_, r)| r))
+            .find(|h| h.name == entry.name);
+        if let Some(first) = taken {
             return Err(Error::DuplicateHandler {
                 name: entry.name.to_string(),
+                first: first.defined_at.to_string(),
+                second: entry.defined_at.to_string(),
             });
         }
         self.routes.push((matcher, entry));
