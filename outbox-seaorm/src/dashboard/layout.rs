@@ -24,7 +24,7 @@ pub(super) struct Ctx {
     pub(super) base: String,
     pub(super) who: String,
     pub(super) read_only: bool,
-    pub(super) csrf: String,
+    tokens: std::sync::Arc<super::auth::FormTokens>,
 }
 
 impl Ctx {
@@ -35,6 +35,16 @@ impl Ctx {
         } else {
             format!("{}{path}", self.base)
         }
+    }
+
+    /// A fresh CSRF token for a form of the page being rendered.
+    pub(super) fn form_token(&self) -> String {
+        self.tokens.issue()
+    }
+
+    /// Whether a submitted form's token was issued by this dashboard, recently.
+    pub(super) fn accepts(&self, token: &str) -> bool {
+        self.tokens.accepts(token)
     }
 }
 
@@ -60,7 +70,7 @@ impl FromRequestParts<Shared> for Ctx {
                 .get::<Who>()
                 .map_or_else(|| "unknown".to_owned(), |w| w.0.clone()),
             read_only: dash.config.read_only,
-            csrf: dash.csrf.clone(),
+            tokens: dash.tokens.clone(),
         })
     }
 }
