@@ -785,13 +785,6 @@ fn outbox() -> assert_cmd::Command {
     c
 }
 
-/// What `outbox catalog` says in a binary that links no event (the plain `outbox`).
-const NO_EVENTS: &str = "error: this binary knows no event types, so it has no \
-    catalog to print or to check: run `outbox catalog` from the service's own binary, which \
-    links its events, e.g. a `src/bin/outbox.rs` holding `fn main() -> std::process::ExitCode \
-    { outbox_seaorm::cli::main_with_catalog(outbox_seaorm::catalog::Catalog::from_registry(&registry)) }` \
-    (or `outbox_seaorm::cli::main()`, without the routes)\n";
-
 #[test]
 fn outbox_catalog_refuses_to_print_or_check_where_no_event_is_linked() {
     let plain = || {
@@ -809,7 +802,7 @@ fn outbox_catalog_refuses_to_print_or_check_where_no_event_is_linked() {
             .assert()
             .code(1)
             .stdout("")
-            .stderr(NO_EVENTS);
+            .stderr(format!("{}\n", outbox_tests::said::NO_EVENTS));
     }
 }
 

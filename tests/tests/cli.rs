@@ -4,6 +4,7 @@
 
 use assert_cmd::Command;
 use outbox_tests::fixtures::seed_dead_letters;
+use outbox_tests::said::{self, fill};
 use outbox_tests::{Backend, TestDb, backend_tests};
 use serde_json::Value;
 
@@ -193,7 +194,7 @@ async fn the_command_line_shows_and_acts_on_dead_letters(t: TestDb) {
 }
 
 /// What `outbox` says on a wrong call, each message as the README's "What you will see when…"
-/// lists it.
+/// lists it (`outbox_tests::said`).
 async fn the_command_line_refuses_wrong_calls_and_hints_only_what_it_checked(t: TestDb) {
     seed_dead_letters(&t.db).await.drain().await.unwrap();
     let out = outbox(&t).args(["--json", "list"]).assert().success();
@@ -209,18 +210,17 @@ async fn the_command_line_refuses_wrong_calls_and_hints_only_what_it_checked(t: 
 
     // Requeue of a message that is not dead: says what it is, and no migrate hint (the tables
     // are there).
-    let out = outbox(&t).args(["requeue", id]).assert().code(1);
-    let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();
-    assert_eq!(
-        err,
-        format!("error: message {id} is delivered: only dead messages are requeued\n")
-    );
+    outbox(&t)
+        .args(["requeue", id])
+        .assert()
+        .code(1)
+        .stderr(fill(said::REQUEUE_NOT_DEAD, &[("id", id)]) + "\n");
     let missing = "01a22a77-7155-70f7-b142-8f6a4e319215";
     outbox(&t)
         .args(["discard", missing])
         .assert()
         .code(1)
-        .stderr(format!("error: no outbox message {missing}\n"));
+        .stderr(fill(said::NO_SUCH_MESSAGE, &[("id", missing)]) + "\n");
 
     // Out-of-range limits and unknown error kinds are usage errors naming the value and the
     // allowed ones.
@@ -228,19 +228,19 @@ async fn the_command_line_refuses_wrong_calls_and_hints_only_what_it_checked(t: 
         .args(["list", "--limit", "0"])
         .assert()
         .code(2)
-        .stderr(predicates::str::contains(
-            "error: invalid value '0' for '--limit <LIMIT>': 0 is not in 1..=1000",
-        ));
+        .stderr(predicates::str::starts_with(format!(
+            "{}\n",
+            said::LIMIT_ZERO
+        )));
     outbox(&t)
         .args(["requeue", "--error-kind", "nonsense", "--yes"])
         .assert()
         .code(2)
-        .stderr(predicates::str::contains(
-            "error: invalid value 'nonsense' for '--error-kind <ERROR_KIND>'",
-        ))
-        .stderr(predicates::str::contains(
-            "[possible values: handler_failed, handler_timed_out,",
-        ));
+        .stderr(predicates::str::starts_with(format!(
+            "{}\n{}\n",
+            said::UNKNOWN_ERROR_KIND,
+            said::ERROR_KINDS
+        )));
 
     // `show` takes the sequence number `list` prints.
     let seq = delivered["sequence"].as_i64().unwrap().to_string();
@@ -250,7 +250,7 @@ async fn the_command_line_refuses_wrong_calls_and_hints_only_what_it_checked(t: 
         .args(["show", "987654321"])
         .assert()
         .code(1)
-        .stderr("error: no outbox message has sequence number 987654321\n");
+        .stderr(fill(said::NO_SUCH_SEQUENCE, &[("n", "987654321")]) + "\n");
     outbox(&t)
         .args(["show", "x1"])
         .assert()
@@ -266,26 +266,30 @@ async fn the_command_line_refuses_wrong_calls_and_hints_only_what_it_checked(t: 
         .assert()
         .code(1);
     let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();
-    let said = match t.backend {
-        Backend::Sqlite => "no such table: nowhere_outbox_messages",
-        Backend::Postgres => "relation \"nowhere_outbox_messages\" does not exist",
-        Backend::MySql => "nowhere_outbox_messages' doesn't exist",
-    };
-    assert!(err.starts_with("error: database error: "), "{err}");
-    assert!(err.contains(said), "{err}");
-    assert!(
-        !err.contains(" at line ") && !err.contains("Error: "),
-        "{err}"
-    );
-    assert!(
-        err.ends_with(&format!("\nhint: {MISSING_TABLES}\n")),
-        "{err}"
-    );
+    let (line, hint) = err.split_once('\n').unwrap();
+    match t.backend {
+        Backend::Sqlite => assert_eq!(
+            line,
+            "error: database error: no such table: nowhere_outbox_messages"
+        ),
+        Backend::Postgres => assert_eq!(
+            line,
+            fill(
+                said::PG_TABLE_MISSING,
+                &[("table", "nowhere_outbox_messages")]
+            )
+        ),
+        Backend::MySql => {
+            assert!(line.starts_with("error: database error: Table '"), "{line}");
+            assert!(
+                line.ends_with(".nowhere_outbox_messages' doesn't exist"),
+                "{line}"
+            );
+        }
+    }
+    assert_eq!(hint, format!("{}\n", said::MIGRATE_HINT));
     t.cleanup().await;
 }
-
-const MISSING_TABLES: &str = "the outbox tables are missing: run `outbox migrate`, or name the \
-                              tables with --prefix / --messages-table / --deliveries-table";
 
 /// `outbox status` against `url`: its exit code, its stderr and how long it took.
 fn status_at(url: &str) -> (Option<i32>, String, std::time::Duration) {
@@ -303,33 +307,49 @@ fn status_at(url: &str) -> (Option<i32>, String, std::time::Duration) {
     )
 }
 
+/// The part of `template` before `<the server's message>`, filled in.
+fn before_server_message(template: &str, values: &[(&str, &str)]) -> String {
+    fill(
+        template.split("<the server's message>").next().unwrap(),
+        values,
+    )
+}
+
 #[test]
-fn a_refused_connection_and_an_unknown_host_are_named_at_once() {
+fn a_refused_connection_an_unknown_host_and_a_silent_server_are_named_at_once() {
     // A port nothing listens on: bind one, note it, free it.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
-        .port();
+        .port()
+        .to_string();
+    let at = [("host", "127.0.0.1"), ("port", port.as_str())];
     for scheme in ["postgres", "mysql"] {
         let (code, err, took) = status_at(&format!("{scheme}://u@127.0.0.1:{port}/db"));
         assert_eq!(code, Some(1));
-        assert_eq!(
-            err,
-            format!(
-                "error: cannot connect to the database at 127.0.0.1:{port}: connection refused \
-                 (is the server running, and listening on this port?)\n"
-            )
-        );
+        assert_eq!(err, fill(said::REFUSED, &at) + "\n");
         assert!(took < std::time::Duration::from_secs(2), "{took:?}");
     }
     let (code, err, _) = status_at("postgres://u@no-such-host.invalid:5432/db");
     assert_eq!(code, Some(1));
     assert_eq!(
         err,
-        "error: cannot connect to the database at no-such-host.invalid:5432: unknown host \
-         `no-such-host.invalid`\n"
+        fill(
+            said::UNKNOWN_HOST,
+            &[("host", "no-such-host.invalid"), ("port", "5432")]
+        ) + "\n"
     );
+    // A listener that accepts and never answers: the connect timeout, not the pool's.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port().to_string();
+    let (code, err, took) = status_at(&format!("postgres://u@127.0.0.1:{port}/db"));
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        err,
+        fill(said::NO_ANSWER, &[("host", "127.0.0.1"), ("port", &port)]) + "\n"
+    );
+    assert!(took < std::time::Duration::from_secs(5), "{took:?}");
 }
 
 #[test]
@@ -342,9 +362,19 @@ fn an_unknown_postgres_role_is_an_authentication_failure() {
     url.set_username("no_such_role_outbox").unwrap();
     let (code, err, took) = status_at(url.as_str());
     assert_eq!(code, Some(1));
-    assert!(
-        err.contains(": authentication failed for user `no_such_role_outbox` (role \"no_such_role_outbox\" does not exist)"),
-        "{err}"
+    let host = url.host_str().unwrap().to_owned();
+    let port = url.port().unwrap_or(5432).to_string();
+    let expected = before_server_message(
+        said::AUTH_FAILED,
+        &[
+            ("host", &host),
+            ("port", &port),
+            ("user", "no_such_role_outbox"),
+        ],
+    );
+    assert_eq!(
+        err,
+        format!("{expected}role \"no_such_role_outbox\" does not exist)\n")
     );
     assert!(took < std::time::Duration::from_secs(2), "{took:?}");
 }
@@ -358,13 +388,36 @@ fn a_wrong_mysql_password_is_an_authentication_failure() {
     let mut url = url::Url::parse(&url).unwrap();
     url.set_password(Some("certainly-wrong")).unwrap();
     let user = url.username().to_owned();
+    let host = url.host_str().unwrap().to_owned();
+    let port = url.port().unwrap_or(3306).to_string();
     let (code, err, took) = status_at(url.as_str());
     assert_eq!(code, Some(1));
+    let expected = before_server_message(
+        said::AUTH_FAILED,
+        &[("host", &host), ("port", &port), ("user", &user)],
+    );
     assert!(
-        err.contains(&format!(
-            ": authentication failed for user `{user}` (Access denied for user"
-        )),
+        err.starts_with(&format!("{expected}Access denied for user")),
         "{err}"
     );
     assert!(took < std::time::Duration::from_secs(2), "{took:?}");
+}
+
+/// The README's "What you will see when…" holds every message the tests assert, verbatim.
+#[test]
+fn the_readme_lists_each_message_as_the_tests_assert_it() {
+    let readme = include_str!("../../README.md");
+    let section = readme
+        .split("### What you will see when…")
+        .nth(1)
+        .expect("the README's section")
+        .split("\n## ")
+        .next()
+        .unwrap();
+    for message in said::ALL {
+        assert!(
+            section.lines().any(|l| l == message),
+            "the README's \"What you will see when…\" lacks, as a line of its own:\n{message}"
+        );
+    }
 }

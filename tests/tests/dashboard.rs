@@ -10,7 +10,7 @@ use outbox_seaorm::dashboard::{self, DashboardConfig};
 use outbox_seaorm::entity::MessageStatus;
 use outbox_seaorm::{Admin, MessageFilter};
 use outbox_tests::dashboard::{Page, get, get_as, post_form, seed, send};
-use outbox_tests::{TestDb, backend_tests, wait_for};
+use outbox_tests::{TestDb, backend_tests, said, wait_for};
 
 backend_tests!(
     every_page_shows_what_the_database_holds,
@@ -601,7 +601,7 @@ async fn one_message_is_requeued_or_discarded_from_its_page(t: TestDb) {
     .unwrap();
     let stale = post_form(&app, &requeue, &format!("csrf={elsewhere}")).await;
     assert_eq!(stale.status, StatusCode::FORBIDDEN);
-    assert!(stale.body.contains("reload the page"), "{}", stale.body);
+    assert!(stale.body.contains(said::STALE_TOKEN), "{}", stale.body);
     let forged = post_with(
         &app,
         &requeue,
@@ -610,11 +610,11 @@ async fn one_message_is_requeued_or_discarded_from_its_page(t: TestDb) {
     )
     .await;
     assert_eq!(forged.status, StatusCode::FORBIDDEN);
-    assert!(
-        forged.body.contains("the form was sent from https://evil.example (origin), not from this dashboard (ops:8080)"),
-        "{}",
-        forged.body
+    let foreign = said::fill(
+        said::FOREIGN_ORIGIN,
+        &[("origin", "https://evil.example"), ("host", "ops:8080")],
     );
+    assert!(forged.body.contains(&foreign), "{}", forged.body);
     // Read-only: no buttons, and the POST is refused with a good token.
     let read_only = dashboard::router(t.db.clone(), DashboardConfig::new().read_only(true));
     let page = get(&read_only, &format!("/messages/{first}")).await;
@@ -642,13 +642,8 @@ async fn one_message_is_requeued_or_discarded_from_its_page(t: TestDb) {
     // Twice: the message is no longer dead, and the page says so.
     let again = post_form(&app, &requeue, &format!("csrf={token}")).await;
     assert_eq!(again.status, StatusCode::CONFLICT);
-    assert!(
-        again.body.contains(&format!(
-            "message {first} is pending: only dead messages are requeued"
-        )),
-        "{}",
-        again.body
-    );
+    let not_dead = said::fill(said::DASHBOARD_NOT_DEAD, &[("id", &first.to_string())]);
+    assert!(again.body.contains(&not_dead), "{}", again.body);
 
     // Discard needs the box ticked, then deletes that one only.
     let discard = format!("/messages/{second}/discard");
@@ -706,12 +701,9 @@ async fn an_open_dashboard_warns_and_its_log_file_has_no_colour_codes() {
         .lines()
         .find(|l| l.contains(" WARN "))
         .unwrap_or_else(|| panic!("no warning in {log}"));
+    let addr = format!("0.0.0.0:{port}");
     assert!(
-        warn.contains(&format!(
-            "outbox dashboard: serving WITHOUT authentication on a non-loopback address (allowed \
-             explicitly): anyone who can reach 0.0.0.0:{port} can read every message, and \
-             requeue or discard them"
-        )),
+        warn.contains(&said::fill(said::OPEN_DASHBOARD, &[("addr", &addr)])),
         "{warn}"
     );
     assert!(

@@ -126,10 +126,14 @@ fn the_companion_module_gives_an_explicit_registry_entry() {
     ));
     assert_eq!(
         dup.to_string(),
-        format!(
-            "two handlers are registered under the name `audit-log`, fn `handlers::audit` and \
-             the entry built at tests/tests/handlers.rs:{line}: give one of them another name \
-             (`#[event_handler(name = \"...\")]`)"
+        outbox_tests::said::fill(
+            outbox_tests::said::DUPLICATE_HANDLER,
+            &[
+                ("name", "audit-log"),
+                ("module::path::fn", "handlers::audit"),
+                ("file", "tests/tests/handlers.rs"),
+                ("line", &line.to_string()),
+            ]
         )
     );
 }
