@@ -544,6 +544,34 @@ async fn a_database_without_outbox_tables_says_to_migrate_and_hides_the_raw_erro
     let _ = std::fs::remove_file(path);
 }
 
+#[tokio::test]
+async fn a_database_error_with_the_tables_there_gives_no_migrate_hint() {
+    let Some(t) = TestDb::new(outbox_tests::Backend::Sqlite).await else {
+        return;
+    };
+    seed(&t.db).await;
+    // A row no query can read (a time that is not one): the tables are fine.
+    use sea_orm::ConnectionTrait;
+    t.db.execute_unprepared("UPDATE outbox_messages SET occurred_at = 'not a time'")
+        .await
+        .unwrap();
+    let app = dashboard::router(t.db.clone(), DashboardConfig::new());
+    let page = get(&app, "/messages").await;
+    assert_eq!(page.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(
+        page.body.contains(
+            "the outbox could not be read: a database error (the details are in the server&#39;s \
+             log)"
+        ) || page.body.contains(
+            "the outbox could not be read: a database error (the details are in the server's log)"
+        ),
+        "{}",
+        page.body
+    );
+    assert!(!page.body.contains("outbox migrate"), "{}", page.body);
+    t.cleanup().await;
+}
+
 /// `POST uri` with a form body and these extra headers.
 async fn post_with(app: &Router, uri: &str, form: &str, headers: &[(&str, &str)]) -> Page {
     let mut req = axum::http::Request::builder()

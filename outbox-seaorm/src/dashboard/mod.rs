@@ -156,6 +156,8 @@ impl DashboardConfig {
 /// What every page handler shares.
 struct Dashboard {
     admin: Admin,
+    /// For the table check after a database error.
+    db: DatabaseConnection,
     config: DashboardConfig,
     /// The tokens of the action forms, one per rendered page: a page rendered by this router
     /// is the only place a browser can learn one (cross-origin pages cannot read ours).
@@ -169,7 +171,8 @@ type Shared = Arc<Dashboard>;
 /// in `config`.
 pub fn router(db: DatabaseConnection, config: DashboardConfig) -> Router {
     let state = Arc::new(Dashboard {
-        admin: Admin::with_config(db, config.outbox.clone()),
+        admin: Admin::with_config(db.clone(), config.outbox.clone()),
+        db,
         tokens: Arc::default(),
         config,
     });
@@ -187,6 +190,10 @@ pub fn router(db: DatabaseConnection, config: DashboardConfig) -> Router {
         .route("/relays", get(pages::relays))
         .route("/assets/dashboard.js", get(layout::script))
         .route("/assets/dashboard.css", get(layout::style))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            layout::explain_db_failure,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,
