@@ -17,7 +17,9 @@
 //!
 //! `outbox catalog` needs no database: it prints the events, handlers and upcasters linked
 //! into the binary it runs in. Inside a service's own binary that is the service's catalog;
-//! [`main_with_catalog`] adds what only the service knows at run time (its routes).
+//! [`main_with_catalog`] adds what only the service knows at run time (its routes). A binary
+//! that links no event (the plain `outbox`) refuses to print or check a catalog (exit 1): an
+//! empty one, committed or compared, would be wrong.
 //!
 //! Every command takes `--json`. Exit codes: 0 ok, 1 an error or a failed `--fail-if` check,
 //! 2 a usage error.
