@@ -25,7 +25,7 @@ pub struct Registry {
     routes: Vec<(Matcher, HandlerEntry)>,
     /// Routes that change data capture publishes (`Route::published_by_cdc`): never delivered
     /// by the relay, but they take their messages all the same.
-    cdc_routes: Vec<(Matcher, String)>,
+    cdc_routes: Vec<(Matcher, HandlerEntry)>,
     /// What the catalog says about each route, in the order of `routes`: a route's template
     /// and publisher are erased into its handler.
     pub(crate) route_descriptions: Vec<RouteDescription>,
@@ -69,12 +69,15 @@ impl Registry {
         event_types: &[EventTypeRegistration],
         upcasters: Upcasters,
     ) -> Result<Self> {
-        // inventory's order is unspecified: sort, so dispatch order and logs are stable.
-        handlers.sort_by(|a, b| a.name.cmp(&b.name));
+        // inventory's order is unspecified: sort, so dispatch order, logs and errors are
+        // stable.
+        handlers.sort_by(|a, b| (&a.name, &a.defined_at).cmp(&(&b.name, &b.defined_at)));
         for pair in handlers.windows(2) {
             if pair[0].name == pair[1].name {
                 return Err(Error::DuplicateHandler {
                     name: pair[0].name.to_string(),
+                    first: pair[0].defined_at.to_string(),
+                    second: pair[1].defined_at.to_string(),
                 });
             }
         }
@@ -142,16 +145,21 @@ impl Registry {
         let description = RouteDescription::of(&route);
         let cdc = route.is_published_by_cdc();
         let (matcher, entry) = route.into_entry()?;
-        let taken = self.handlers.iter().any(|h| h.name == entry.name)
-            || self.routes.iter().any(|(_, r)| r.name == entry.name)
-            || self.cdc_routes.iter().any(|(_, n)| *n == *entry.name);
-        if taken {
+        let taken = self
+            .handlers
+            .iter()
+            .chain(self.routes.iter().map(|(_, r)| r))
+            .chain(self.cdc_routes.iter().map(|(_, r)| r))
+            .find(|h| h.name == entry.name);
+        if let Some(first) = taken {
             return Err(Error::DuplicateHandler {
                 name: entry.name.to_string(),
+                first: first.defined_at.to_string(),
+                second: entry.defined_at.to_string(),
             });
         }
         if cdc {
-            self.cdc_routes.push((matcher, entry.name.to_string()));
+            self.cdc_routes.push((matcher, entry));
         } else {
             self.routes.push((matcher, entry));
         }
@@ -162,7 +170,7 @@ impl Registry {
     /// The names of the routes that change data capture publishes, in the order they were
     /// added.
     pub fn cdc_routes(&self) -> impl Iterator<Item = &str> {
-        self.cdc_routes.iter().map(|(_, n)| n.as_str())
+        self.cdc_routes.iter().map(|(_, e)| e.name())
     }
 
     /// Every delivery of `envelope`: the handlers of its event type, then the routes it matches.

@@ -360,6 +360,7 @@ impl Route {
         if let Some(t) = self.timeout {
             entry = entry.timeout(t);
         }
+        entry.defined_at = format!("route `{}`", self.name).into();
         Ok((self.matcher, entry))
     }
 }
@@ -396,7 +397,8 @@ impl From<TemplateError> for Error {
     fn from(e: TemplateError) -> Self {
         Error::InvalidName {
             what: "destination template",
-            name: e.to_string(),
+            name: e.template,
+            rule: e.reason.into(),
         }
     }
 }
