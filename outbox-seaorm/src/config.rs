@@ -51,15 +51,37 @@ impl OutboxConfig {
         Self::default()
     }
 
-    /// Prefixes every table name (`"billing_"` gives `billing_outbox_messages`, ...).
+    /// Prefixes every table name as it is set so far: `"billing_"` gives
+    /// `billing_outbox_messages`, ..., and a messages table renamed before to `events` becomes
+    /// `billing_events`. A schema-qualified name keeps its schema in front (`app.events` becomes
+    /// `app.billing_events`). Each call prefixes again.
+    ///
+    /// ```
+    /// use outbox_seaorm::OutboxConfig;
+    /// let c = OutboxConfig::new().messages("app.events")?.with_prefix("billing_")?;
+    /// assert_eq!(c.messages_table(), "app.billing_events");
+    /// assert_eq!(c.deliveries_table(), "billing_outbox_deliveries");
+    /// # Ok::<(), outbox_seaorm::Error>(())
+    /// ```
     pub fn with_prefix(self, prefix: &str) -> Result<Self> {
-        let d = Self::default();
-        self.messages(format!("{prefix}{}", d.messages))?
-            .deliveries(format!("{prefix}{}", d.deliveries))?
-            .streams(format!("{prefix}{}", d.streams))?
-            .inbox(format!("{prefix}{}", d.inbox))?
-            .locks(format!("{prefix}{}", d.locks))?
-            .relays(format!("{prefix}{}", d.relays))
+        let prefixed = |name: &str| match name.rsplit_once('.') {
+            Some((schema, base)) => format!("{schema}.{prefix}{base}"),
+            None => format!("{prefix}{name}"),
+        };
+        let (messages, deliveries, streams, inbox, locks, relays) = (
+            prefixed(&self.messages),
+            prefixed(&self.deliveries),
+            prefixed(&self.streams),
+            prefixed(&self.inbox),
+            prefixed(&self.locks),
+            prefixed(&self.relays),
+        );
+        self.messages(messages)?
+            .deliveries(deliveries)?
+            .streams(streams)?
+            .inbox(inbox)?
+            .locks(locks)?
+            .relays(relays)
     }
 
     /// Sets the messages table (one row per event).

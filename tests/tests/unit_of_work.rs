@@ -278,7 +278,7 @@ async fn unserializable_event_is_a_typed_error_and_writes_nothing(t: TestDb) {
     let uow = UnitOfWork::begin(&t.db).await.unwrap();
     let err = uow.save(&mut o).await.unwrap_err();
     match &err {
-        Error::Event(outbox_seaorm::core::Error::Serialize { event_type, .. }) => {
+        Error::Event(outbox_seaorm::EventError::Serialize { event_type, .. }) => {
             assert_eq!(event_type, "test.unserializable")
         }
         other => panic!("expected a serialize error, got {other:?}"),
@@ -384,7 +384,7 @@ async fn ad_hoc_event_and_headers(t: TestDb) {
             matches!(
                 refused,
                 Err(outbox_seaorm::Error::Event(
-                    outbox_seaorm::core::Error::InvalidName { .. }
+                    outbox_seaorm::EventError::InvalidName { .. }
                 ))
             ),
             "{bad}: {refused:?}"

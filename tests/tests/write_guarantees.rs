@@ -476,7 +476,7 @@ async fn rollback_keeps_state_and_events_together(t: TestDb) {
         .commit()
         .await
         .expect_err("the outbox tables are missing");
-    let shown = err.to_string();
+    let shown = err.report();
     assert!(
         shown.contains("missing_outbox"),
         "the error names the missing table: {shown}"
@@ -934,7 +934,7 @@ async fn clone_and_original_saved_together_write_each_event_once(t: TestDb) {
 
 fn assert_invalid_id(what: &str, id: &str, result: Result<impl std::fmt::Debug, Error>) {
     match result {
-        Err(Error::Event(outbox_seaorm::core::Error::InvalidName { what: kind, name })) => {
+        Err(Error::Event(outbox_seaorm::EventError::InvalidName { what: kind, name })) => {
             assert_eq!(kind, "aggregate id", "{what}");
             assert_eq!(name, id, "{what}");
         }
@@ -994,7 +994,7 @@ async fn invalid_aggregate_ids_are_rejected_when_recorded(t: TestDb) {
         AccountOpened { name: "x".into() },
         RecordOptions::new(),
     ) {
-        Err(Error::Event(outbox_seaorm::core::Error::InvalidName { what, .. })) => {
+        Err(Error::Event(outbox_seaorm::EventError::InvalidName { what, .. })) => {
             assert_eq!(what, "aggregate type")
         }
         other => panic!("expected InvalidName for an empty aggregate type, got {other:?}"),

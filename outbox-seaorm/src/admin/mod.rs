@@ -42,6 +42,7 @@ pub struct Admin {
 
 /// How many messages are in each state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
 pub struct OutboxCounts {
     /// Waiting, in flight or waiting for a retry.
     pub pending: u64,
@@ -56,6 +57,7 @@ pub struct OutboxCounts {
 
 /// A dead message, with the state of each of its deliveries.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
 pub struct DeadLetter {
     /// The message id.
     pub message_id: Uuid,
@@ -83,6 +85,7 @@ pub struct DeadLetter {
 
 /// One handler's state for a message.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
 pub struct DeliveryInfo {
     /// The handler's name.
     pub handler: String,
@@ -98,6 +101,7 @@ pub struct DeliveryInfo {
 
 /// A relay, as it records itself in the relays table.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
 pub struct RelayInfo {
     /// Its id (`locked_by` of the messages it holds).
     pub id: String,
@@ -133,6 +137,7 @@ impl RelayInfo {
 /// What a relay handles: its handlers (with their event types), its routes, and the event
 /// types it knows.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
 pub struct Handles {
     /// `(handler name, event type)`.
     pub handlers: Vec<(String, String)>,

@@ -19,7 +19,8 @@ pub async fn create_tables(db: &impl ConnectionTrait, config: &OutboxConfig) -> 
 
 /// Checks that every outbox table exists with the columns this version uses (what
 /// `Relay::build` checks at start). Fails with [`Error::Schema`](crate::Error::Schema) naming
-/// the first table that is missing or outdated.
+/// the first table that is missing or outdated. It only reads: unlike `Relay::build`, it
+/// leaves a SQLite file's journal mode as it is.
 pub async fn check_tables(db: &sea_orm::DatabaseConnection, config: &OutboxConfig) -> Result<()> {
     driver::cached(db.get_database_backend(), config)
         .check_schema(db)
