@@ -87,50 +87,70 @@ fn balanced(src: &str, open: usize) -> &str {
     &src[open + 1..]
 }
 
-/// The string literals of `text`, each with what precedes it.
-fn literals(text: &str) -> Vec<(String, &str)> {
+/// The string literals of `text`, each with the text before and after it.
+fn literals(text: &str) -> Vec<(String, &str, &str)> {
     let mut out = Vec::new();
     let mut rest = text;
     let mut offset = 0;
     while let Some(start) = rest.find('"') {
         let after = &rest[start + 1..];
         let Some(end) = after.find('"') else { break };
-        out.push((after[..end].to_owned(), text[..offset + start].trim_end()));
+        out.push((
+            after[..end].to_owned(),
+            text[..offset + start].trim_end(),
+            after[end + 1..].trim_start(),
+        ));
         offset += start + end + 2;
         rest = &after[end + 1..];
     }
     out
 }
 
-/// The names bound as parameters in `text`: the literal first elements of `("name", ..)`.
+/// Whether a literal is the name of a bound parameter: the first element of a
+/// `("name", value)` tuple whose value is not a literal (not a macro's or a call's arguments).
+fn is_param(before: &str, after: &str) -> bool {
+    before.ends_with('(')
+        && !before.ends_with("!(")
+        && !before.ends_with("stmt(")
+        && after.starts_with(',')
+        && !after[1..].trim_start().starts_with('"')
+}
+
+/// The names bound as parameters in `text`.
 fn bound_params(text: &str) -> BTreeSet<String> {
     literals(text)
         .into_iter()
-        .filter(|(_, before)| before.ends_with('('))
-        .map(|(l, _)| l)
+        .filter(|(_, before, after)| is_param(before, after))
+        .map(|(l, _, _)| l)
         .collect()
 }
 
-/// The `let` statement, before `at`, that binds `ident` (alone or in a tuple), to its `;`.
+/// The `let` statement (to its `;`) or `for` loop head (to its `{`), before `at`, that binds
+/// `ident`, alone or in a tuple.
 fn let_of<'a>(src: &'a str, at: usize, ident: &str) -> Option<&'a str> {
     let before = &src[..at];
-    let start = before
-        .match_indices("let ")
-        .filter(|(i, _)| {
-            let head: String = before[i + 4..].chars().take_while(|c| *c != '=').collect();
-            head.replace(['(', ')', ',', ':'], " ")
-                .split_whitespace()
-                .any(|w| w == ident)
-        })
-        .map(|(i, _)| i)
-        .last()?;
-    // The statement ends at the first `;` outside brackets.
+    let binds = |head: &str| {
+        head.replace(['(', ')', ',', ':'], " ")
+            .split_whitespace()
+            .any(|w| w == ident)
+    };
+    let lets = before.match_indices("let ").filter(|(i, _)| {
+        let head: String = before[i + 4..].chars().take_while(|c| *c != '=').collect();
+        binds(&head)
+    });
+    let fors = before.match_indices("for ").filter(|(i, _)| {
+        let rest = &before[i + 4..];
+        rest.find(" in ").is_some_and(|end| binds(&rest[..end]))
+    });
+    let (start, word) = lets.chain(fors).max_by_key(|(i, _)| *i)?;
+    // A `let` ends at the first `;` outside brackets, a `for` head at its `{`.
+    let end = if word == "let " { b';' } else { b'{' };
     let mut depth = 0i32;
     for (i, b) in src.bytes().enumerate().skip(start) {
         match b {
+            b if b == end && depth == 0 => return Some(&src[start..i]),
             b'(' | b'[' | b'{' => depth += 1,
             b')' | b']' | b'}' => depth -= 1,
-            b';' if depth == 0 => return Some(&src[start..i]),
             _ => {}
         }
     }
@@ -163,8 +183,8 @@ fn calls(file: &Path) -> Vec<Call> {
             literals(text)
                 .into_iter()
                 // `args.push(("window", ..))` in a branch binds a parameter, not a name.
-                .filter(|(_, before)| !before.ends_with('('))
-                .map(|(l, _)| l)
+                .filter(|(_, before, after)| !is_param(before, after))
+                .map(|(l, _, _)| l)
                 .collect()
         };
         assert!(!names.is_empty(), "{where_}: no query name found");
@@ -257,13 +277,21 @@ fn the_scan_sees_names_set_in_a_let_and_parameters_pushed_later() {
             };
             db.query(self.sql.stmt(query, &args));
             sql.stmt("release", &[("seqs", s), ("relay", r)]);
+            let (stream, followers) = match hold {
+                For(_) => ("hold_stream", "hold_followers"),
+                Forever => ("block_stream", "block_followers"),
+            };
+            txn.execute(sql.stmt(stream, &args));
+            for (table, query) in [(m, "check_messages"), (d, "check_deliveries")] {
+                db.query(d.sql().stmt(query, &[]));
+            }
         }
     "#;
     let path = std::env::temp_dir().join(format!("outbox-sql-check-{}.rs", std::process::id()));
     std::fs::write(&path, src).unwrap();
     let found = calls(&path);
     std::fs::remove_file(&path).unwrap();
-    assert_eq!(found.len(), 2);
+    assert_eq!(found.len(), 4);
     assert_eq!(
         found[0].names,
         ["claim_any", "claim_ordered"].map(String::from).into()
@@ -274,4 +302,12 @@ fn the_scan_sees_names_set_in_a_let_and_parameters_pushed_later() {
     );
     assert_eq!(found[1].names, ["release"].map(String::from).into());
     assert_eq!(found[1].bound, ["relay", "seqs"].map(String::from).into());
+    assert_eq!(found[2].names.len(), 4, "{:?}", found[2].names);
+    assert_eq!(
+        found[3].names,
+        ["check_deliveries", "check_messages"]
+            .map(String::from)
+            .into()
+    );
+    assert!(found[3].bound.is_empty());
 }
