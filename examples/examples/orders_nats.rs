@@ -55,7 +55,7 @@ async fn open(path: &str) -> anyhow::Result<DatabaseConnection> {
     let mut options = ConnectOptions::new(format!("sqlite://{path}?mode=rwc"));
     options.sqlx_logging(false);
     let db = Database::connect(options).await?;
-    outbox_seaorm::schema::create_tables(&db, &Default::default()).await?;
+    outbox_seaorm::schema::create_tables(&db).await?;
     Ok(db)
 }
 

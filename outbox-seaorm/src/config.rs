@@ -12,6 +12,20 @@ use crate::error::{Error, Result};
 /// limit), optionally qualified by a schema (`messaging.outbox_messages`), and always quoted in
 /// SQL, so a name can never inject SQL.
 ///
+/// Every entry point that takes a connection has a form for the default names and a `_with`
+/// form that takes `&OutboxConfig` after the connection: [`UnitOfWork::begin_with`],
+/// [`Relay::builder_with`], [`Admin::new_with`], [`Inbox::new_with`],
+/// [`schema::create_tables_with`] (and `check_tables_with`, `drop_tables_with`),
+/// [`save_aggregate_with`], [`stage_aggregate_with`]; `OutboxMigration::new_with`.
+///
+/// [`UnitOfWork::begin_with`]: crate::UnitOfWork::begin_with
+/// [`Relay::builder_with`]: crate::Relay::builder_with
+/// [`Admin::new_with`]: crate::Admin::new_with
+/// [`Inbox::new_with`]: crate::Inbox::new_with
+/// [`schema::create_tables_with`]: crate::schema::create_tables_with
+/// [`save_aggregate_with`]: crate::save_aggregate_with
+/// [`stage_aggregate_with`]: crate::stage_aggregate_with
+///
 /// ```
 /// use outbox_seaorm::OutboxConfig;
 ///

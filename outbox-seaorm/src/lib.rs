@@ -48,7 +48,7 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> anyhow::Result<()> {
 //! let db = sea_orm::Database::connect("sqlite::memory:").await?;
-//! outbox_seaorm::schema::create_tables(&db, &Default::default()).await?;
+//! outbox_seaorm::schema::create_tables(&db).await?;
 //! db.execute_unprepared("CREATE TABLE orders (id BLOB PRIMARY KEY, status TEXT NOT NULL)").await?;
 //!
 //! let mut order = order::Model { id: Uuid::now_v7(), status: "new".into(), events: Events::new() };

@@ -428,7 +428,7 @@ async fn delayed_event_keeps_its_not_before_time(t: TestDb) {
 
 async fn custom_table_names(t: TestDb) {
     let config = OutboxConfig::new().with_prefix("billing_").unwrap();
-    outbox_seaorm::schema::create_tables(&t.db, &config)
+    outbox_seaorm::schema::create_tables_with(&t.db, &config)
         .await
         .unwrap();
     let mut o = order::Model::place("ada", 1);
@@ -447,7 +447,7 @@ async fn custom_table_names(t: TestDb) {
         .try_get::<i64>("", "n")
         .unwrap();
     assert_eq!(n, 1);
-    outbox_seaorm::schema::drop_tables(&t.db, &config)
+    outbox_seaorm::schema::drop_tables_with(&t.db, &config)
         .await
         .unwrap();
     t.cleanup().await;

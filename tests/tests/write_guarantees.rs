@@ -1068,9 +1068,7 @@ async fn relay_without_outbox_tables_fails_to_start_naming_the_table(t: TestDb) 
     }
 
     // All of them missing.
-    outbox_seaorm::schema::drop_tables(&t.db, &OutboxConfig::default())
-        .await
-        .unwrap();
+    outbox_seaorm::schema::drop_tables(&t.db).await.unwrap();
     match Relay::builder(t.db.clone())
         .registry(registry())
         .build()

@@ -310,7 +310,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         .connect_timeout(std::time::Duration::from_secs(5))
         .acquire_timeout(std::time::Duration::from_secs(10));
     let db = Database::connect(options).await?;
-    let admin = Admin::with_config(db.clone(), config.clone());
+    let admin = Admin::new_with(db.clone(), &config);
     let out = render::Out { json: cli.json };
     match cli.command {
         Command::Status { fail_if } => {
@@ -345,9 +345,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Discard(a) => act(&admin, &out, a, Verb::Discard).await?,
         Command::Migrate { check } => {
             if !check {
-                crate::schema::create_tables(&db, &config).await?;
+                crate::schema::create_tables_with(&db, &config).await?;
             }
-            crate::schema::check_tables(&db, &config).await?;
+            crate::schema::check_tables_with(&db, &config).await?;
             out.note("tables", "the outbox tables are ready")?;
         }
         Command::Relays => out.relays(&admin.relays().await?)?,
@@ -389,9 +389,7 @@ async fn dashboard(
         .check_listen(args.listen)
         .map_err(|e| usage(e.to_string()))?;
     // Tables missing: say so now (with the `outbox migrate` hint), not on every page.
-    crate::Admin::with_config(db.clone(), outbox.clone())
-        .counts()
-        .await?;
+    crate::Admin::new_with(db.clone(), &outbox).counts().await?;
     eprintln!(
         "outbox dashboard on http://{} (Ctrl-C to stop)",
         args.listen

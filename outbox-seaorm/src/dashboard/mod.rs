@@ -167,7 +167,7 @@ type Shared = Arc<Dashboard>;
 /// in `config`.
 pub fn router(db: DatabaseConnection, config: DashboardConfig) -> Router {
     let state = Arc::new(Dashboard {
-        admin: Admin::with_config(db, config.outbox.clone()),
+        admin: Admin::new_with(db, &config.outbox),
         csrf: auth::new_token(),
         config,
     });

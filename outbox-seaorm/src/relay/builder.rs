@@ -32,11 +32,17 @@ pub struct RelayBuilder {
 }
 
 impl Relay {
-    /// A builder for a relay on `db`, with the defaults documented on each setting.
+    /// A builder for a relay on `db` and the default tables, with the defaults documented on
+    /// each setting.
     pub fn builder(db: DatabaseConnection) -> RelayBuilder {
+        Self::builder_with(db, &OutboxConfig::default())
+    }
+
+    /// [`builder`](Self::builder) for the tables named by `config`.
+    pub fn builder_with(db: DatabaseConnection, config: &OutboxConfig) -> RelayBuilder {
         RelayBuilder {
             db,
-            config: OutboxConfig::default(),
+            config: config.clone(),
             registry: None,
             extensions: Extensions::new(),
             id: None,
@@ -64,12 +70,6 @@ impl Relay {
 }
 
 impl RelayBuilder {
-    /// The outbox tables (default: [`OutboxConfig::default`]).
-    pub fn config(mut self, config: OutboxConfig) -> Self {
-        self.config = config;
-        self
-    }
-
     /// The handlers (default: [`Registry::from_inventory`], every `#[event_handler]` linked in).
     pub fn registry(mut self, registry: Registry) -> Self {
         self.registry = Some(registry);

@@ -70,7 +70,7 @@ pub(crate) use model::SaveAs;
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// # let db = sea_orm::Database::connect("sqlite::memory:").await?;
-/// # outbox_seaorm::schema::create_tables(&db, &Default::default()).await?;
+/// # outbox_seaorm::schema::create_tables(&db).await?;
 /// # db.execute_unprepared("CREATE TABLE orders (id INTEGER PRIMARY KEY AUTOINCREMENT, status TEXT NOT NULL)").await?;
 /// let mut order = order::Model { id: 0, status: "placed".into(), events: Events::new() };
 /// order.record(OrderPlaced { status: order.status.clone() });
