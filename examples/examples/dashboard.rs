@@ -174,7 +174,7 @@ async fn main() -> anyhow::Result<()> {
     let mut options = ConnectOptions::new(format!("sqlite://{path}?mode=rwc"));
     options.sqlx_logging(false);
     let db = Database::connect(options).await?;
-    outbox_seaorm::schema::create_tables(&db, &Default::default()).await?;
+    outbox_seaorm::schema::create_tables(&db).await?;
 
     // History: 150 orders, delivered as far as their handlers let them.
     for n in 0..150 {

@@ -8,7 +8,7 @@ use outbox_seaorm::dashboard::{self, DashboardConfig};
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let db = sea_orm::Database::connect("sqlite::memory:").await?;
-    outbox_seaorm::schema::create_tables(&db, &Default::default()).await?;
+    outbox_seaorm::schema::create_tables(&db).await?;
 
     let config = DashboardConfig::new()
         .read_only(false)

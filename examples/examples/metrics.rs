@@ -38,7 +38,7 @@ async fn main() -> anyhow::Result<()> {
     let mut options = ConnectOptions::new("sqlite::memory:");
     options.max_connections(1).sqlx_logging(false);
     let db = Database::connect(options).await?;
-    outbox_seaorm::schema::create_tables(&db, &Default::default()).await?;
+    outbox_seaorm::schema::create_tables(&db).await?;
 
     // Every fifth invoice bounces for good: dead letters to count.
     let mail = HandlerEntry::new("mail-invoice", |e: InvoiceSent, _ctx| async move {

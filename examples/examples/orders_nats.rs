@@ -15,8 +15,8 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull, stream};
-use outbox_seaorm::core::publish::nats::JetStreamPublisher;
 use outbox_seaorm::inbox::{Inbox, consume_jetstream};
+use outbox_seaorm::publish::nats::JetStreamPublisher;
 use outbox_seaorm::{Admin, DomainEvent, Events, Registry, Relay, Route, UnitOfWork};
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection};
 use serde::{Deserialize, Serialize};
@@ -55,7 +55,7 @@ async fn open(path: &str) -> anyhow::Result<DatabaseConnection> {
     let mut options = ConnectOptions::new(format!("sqlite://{path}?mode=rwc"));
     options.sqlx_logging(false);
     let db = Database::connect(options).await?;
-    outbox_seaorm::schema::create_tables(&db, &Default::default()).await?;
+    outbox_seaorm::schema::create_tables(&db).await?;
     Ok(db)
 }
 

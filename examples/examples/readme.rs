@@ -48,7 +48,7 @@ async fn send_confirmation(event: OrderConfirmed, ctx: &HandlerContext) -> anyho
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let db = sea_orm::Database::connect("sqlite://orders.db?mode=rwc").await?;
-    outbox_seaorm::schema::create_tables(&db, &Default::default()).await?; // or OutboxMigration
+    outbox_seaorm::schema::create_tables(&db).await?; // or OutboxMigration
     db.execute_unprepared("CREATE TABLE IF NOT EXISTS orders (id INTEGER PRIMARY KEY AUTOINCREMENT, status TEXT NOT NULL)").await?;
 
     let mut order = Model {

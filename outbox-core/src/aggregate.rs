@@ -418,7 +418,7 @@ impl RecordOptions {
         self
     }
 
-    /// Adds a header that travels with the message: to handlers (`ctx.headers().extra`), and to
+    /// Adds a header that travels with the message: to handlers (`ctx.envelope().headers.extra`), and to
     /// brokers and webhooks as a CloudEvents extension attribute (a field of a structured event;
     /// a `ce-<name>` / `cloudEvents:<name>` header in binary mode).
     ///
@@ -436,6 +436,7 @@ impl RecordOptions {
 
 /// A recorded event waiting to be written as an outbox row.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PendingEvent {
     /// The message id, a UUIDv7 made when the event was recorded.
     pub message_id: Uuid,

@@ -37,6 +37,7 @@ pub const STRUCTURED_CONTENT_TYPE: &str = "application/cloudevents+json";
 /// Structured (one JSON document) or binary (payload body, attributes as headers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum Mode {
     /// `Content-Type: application/cloudevents+json`, attributes and data in the body.
     #[default]
@@ -47,6 +48,7 @@ pub enum Mode {
 
 /// Which protocol binding's binary-mode headers: names and value encoding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Binding {
     /// HTTP (webhooks) and NATS: `ce-` headers, values percent-encoded.
     Http,

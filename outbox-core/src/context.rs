@@ -10,6 +10,7 @@ tokio::task_local! {
 
 /// The message whose handler is running on this task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct MessageScope {
     /// The message being handled: the causation id of events recorded now.
     pub message_id: Uuid,

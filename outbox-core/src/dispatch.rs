@@ -53,7 +53,9 @@ pub async fn invoke(
         let entry = entry.clone();
         let ctx = ctx.clone();
         let span = span.clone();
-        AbortOnDrop(tokio::spawn(async move {
+        // Aborted when dropped: a caller that stops waiting (a timeout, a shutdown) does not
+        // leave the handler running on its own.
+        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
             let call = AssertUnwindSafe(entry.handler().call(&ctx)).catch_unwind();
             context::scope(scope, call).instrument(span).await
         }))
@@ -81,27 +83,6 @@ pub async fn invoke(
         span.in_scope(|| tracing::warn!(error = %e.report(), kind = e.kind(), "handler failed"));
     }
     result
-}
-
-/// A task handle that aborts its task when dropped: a caller that stops waiting (a timeout, a
-/// shutdown) does not leave the handler running on its own.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> std::future::Future for AbortOnDrop<T> {
-    type Output = Result<T, tokio::task::JoinError>;
-
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
-        std::pin::Pin::new(&mut self.0).poll(cx)
-    }
-}
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {

@@ -13,6 +13,7 @@ use crate::upcast::Upcasters;
 /// Metadata that travels with a message: correlation, causation, trace context, and free-form
 /// string headers. Stored as the JSON object of the outbox row's `headers` column.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Headers {
     /// Groups every message caused, directly or not, by one request or command.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -33,6 +34,7 @@ pub struct Headers {
 
 /// One outbox message, as read back by the relay.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Envelope {
     /// The message id (UUIDv7): consumers deduplicate on it.
     pub message_id: Uuid,
@@ -59,6 +61,39 @@ pub struct Envelope {
 }
 
 impl Envelope {
+    /// A message with its id, event type, version and payload (JSON text). The other fields
+    /// start empty (sequence and position 0, no aggregate type or id, no headers) and
+    /// `occurred_at` is now: set the public fields you need. For tests of handlers and
+    /// publishers, and for consumers that rebuild a message.
+    ///
+    /// ```
+    /// let mut envelope = outbox_seaorm_core::Envelope::new(
+    ///     uuid::Uuid::now_v7(), "order.confirmed", 1, r#"{"order_id":42}"#,
+    /// );
+    /// envelope.aggregate_type = "order".into();
+    /// envelope.aggregate_id = "42".into();
+    /// envelope.headers.extra.insert("tenant".into(), "acme".into());
+    /// ```
+    pub fn new(
+        message_id: Uuid,
+        event_type: impl Into<String>,
+        event_version: u32,
+        payload: impl Into<String>,
+    ) -> Self {
+        Self {
+            message_id,
+            sequence: 0,
+            position: 0,
+            aggregate_type: String::new(),
+            aggregate_id: String::new(),
+            event_type: event_type.into(),
+            event_version,
+            payload: payload.into(),
+            headers: Headers::default(),
+            occurred_at: Utc::now(),
+        }
+    }
+
     /// Deserializes the payload into `E`, upcasting an older stored version through `upcasters`.
     ///
     /// Fails with [`Error::UnknownVersion`] when no chain of upcasters leads from the stored

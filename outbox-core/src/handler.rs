@@ -5,7 +5,6 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,8 +15,8 @@ use crate::error::{BoxError, Error, Result};
 use crate::event::DomainEvent;
 use crate::upcast::Upcasters;
 
-/// A boxed, `Send` future, the return type of erased handlers.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+/// A boxed, `Send` future, the return type of erased handlers (futures-util's).
+pub use futures_util::future::BoxFuture;
 
 /// The erased form of a handler that `#[event_handler]` registers: a plain function pointer, so
 /// it can live in the `static` that `inventory` builds.

@@ -12,7 +12,7 @@
 //! use std::sync::Arc;
 //! use outbox_seaorm_core::{
 //!     dispatch, event_handler, DomainEvent, DomainEvents, Aggregate, Envelope, Events,
-//!     Extensions, HandlerContext, Headers, Registry,
+//!     Extensions, HandlerContext, Registry,
 //! };
 //! use serde::{Deserialize, Serialize};
 //!
@@ -37,18 +37,15 @@
 //!
 //! // What a relay does with the row the event became:
 //! let pending = order.events_mut().take().remove(0);
-//! let envelope = Arc::new(Envelope {
-//!     message_id: pending.message_id,
-//!     sequence: 1,
-//!     position: 1,
-//!     aggregate_type: Order::AGGREGATE_TYPE.into(),
-//!     aggregate_id: order.aggregate_id(),
-//!     event_type: pending.event_type.into(),
-//!     event_version: pending.version,
-//!     payload: pending.payload.unwrap(),
-//!     headers: Headers::default(),
-//!     occurred_at: pending.occurred_at,
-//! });
+//! let mut envelope = Envelope::new(
+//!     pending.message_id, pending.event_type, pending.version, pending.payload.unwrap(),
+//! );
+//! envelope.sequence = 1;
+//! envelope.position = 1;
+//! envelope.aggregate_type = Order::AGGREGATE_TYPE.into();
+//! envelope.aggregate_id = order.aggregate_id();
+//! envelope.occurred_at = pending.occurred_at;
+//! let envelope = Arc::new(envelope);
 //! let registry = Registry::from_inventory()?;
 //! for entry in registry.handlers_for("order.confirmed") {
 //!     let ctx = HandlerContext::new(

@@ -53,6 +53,7 @@ pub fn propagation(_probe: &tracing::Span) -> Propagation {
 /// The W3C trace context of a span: `traceparent` and, when it carries vendor data,
 /// `tracestate`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TraceContext {
     /// `00-<trace id>-<span id>-<flags>`.
     pub traceparent: Option<String>,

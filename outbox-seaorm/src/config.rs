@@ -12,6 +12,20 @@ use crate::error::{Error, Result};
 /// limit), optionally qualified by a schema (`messaging.outbox_messages`), and always quoted in
 /// SQL, so a name can never inject SQL.
 ///
+/// Every entry point that takes a connection has a form for the default names and a `_with`
+/// form that takes `&OutboxConfig` after the connection: [`UnitOfWork::begin_with`],
+/// [`Relay::builder_with`], [`Admin::new_with`], [`Inbox::new_with`],
+/// [`schema::create_tables_with`] (and `check_tables_with`, `drop_tables_with`),
+/// [`save_aggregate_with`], [`stage_aggregate_with`]; `OutboxMigration::new_with`.
+///
+/// [`UnitOfWork::begin_with`]: crate::UnitOfWork::begin_with
+/// [`Relay::builder_with`]: crate::Relay::builder_with
+/// [`Admin::new_with`]: crate::Admin::new_with
+/// [`Inbox::new_with`]: crate::Inbox::new_with
+/// [`schema::create_tables_with`]: crate::schema::create_tables_with
+/// [`save_aggregate_with`]: crate::save_aggregate_with
+/// [`stage_aggregate_with`]: crate::stage_aggregate_with
+///
 /// ```
 /// use outbox_seaorm::OutboxConfig;
 ///
@@ -51,15 +65,37 @@ impl OutboxConfig {
         Self::default()
     }
 
-    /// Prefixes every table name (`"billing_"` gives `billing_outbox_messages`, ...).
+    /// Prefixes every table name as it is set so far: `"billing_"` gives
+    /// `billing_outbox_messages`, ..., and a messages table renamed before to `events` becomes
+    /// `billing_events`. A schema-qualified name keeps its schema in front (`app.events` becomes
+    /// `app.billing_events`). Each call prefixes again.
+    ///
+    /// ```
+    /// use outbox_seaorm::OutboxConfig;
+    /// let c = OutboxConfig::new().messages("app.events")?.with_prefix("billing_")?;
+    /// assert_eq!(c.messages_table(), "app.billing_events");
+    /// assert_eq!(c.deliveries_table(), "billing_outbox_deliveries");
+    /// # Ok::<(), outbox_seaorm::Error>(())
+    /// ```
     pub fn with_prefix(self, prefix: &str) -> Result<Self> {
-        let d = Self::default();
-        self.messages(format!("{prefix}{}", d.messages))?
-            .deliveries(format!("{prefix}{}", d.deliveries))?
-            .streams(format!("{prefix}{}", d.streams))?
-            .inbox(format!("{prefix}{}", d.inbox))?
-            .locks(format!("{prefix}{}", d.locks))?
-            .relays(format!("{prefix}{}", d.relays))
+        let prefixed = |name: &str| match name.rsplit_once('.') {
+            Some((schema, base)) => format!("{schema}.{prefix}{base}"),
+            None => format!("{prefix}{name}"),
+        };
+        let (messages, deliveries, streams, inbox, locks, relays) = (
+            prefixed(&self.messages),
+            prefixed(&self.deliveries),
+            prefixed(&self.streams),
+            prefixed(&self.inbox),
+            prefixed(&self.locks),
+            prefixed(&self.relays),
+        );
+        self.messages(messages)?
+            .deliveries(deliveries)?
+            .streams(streams)?
+            .inbox(inbox)?
+            .locks(locks)?
+            .relays(relays)
     }
 
     /// Sets the messages table (one row per event).

@@ -7,8 +7,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// What can go wrong while saving events, relaying them or administering the outbox.
 ///
-/// Every variant's message says what happened and why in one line
-/// (`database error: no such table: outbox_messages`), so logging `{}` is enough.
+/// Every variant's message says what happened in one line; the foreign error that caused it
+/// (SeaORM's, serde's, I/O) is its [`source`](std::error::Error::source), not repeated in the
+/// message. [`report`](Error::report) joins the message and its sources
+/// (`database error: Custom Error: no such table: outbox_messages`), for a log line.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -19,10 +21,10 @@ pub enum Error {
     /// On the write side the transaction is rolled back and nothing was written; the events
     /// are back in their aggregates, so retrying the whole unit of work with the same
     /// instances writes them. The relay logs it, backs off and reconnects by itself.
-    // The cause is part of the message (and so not also a `source`, or reporters that walk the
-    // chain would print it twice).
+    // The cleaned cause is part of the message, and SeaORM's error is the source for code that
+    // inspects it; `report()` does not print it a second time.
     #[error("database error: {}", db_message(.0))]
-    Db(sea_orm::DbErr),
+    Db(#[from] sea_orm::DbErr),
 
     /// An event could not be recorded, decoded or handled, or the handler registry is invalid.
     #[error(transparent)]
@@ -36,7 +38,6 @@ pub enum Error {
     /// Create the tables: add [`OutboxMigration`](crate::OutboxMigration) to your
     /// `sea-orm-migration` `Migrator`, or call
     /// [`schema::create_tables`](crate::schema::create_tables) at start-up.
-    // The cause is part of the message, not a `source` (reporters would print it twice).
     #[error(
         "the outbox table `{table}` is missing or outdated ({}); create the outbox tables \
          with `OutboxMigration` in your migrator or `outbox_seaorm::schema::create_tables`",
@@ -46,6 +47,7 @@ pub enum Error {
         /// The table's configured name.
         table: String,
         /// What the database said when it was read.
+        #[source]
         cause: sea_orm::DbErr,
     },
 
@@ -138,6 +140,7 @@ pub enum Error {
     /// `DashboardConfig`, put your own authenticating layer in front (then mount
     /// `dashboard::router` yourself), or, if the network is private, say so with
     /// `DashboardConfig::allow_unauthenticated`.
+    #[cfg(feature = "dashboard")]
     #[error(
         "refusing to serve the outbox dashboard on {addr} without authentication: set basic or \
          bearer auth, or allow it explicitly (`DashboardConfig::allow_unauthenticated`, \
@@ -149,6 +152,7 @@ pub enum Error {
     },
 
     /// The dashboard could not listen or serve.
+    #[cfg(feature = "dashboard")]
     #[error("dashboard server error")]
     Serve(#[source] std::io::Error),
 
@@ -163,6 +167,7 @@ pub enum Error {
 
     /// A test harness (`testing::Harness::settle`) gave up with messages still pending: their
     /// time ran out, or nothing in the test can deliver them.
+    #[cfg(feature = "testing")]
     #[error("the outbox did not settle after {waited:?}: {reason}\n{}", pending_lines(.pending))]
     NotSettled {
         /// How long it waited.
@@ -175,6 +180,7 @@ pub enum Error {
 }
 
 /// One line per pending message, for [`Error::NotSettled`].
+#[cfg(feature = "testing")]
 fn pending_lines(pending: &[crate::MessageSummary]) -> String {
     let mut out = format!("still pending ({}):", pending.len());
     for m in pending {
@@ -217,16 +223,15 @@ pub(crate) fn db_message(e: &sea_orm::DbErr) -> String {
     }
 }
 
-impl From<sea_orm::DbErr> for Error {
-    fn from(e: sea_orm::DbErr) -> Self {
-        Error::Db(e)
-    }
-}
-
 impl Error {
-    /// The message with the messages of its sources, as one line.
+    /// The message with the messages of its sources, as one line. A database error's message
+    /// already holds what the database said (without the driver's labels), so its source is
+    /// not repeated.
     pub fn report(&self) -> String {
         let mut out = self.to_string();
+        if matches!(self, Error::Db(_) | Error::Schema { .. }) {
+            return out;
+        }
         let mut source = std::error::Error::source(self);
         while let Some(s) = source {
             out.push_str(": ");
@@ -242,10 +247,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_database_error_shows_its_cause() {
+    fn a_database_error_is_the_source_and_the_report_shows_it_once() {
         let e = Error::from(sea_orm::DbErr::Custom(
             "no such table: outbox_messages".into(),
         ));
+        assert!(std::error::Error::source(&e).is_some());
         assert_eq!(
             e.to_string(),
             "database error: no such table: outbox_messages"

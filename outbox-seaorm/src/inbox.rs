@@ -51,15 +51,15 @@ pub struct Inbox {
 impl Inbox {
     /// The inbox on the default tables.
     pub fn new(db: DatabaseConnection) -> Self {
-        Self::with_config(db, OutboxConfig::default())
+        Self::new_with(db, &OutboxConfig::default())
     }
 
     /// The inbox on the tables named by `config`.
-    pub fn with_config(db: DatabaseConnection, config: OutboxConfig) -> Self {
+    pub fn new_with(db: DatabaseConnection, config: &OutboxConfig) -> Self {
         Self {
-            driver: driver::cached(db.get_database_backend(), &config),
+            driver: driver::cached(db.get_database_backend(), config),
             db,
-            config,
+            config: config.clone(),
         }
     }
 

@@ -48,7 +48,7 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> anyhow::Result<()> {
 //! let db = sea_orm::Database::connect("sqlite::memory:").await?;
-//! outbox_seaorm::schema::create_tables(&db, &Default::default()).await?;
+//! outbox_seaorm::schema::create_tables(&db).await?;
 //! db.execute_unprepared("CREATE TABLE orders (id BLOB PRIMARY KEY, status TEXT NOT NULL)").await?;
 //!
 //! let mut order = order::Model { id: Uuid::now_v7(), status: "new".into(), events: Events::new() };
@@ -126,28 +126,46 @@ pub use self::relay::{
 #[doc(inline)]
 pub use self::schema::OutboxMigration;
 #[doc(inline)]
-pub use self::uow::{UnitOfWork, Written, save_aggregate, save_aggregate_with, stage_aggregate};
+pub use self::uow::{
+    UnitOfWork, Written, save_aggregate, save_aggregate_with, stage_aggregate, stage_aggregate_with,
+};
 
+/// The error of recording, decoding or handling an event (`outbox_seaorm_core::Error`), which
+/// [`Error::Event`] carries.
+#[doc(no_inline)]
+pub use outbox_seaorm_core::Error as EventError;
 /// The event catalog: events, handlers and routes as JSON and AsyncAPI 3.0, and the check of a
 /// committed catalog against the current one. It needs no database, so it lives in
 /// `outbox-seaorm-core` (beside the registry it reads) and is re-exported here.
 #[doc(inline)]
 pub use outbox_seaorm_core::catalog;
 #[doc(no_inline)]
-pub use outbox_seaorm_core::cloudevents;
-#[doc(no_inline)]
-pub use outbox_seaorm_core::publish;
-#[doc(no_inline)]
 pub use outbox_seaorm_core::publish::{Publisher, Route};
 #[doc(no_inline)]
 pub use outbox_seaorm_core::{
-    Aggregate, BoxError, DomainEvent, DomainEvents, Envelope, Events, Extensions, HandlerContext,
-    HandlerEntry, HandlerError, Headers, RecordOptions, Registry, RetryPolicy, UnsavedEvents,
-    Upcasters, event_handler, on_unsaved_events, upcaster,
+    Aggregate, BoxError, BoxFuture, DomainEvent, DomainEvents, Envelope, Events, Extensions,
+    Handler, HandlerContext, HandlerEntry, HandlerError, Headers, IntoHandlerResult, Owner,
+    PendingEvent, RecordOptions, Registry, RetryPolicy, SerializeFailure, UnsavedEvents, Upcasters,
+    event_handler, on_unsaved_events, upcaster,
 };
+#[doc(no_inline)]
+pub use outbox_seaorm_core::{cloudevents, context, dispatch, staging, trace};
 
-/// The core crate, for what is not re-exported above.
-pub use outbox_seaorm_core as core;
+/// Publishing messages to brokers besides (or instead of) handlers: the transports behind their
+/// features, and the pieces of a [`Route`]. [`Publisher`] and [`Route`] are at the crate root.
+pub mod publish {
+    #[cfg(feature = "amqp")]
+    #[doc(no_inline)]
+    pub use outbox_seaorm_core::publish::amqp;
+    #[cfg(feature = "nats")]
+    #[doc(no_inline)]
+    pub use outbox_seaorm_core::publish::nats;
+    #[cfg(feature = "webhook")]
+    #[doc(no_inline)]
+    pub use outbox_seaorm_core::publish::webhook;
+    #[doc(no_inline)]
+    pub use outbox_seaorm_core::publish::{Matcher, Template, TemplateError, Transport};
+}
 
 /// Not public API: the path generated code takes when the user depends on this crate only.
 #[doc(hidden)]

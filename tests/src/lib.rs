@@ -65,7 +65,7 @@ impl TestDb {
             Backend::Postgres => Self::postgres().await?,
             Backend::MySql => Self::mysql().await?,
         };
-        outbox_seaorm::schema::create_tables(&t.db, &Default::default())
+        outbox_seaorm::schema::create_tables(&t.db)
             .await
             .expect("create outbox tables");
         fixtures::create_tables(&t.db).await;

@@ -15,8 +15,8 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties, ExchangeKind};
-use outbox_seaorm::core::cloudevents::Mode;
-use outbox_seaorm::core::publish::nats::JetStreamPublisher;
+use outbox_seaorm::cloudevents::Mode;
+use outbox_seaorm::publish::nats::JetStreamPublisher;
 use outbox_seaorm::{Admin, Inbox, Registry, Relay, Route};
 use outbox_tests::fixtures::{AWKWARD_IDS, Numbered, commit_awkward, commit_numbered};
 use outbox_tests::{Backend, Server, TestDb, kill_on_progress, server_url, wait_for};
@@ -85,7 +85,7 @@ async fn awkward_ids_through_rabbitmq(
     word: &str,
     mode: Mode,
 ) -> Vec<lapin::message::Delivery> {
-    use outbox_seaorm::core::publish::amqp::AmqpPublisher;
+    use outbox_seaorm::publish::amqp::AmqpPublisher;
 
     commit_awkward(&t.db, &AWKWARD_IDS).await;
     let conn = Connection::connect(amqp_url, ConnectionProperties::default())
@@ -420,7 +420,7 @@ async fn binary_mode_jetstream_events_are_valid_cloudevents() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(not(outbox_nats), ignore = "OUTBOX_TEST_NATS_URL is not set")]
 async fn awkward_aggregate_ids_stay_one_subject_token_and_one_header_value() {
-    use outbox_seaorm::core::cloudevents::{Binding, from_binary};
+    use outbox_seaorm::cloudevents::{Binding, from_binary};
 
     let Some(nats_url) = server_url(Server::Nats) else {
         return;
@@ -505,7 +505,7 @@ async fn awkward_aggregate_ids_stay_one_subject_token_and_one_header_value() {
 #[cfg_attr(not(outbox_amqp), ignore = "OUTBOX_TEST_AMQP_URL is not set")]
 async fn awkward_aggregate_ids_stay_one_routing_key_word_and_one_header_value() {
     use lapin::types::AMQPValue;
-    use outbox_seaorm::core::cloudevents::{Binding, from_binary};
+    use outbox_seaorm::cloudevents::{Binding, from_binary};
 
     let Some(amqp_url) = server_url(Server::Amqp) else {
         return;

@@ -6,13 +6,13 @@ use std::collections::BTreeSet;
 
 use outbox_seaorm::catalog::{BreakingChange, Catalog, EventDescription};
 use outbox_seaorm::cloudevents::Mode;
-use outbox_seaorm::core::publish::amqp::AmqpPublisher;
-use outbox_seaorm::core::publish::webhook::{WebhookPublisher, WebhookSecret};
-use outbox_seaorm::core::publish::{Publisher, Transport};
 use outbox_seaorm::entity::message;
+use outbox_seaorm::publish::amqp::AmqpPublisher;
+use outbox_seaorm::publish::webhook::{WebhookPublisher, WebhookSecret};
 use outbox_seaorm::{
     DomainEvent, Envelope, HandlerEntry, HandlerError, Registry, Route, UnitOfWork,
 };
+use outbox_seaorm::{Publisher, publish::Transport};
 use outbox_tests::fixtures::{OrderPlaced, order};
 use outbox_tests::{Backend, TestDb};
 use schemars::JsonSchema;
@@ -413,11 +413,11 @@ fn one_message_per_event_version() {
 
 struct NeverCalled;
 
-impl outbox_seaorm::core::Handler for NeverCalled {
+impl outbox_seaorm::Handler for NeverCalled {
     fn call<'a>(
         &'a self,
         _: &'a outbox_seaorm::HandlerContext,
-    ) -> outbox_seaorm::core::BoxFuture<'a, Result<(), HandlerError>> {
+    ) -> outbox_seaorm::BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async { Ok(()) })
     }
 }

@@ -175,9 +175,7 @@ async fn the_command_line_shows_and_acts_on_dead_letters(t: TestDb) {
     // migrate is idempotent; a database without the tables is reported by name.
     outbox(&t).args(["migrate", "--check"]).assert().success();
     outbox(&t).args(["migrate"]).assert().success();
-    outbox_seaorm::schema::drop_tables(&t.db, &Default::default())
-        .await
-        .unwrap();
+    outbox_seaorm::schema::drop_tables(&t.db).await.unwrap();
     outbox(&t)
         .args(["migrate", "--check"])
         .assert()

@@ -122,7 +122,7 @@ fn the_companion_module_gives_an_explicit_registry_entry() {
     let dup = Registry::new([audit::handler(), by_hand]).unwrap_err();
     assert!(matches!(
         dup,
-        outbox_seaorm::core::Error::DuplicateHandler { ref name, .. } if name == "audit-log"
+        outbox_seaorm::EventError::DuplicateHandler { ref name, .. } if name == "audit-log"
     ));
     assert_eq!(
         dup.to_string(),

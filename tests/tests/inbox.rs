@@ -163,11 +163,11 @@ struct Any {}
 
 struct LedgerHandler;
 
-impl outbox_seaorm::core::Handler for LedgerHandler {
+impl outbox_seaorm::Handler for LedgerHandler {
     fn call<'a>(
         &'a self,
         ctx: &'a HandlerContext,
-    ) -> outbox_seaorm::core::BoxFuture<'a, Result<(), HandlerError>> {
+    ) -> outbox_seaorm::BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
             ctx.exactly_once(async |uow| {
                 bump(uow, "ledger").await?;

@@ -23,8 +23,8 @@ async fn a_layer_of_another_opentelemetry_version_is_reported_at_start() {
     assert!(request.context().span().span_context().is_valid());
     // ...which the outbox cannot read.
     assert_eq!(
-        outbox_seaorm::core::trace::propagation(&request),
-        outbox_seaorm::core::trace::Propagation::NotConnected
+        outbox_seaorm::trace::propagation(&request),
+        outbox_seaorm::trace::Propagation::NotConnected
     );
 
     let t = TestDb::new(Backend::Sqlite).await.unwrap();

@@ -18,8 +18,7 @@ async fn pg_notify_wakes_a_relay_that_polls_rarely() {
 async fn body(t: TestDb) {
     let config = OutboxConfig::new().pg_notify(true);
     let seen = Recorder::new();
-    let handle = Relay::builder(t.connect_again().await)
-        .config(config.clone())
+    let handle = Relay::builder_with(t.connect_again().await, &config)
         .registry(Registry::new([recording::<OrderPlaced>("placed", seen.clone())]).unwrap())
         .poll_interval(Duration::from_secs(3600))
         .spawn()

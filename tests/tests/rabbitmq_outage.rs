@@ -12,7 +12,7 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties, ExchangeKind};
-use outbox_seaorm::core::publish::amqp::AmqpPublisher;
+use outbox_seaorm::publish::amqp::AmqpPublisher;
 use outbox_seaorm::{Admin, Registry, Relay, RetryPolicy, Route};
 use outbox_tests::fixtures::commit_numbered;
 use outbox_tests::{Backend, Server, TestDb, server_url, wait_for};

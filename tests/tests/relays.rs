@@ -209,7 +209,7 @@ struct OrderPlacedV2 {
     currency: String,
 }
 
-fn v1_to_v2(mut v: serde_json::Value) -> Result<serde_json::Value, outbox_seaorm::core::BoxError> {
+fn v1_to_v2(mut v: serde_json::Value) -> Result<serde_json::Value, outbox_seaorm::BoxError> {
     v["currency"] = "EUR".into();
     Ok(v)
 }

@@ -278,7 +278,7 @@ async fn unserializable_event_is_a_typed_error_and_writes_nothing(t: TestDb) {
     let uow = UnitOfWork::begin(&t.db).await.unwrap();
     let err = uow.save(&mut o).await.unwrap_err();
     match &err {
-        Error::Event(outbox_seaorm::core::Error::Serialize { event_type, .. }) => {
+        Error::Event(outbox_seaorm::EventError::Serialize { event_type, .. }) => {
             assert_eq!(event_type, "test.unserializable")
         }
         other => panic!("expected a serialize error, got {other:?}"),
@@ -384,7 +384,7 @@ async fn ad_hoc_event_and_headers(t: TestDb) {
             matches!(
                 refused,
                 Err(outbox_seaorm::Error::Event(
-                    outbox_seaorm::core::Error::InvalidName { .. }
+                    outbox_seaorm::EventError::InvalidName { .. }
                 ))
             ),
             "{bad}: {refused:?}"
@@ -434,7 +434,7 @@ async fn delayed_event_keeps_its_not_before_time(t: TestDb) {
 
 async fn custom_table_names(t: TestDb) {
     let config = OutboxConfig::new().with_prefix("billing_").unwrap();
-    outbox_seaorm::schema::create_tables(&t.db, &config)
+    outbox_seaorm::schema::create_tables_with(&t.db, &config)
         .await
         .unwrap();
     let mut o = order::Model::place("ada", 1);
@@ -453,7 +453,7 @@ async fn custom_table_names(t: TestDb) {
         .try_get::<i64>("", "n")
         .unwrap();
     assert_eq!(n, 1);
-    outbox_seaorm::schema::drop_tables(&t.db, &config)
+    outbox_seaorm::schema::drop_tables_with(&t.db, &config)
         .await
         .unwrap();
     t.cleanup().await;

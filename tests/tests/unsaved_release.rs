@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
-use outbox_seaorm::core::staging::Unit;
+use outbox_seaorm::staging::Unit;
 use outbox_seaorm::{
     Aggregate, DomainEvent, DomainEvents, Events, UnsavedEvents, on_unsaved_events,
 };

@@ -8,11 +8,9 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
-use outbox_seaorm::core::cloudevents::Mode;
-use outbox_seaorm::core::publish::webhook::{
-    SignatureError, WebhookPublisher, WebhookSecret, verify,
-};
+use outbox_seaorm::cloudevents::Mode;
 use outbox_seaorm::entity::DeliveryStatus;
+use outbox_seaorm::publish::webhook::{SignatureError, WebhookPublisher, WebhookSecret, verify};
 use outbox_seaorm::{Admin, Registry, Relay, RetryPolicy, Route};
 use outbox_tests::fixtures::commit_numbered;
 use outbox_tests::{Backend, TestDb, wait_for};
@@ -266,7 +264,7 @@ async fn webhooks_are_signed_retried_on_5xx_and_dead_on_4xx() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn awkward_aggregate_ids_stay_one_path_segment_and_one_header_value() {
-    use outbox_seaorm::core::cloudevents::{Binding, from_binary};
+    use outbox_seaorm::cloudevents::{Binding, from_binary};
     use outbox_tests::fixtures::{AWKWARD_IDS, commit_awkward};
 
     let (base, receiver) = serve().await;

@@ -476,7 +476,7 @@ async fn rollback_keeps_state_and_events_together(t: TestDb) {
         .commit()
         .await
         .expect_err("the outbox tables are missing");
-    let shown = err.to_string();
+    let shown = err.report();
     assert!(
         shown.contains("missing_outbox"),
         "the error names the missing table: {shown}"
@@ -934,7 +934,7 @@ async fn clone_and_original_saved_together_write_each_event_once(t: TestDb) {
 
 fn assert_invalid_id(what: &str, id: &str, result: Result<impl std::fmt::Debug, Error>) {
     match result {
-        Err(Error::Event(outbox_seaorm::core::Error::InvalidName {
+        Err(Error::Event(outbox_seaorm::EventError::InvalidName {
             what: kind, name, ..
         })) => {
             assert_eq!(kind, "aggregate id", "{what}");
@@ -996,7 +996,7 @@ async fn invalid_aggregate_ids_are_rejected_when_recorded(t: TestDb) {
         AccountOpened { name: "x".into() },
         RecordOptions::new(),
     ) {
-        Err(Error::Event(outbox_seaorm::core::Error::InvalidName { what, .. })) => {
+        Err(Error::Event(outbox_seaorm::EventError::InvalidName { what, .. })) => {
             assert_eq!(what, "aggregate type")
         }
         other => panic!("expected InvalidName for an empty aggregate type, got {other:?}"),
@@ -1070,9 +1070,7 @@ async fn relay_without_outbox_tables_fails_to_start_naming_the_table(t: TestDb) 
     }
 
     // All of them missing.
-    outbox_seaorm::schema::drop_tables(&t.db, &OutboxConfig::default())
-        .await
-        .unwrap();
+    outbox_seaorm::schema::drop_tables(&t.db).await.unwrap();
     match Relay::builder(t.db.clone())
         .registry(registry())
         .build()

@@ -12,6 +12,7 @@ use crate::publish::Publisher;
 
 /// One message a [`CapturePublisher`] was given.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct Published {
     /// The destination the route rendered for it (subject, routing key, URL).
     pub destination: String,

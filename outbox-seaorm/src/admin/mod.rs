@@ -64,6 +64,7 @@ pub struct Admin {
 
 /// How many messages are in each state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
 pub struct OutboxCounts {
     /// Waiting, in flight or waiting for a retry.
     pub pending: u64,
@@ -78,6 +79,7 @@ pub struct OutboxCounts {
 
 /// A dead message, with the state of each of its deliveries.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
 pub struct DeadLetter {
     /// The message id.
     pub message_id: Uuid,
@@ -105,6 +107,7 @@ pub struct DeadLetter {
 
 /// One handler's state for a message.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
 pub struct DeliveryInfo {
     /// The handler's name.
     pub handler: String,
@@ -120,6 +123,7 @@ pub struct DeliveryInfo {
 
 /// A relay, as it records itself in the relays table.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
 pub struct RelayInfo {
     /// Its id (`locked_by` of the messages it holds).
     pub id: String,
@@ -155,6 +159,7 @@ impl RelayInfo {
 /// What a relay handles: its handlers (with their event types), its routes, and the event
 /// types it knows.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
 pub struct Handles {
     /// `(handler name, event type)`.
     pub handlers: Vec<(String, String)>,
@@ -180,15 +185,15 @@ mod millis {
 impl Admin {
     /// An admin on the default tables.
     pub fn new(db: DatabaseConnection) -> Self {
-        Self::with_config(db, OutboxConfig::default())
+        Self::new_with(db, &OutboxConfig::default())
     }
 
     /// An admin on the tables named by `config`.
-    pub fn with_config(db: DatabaseConnection, config: OutboxConfig) -> Self {
+    pub fn new_with(db: DatabaseConnection, config: &OutboxConfig) -> Self {
         Self {
-            driver: driver::cached(db.get_database_backend(), &config),
+            driver: driver::cached(db.get_database_backend(), config),
             db,
-            config,
+            config: config.clone(),
         }
     }
 

@@ -28,6 +28,7 @@ use crate::error::Result;
 /// # let _ = dead_mail;
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct MessageFilter {
     pub(crate) status: Option<MessageStatus>,
     pub(crate) handler: Option<String>,
@@ -103,6 +104,7 @@ impl MessageFilter {
 
 /// One message in a listing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct MessageSummary {
     /// The message id.
     pub message_id: Uuid,
@@ -138,6 +140,7 @@ pub struct MessageSummary {
 
 /// One message in full.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct MessageDetail {
     /// What a listing shows.
     #[serde(flatten)]
@@ -152,6 +155,7 @@ pub struct MessageDetail {
 
 /// Pending messages of one aggregate type and event type.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct Backlog {
     /// The aggregate type.
     pub aggregate_type: String,
@@ -165,6 +169,7 @@ pub struct Backlog {
 
 /// Dead letters of one handler (or of the message as a whole) and error kind.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct DeadGroup {
     /// The handler or route, or `None` for messages that died as a whole (crashed, unknown
     /// version, ...).
@@ -178,6 +183,7 @@ pub struct DeadGroup {
 /// What an operator checks first, from the pending and dead rows only (cheap on a table with
 /// millions of delivered rows).
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct Status {
     /// Messages waiting, in flight or waiting for a retry.
     pub pending: u64,

@@ -22,6 +22,7 @@ const LAG_SAMPLES: u32 = 10_000;
 
 /// What happened in one minute of the last hour.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct MinuteCounts {
     /// Minutes before the database's now (0 is the current minute).
     pub minutes_ago: u32,
@@ -34,6 +35,7 @@ pub struct MinuteCounts {
 
 /// Percentiles of delivery lag: from an event's recording to its delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct Lag {
     /// How many deliveries the percentiles are of.
     pub samples: u64,
@@ -70,6 +72,7 @@ impl Lag {
 
 /// One handler's or route's deliveries, delivery rows and lag.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct HandlerStats {
     /// The handler's or route's name.
     pub handler: String,
@@ -91,6 +94,7 @@ pub struct HandlerStats {
 
 /// Every handler's stats, and the delivery lag of all messages delivered in the last hour.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct HandlerReport {
     /// By handler name; handlers the running relays know but with no delivery rows are listed
     /// with zeros.

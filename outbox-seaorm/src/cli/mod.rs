@@ -395,7 +395,7 @@ async fn execute(
     db: &sea_orm::DatabaseConnection,
     config: &OutboxConfig,
 ) -> anyhow::Result<ExitCode> {
-    let admin = Admin::with_config(db.clone(), config.clone());
+    let admin = Admin::new_with(db.clone(), config);
     let out = render::Out { json };
     match command {
         Command::Status { fail_if } => {
@@ -433,9 +433,9 @@ async fn execute(
         Command::Discard(a) => act(&admin, &out, a, Verb::Discard).await?,
         Command::Migrate { check } => {
             if !check {
-                crate::schema::create_tables(db, config).await?;
+                crate::schema::create_tables_with(db, config).await?;
             }
-            crate::schema::check_tables(db, config).await?;
+            crate::schema::check_tables_with(db, config).await?;
             out.note("tables", "the outbox tables are ready")?;
         }
         Command::Relays => out.relays(&admin.relays().await?)?,
@@ -477,9 +477,7 @@ async fn dashboard(
         .check_listen(args.listen)
         .map_err(|e| usage(e.to_string()))?;
     // Tables missing: say so now (with the `outbox migrate` hint), not on every page.
-    crate::Admin::with_config(db.clone(), outbox.clone())
-        .counts()
-        .await?;
+    crate::Admin::new_with(db.clone(), &outbox).counts().await?;
     eprintln!(
         "outbox dashboard on http://{} (Ctrl-C to stop)",
         args.listen

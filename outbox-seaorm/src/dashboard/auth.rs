@@ -283,7 +283,7 @@ pub(super) fn new_token() -> String {
 /// Compares in time independent of where the first difference is, so a token or password
 /// cannot be guessed byte by byte from response times.
 pub(super) fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    subtle::ConstantTimeEq::ct_eq(a, b).into()
 }
 
 #[cfg(test)]

@@ -171,7 +171,7 @@ type Shared = Arc<Dashboard>;
 /// in `config`.
 pub fn router(db: DatabaseConnection, config: DashboardConfig) -> Router {
     let state = Arc::new(Dashboard {
-        admin: Admin::with_config(db.clone(), config.outbox.clone()),
+        admin: Admin::new_with(db.clone(), &config.outbox),
         db,
         tokens: Arc::default(),
         config,

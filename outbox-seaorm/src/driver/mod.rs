@@ -15,6 +15,8 @@ mod maintenance;
 mod mysql;
 mod postgres;
 pub(crate) mod sql;
+#[cfg(test)]
+mod sql_check;
 mod sqlite;
 mod stats;
 mod types;
@@ -104,8 +106,9 @@ pub(crate) trait Driver: Send + Sync + fmt::Debug {
     }
 
     /// Whether `INSERT .. ON CONFLICT (primary key) DO UPDATE` conflicts on the primary key
-    /// only (PostgreSQL, SQLite), so `save` can upsert in one statement. MariaDB's `ON DUPLICATE
-    /// KEY UPDATE` fires on any unique key, so `save` locks the key and inserts or updates.
+    /// only (PostgreSQL, SQLite). MariaDB's `ON DUPLICATE KEY UPDATE` fires on any unique key,
+    /// so there `save` guards its upsert: a conflict on another unique key fails the statement
+    /// (see `uow::model::upsert`).
     fn upsert_on_key(&self) -> bool {
         true
     }
@@ -153,6 +156,14 @@ pub(crate) trait Driver: Send + Sync + fmt::Debug {
     /// Checks that the outbox tables exist with the columns this version uses.
     async fn check_schema(&self, db: &DatabaseConnection) -> Result<()> {
         check_tables(self, db).await
+    }
+
+    /// What a relay changes in the database when it starts, after [`check_schema`]
+    /// (SQLite: the journal mode). Checks change nothing.
+    ///
+    /// [`check_schema`]: Driver::check_schema
+    async fn prepare_for_relay(&self, _db: &DatabaseConnection) -> Result<()> {
+        Ok(())
     }
 
     /// The stored per-handler states of the messages with these sequence numbers.
@@ -391,19 +402,20 @@ pub(crate) fn read_claimed(row: &QueryResult) -> Result<Claimed> {
     let count = |name: &str| -> Result<u32> { Ok(row.try_get::<i32>("", name)?.max(0) as u32) };
     let not_before: Option<DateTime<Utc>> = row.try_get("", "not_before")?;
     let last_error_kind: Option<String> = row.try_get("", "last_error_kind")?;
+    let mut envelope = Envelope::new(
+        row.try_get("", "id")?,
+        row.try_get::<String>("", "event_type")?,
+        count("event_version")?,
+        row.try_get::<String>("", "payload")?,
+    );
+    envelope.sequence = seq;
+    envelope.position = row.try_get("", "position")?;
+    envelope.aggregate_type = row.try_get("", "aggregate_type")?;
+    envelope.aggregate_id = row.try_get("", "aggregate_id")?;
+    envelope.headers = headers;
+    envelope.occurred_at = row.try_get("", "occurred_at")?;
     Ok(Claimed {
-        envelope: Envelope {
-            message_id: row.try_get("", "id")?,
-            sequence: seq,
-            position: row.try_get("", "position")?,
-            aggregate_type: row.try_get("", "aggregate_type")?,
-            aggregate_id: row.try_get("", "aggregate_id")?,
-            event_type: row.try_get("", "event_type")?,
-            event_version: count("event_version")?,
-            payload: row.try_get("", "payload")?,
-            headers,
-            occurred_at: row.try_get("", "occurred_at")?,
-        },
+        envelope,
         claims: count("claims")?,
         crashes: count("crashes")?,
         delayed: not_before.is_some(),

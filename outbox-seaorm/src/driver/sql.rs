@@ -44,7 +44,7 @@ pub(crate) fn seqs(seqs: &[i64]) -> Arg {
 }
 
 #[derive(Debug, Clone)]
-enum Part {
+pub(super) enum Part {
     Text(String),
     Param(String),
 }
@@ -53,7 +53,7 @@ enum Part {
 #[derive(Debug, Clone)]
 pub(crate) struct Template {
     name: String,
-    parts: Vec<Part>,
+    pub(super) parts: Vec<Part>,
 }
 
 /// The named statements of one driver, with the table names filled in.
@@ -61,7 +61,7 @@ pub(crate) struct Template {
 pub(crate) struct Catalog {
     backend: DbBackend,
     style: Style,
-    queries: HashMap<String, Template>,
+    pub(super) queries: HashMap<String, Template>,
 }
 
 /// Fills the table names of `config` into `sql`.

@@ -218,8 +218,7 @@ impl Driver for Sqlite {
         Ok(claimed)
     }
 
-    async fn check_schema(&self, db: &DatabaseConnection) -> Result<()> {
-        super::check_tables(self, db).await?;
+    async fn prepare_for_relay(&self, db: &DatabaseConnection) -> Result<()> {
         // Several processes (relays, writers) on one file need WAL: readers do not block the
         // writer, and the writer does not block readers. The setting is kept in the file.
         let mode = db.query_one_raw(self.sql.stmt("journal_mode", &[])).await?;

@@ -14,6 +14,7 @@ use sea_orm::entity::prelude::*;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum, serde::Serialize)]
 #[sea_orm(rs_type = "String", db_type = "String(StringLen::N(16))")]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum MessageStatus {
     /// Waiting for delivery, being delivered, or waiting for a retry.
     #[sea_orm(string_value = "pending")]
@@ -31,6 +32,7 @@ pub enum MessageStatus {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum, serde::Serialize)]
 #[sea_orm(rs_type = "String", db_type = "String(StringLen::N(16))")]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum DeliveryStatus {
     /// The handler succeeded; it is not run again.
     #[sea_orm(string_value = "delivered")]

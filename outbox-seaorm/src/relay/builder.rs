@@ -32,11 +32,17 @@ pub struct RelayBuilder {
 }
 
 impl Relay {
-    /// A builder for a relay on `db`, with the defaults documented on each setting.
+    /// A builder for a relay on `db` and the default tables, with the defaults documented on
+    /// each setting.
     pub fn builder(db: DatabaseConnection) -> RelayBuilder {
+        Self::builder_with(db, &OutboxConfig::default())
+    }
+
+    /// [`builder`](Self::builder) for the tables named by `config`.
+    pub fn builder_with(db: DatabaseConnection, config: &OutboxConfig) -> RelayBuilder {
         RelayBuilder {
             db,
-            config: OutboxConfig::default(),
+            config: config.clone(),
             registry: None,
             extensions: Extensions::new(),
             id: None,
@@ -64,12 +70,6 @@ impl Relay {
 }
 
 impl RelayBuilder {
-    /// The outbox tables (default: [`OutboxConfig::default`]).
-    pub fn config(mut self, config: OutboxConfig) -> Self {
-        self.config = config;
-        self
-    }
-
     /// The handlers (default: [`Registry::from_inventory`], every `#[event_handler]` linked in).
     pub fn registry(mut self, registry: Registry) -> Self {
         self.registry = Some(registry);
@@ -234,7 +234,9 @@ impl RelayBuilder {
     }
 
     /// Validates the settings and the registry, checks the outbox tables, and logs what the
-    /// relay will handle.
+    /// relay will handle. On SQLite it also switches the database file to WAL (kept in the
+    /// file; logged at `INFO` when it changes), so that relays and writers in several
+    /// processes can share it; an in-memory database stays as it is.
     ///
     /// Fails with [`Error::Schema`] when a table is missing or outdated, with
     /// [`Error::InvalidSetting`] on a setting out of range, and with [`outbox_seaorm_core::Error`]
@@ -275,6 +277,7 @@ impl RelayBuilder {
         };
         let driver = driver::cached(self.db.get_database_backend(), &self.config);
         driver.check_schema(&self.db).await?;
+        driver.prepare_for_relay(&self.db).await?;
         let id = self.id.unwrap_or_else(default_id);
         check_trace_context(&id, self.require_trace_context)?;
         tracing::info!(

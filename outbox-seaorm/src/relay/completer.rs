@@ -138,14 +138,14 @@ async fn write(shared: &Shared, batches: &mut [Batch]) -> Written {
             Ok(w) => break w,
             Err(e) if tokio::time::Instant::now() + backoff < give_up => {
                 super::stats::bump(&shared.stats.errors, 1);
-                tracing::warn!(relay = %shared.id, error = %e, retry_in = ?backoff, "could not write outcomes");
+                tracing::warn!(relay = %shared.id, error = %e.report(), retry_in = ?backoff, "could not write outcomes");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
             Err(e) => {
                 super::stats::bump(&shared.stats.errors, 1);
                 tracing::error!(
-                    relay = %shared.id, error = %e, messages = seqs.len(),
+                    relay = %shared.id, error = %e.report(), messages = seqs.len(),
                     "gave up writing outcomes; these messages will be delivered again"
                 );
                 break Written::default();

@@ -121,7 +121,7 @@ pub(crate) async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
         .register_relay(&shared.db, &relay_row(&shared))
         .await
     {
-        tracing::warn!(relay = %shared.id, error = %e, "could not record the relay in the relays table");
+        tracing::warn!(relay = %shared.id, error = %e.report(), "could not record the relay in the relays table");
     }
     let (out, completer) = Completer::spawn(shared.clone());
     let stop_heartbeat = CancellationToken::new();
@@ -186,7 +186,7 @@ pub(crate) async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
                     .saturating_mul(1 << failures.min(7))
                     .min(Duration::from_secs(10));
                 tracing::warn!(
-                    relay = %shared.id, error = %e, retry_in = ?backoff,
+                    relay = %shared.id, error = %e.report(), retry_in = ?backoff,
                     "outbox relay claim failed"
                 );
                 tokio::select! {
@@ -204,7 +204,7 @@ pub(crate) async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
     stop_heartbeat.cancel();
     let _ = heartbeat.await;
     if let Err(e) = shared.driver.relay_stopped(&shared.db, &shared.id).await {
-        tracing::debug!(relay = %shared.id, error = %e, "could not record the relay's stop");
+        tracing::debug!(relay = %shared.id, error = %e.report(), "could not record the relay's stop");
     }
     tracing::info!(relay = %shared.id, "outbox relay stopped");
 }

@@ -125,7 +125,7 @@ pub(crate) async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken, anno
                 .relay_heartbeat(&shared.db, &shared.id, held.len())
                 .await
         {
-            tracing::debug!(relay = %shared.id, error = %e, "could not record the relay's heartbeat");
+            tracing::debug!(relay = %shared.id, error = %e.report(), "could not record the relay's heartbeat");
         }
         if held.is_empty() {
             continue;
@@ -146,5 +146,5 @@ pub(crate) async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken, anno
 }
 
 fn warn_lease(relay: &str, e: &Error) {
-    tracing::warn!(relay = %relay, error = %e, "could not extend leases");
+    tracing::warn!(relay = %relay, error = %e.report(), "could not extend leases");
 }

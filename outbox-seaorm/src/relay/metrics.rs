@@ -149,7 +149,7 @@ pub(crate) async fn gauges(shared: Arc<Shared>, every: Duration, cancel: Cancell
             Ok(true) => {}
             Ok(false) => continue,
             Err(e) => {
-                tracing::debug!(relay = %id, error = %e, "could not take the metrics lock");
+                tracing::debug!(relay = %id, error = %e.report(), "could not take the metrics lock");
                 continue;
             }
         }
@@ -163,7 +163,9 @@ pub(crate) async fn gauges(shared: Arc<Shared>, every: Duration, cancel: Cancell
                 gauge!("outbox.oldest_pending_age").set(age);
                 tracing::trace!(relay = %id, took = ?started.elapsed(), "outbox gauges");
             }
-            Err(e) => tracing::warn!(relay = %id, error = %e, "could not read the outbox gauges"),
+            Err(e) => {
+                tracing::warn!(relay = %id, error = %e.report(), "could not read the outbox gauges")
+            }
         }
     }
 }

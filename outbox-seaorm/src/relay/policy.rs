@@ -5,6 +5,7 @@ use std::time::Duration;
 
 /// The order in which a relay delivers the messages of one aggregate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum DeliveryOrder {
     /// Messages are claimed in sequence order but delivered independently: the highest
     /// throughput, no order guarantee between messages of one aggregate.
@@ -17,6 +18,7 @@ pub enum DeliveryOrder {
 /// In [`DeliveryOrder::PerAggregate`], what a message that failed for good does to the later
 /// messages of its aggregate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum OnFailure {
     /// They wait until the dead message is requeued (and delivered) or discarded: order is
     /// never broken. A message waiting for a retry always holds its aggregate back.
@@ -27,6 +29,7 @@ pub enum OnFailure {
 
 /// What happens to a message's row once every handler succeeded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum DeliveredRows {
     /// Mark it `delivered` and keep it (history for audits and dashboards); retention deletes it
     /// later.

@@ -11,6 +11,7 @@ use crate::error::Result;
 
 /// What a retention round did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RetentionReport {
     /// Delivered messages deleted.
     pub deleted: usize,
@@ -37,7 +38,9 @@ pub(crate) async fn run(shared: Arc<Shared>, retention: Retention, cancel: Cance
                 "outbox retention round"
             ),
             Ok(_) => {}
-            Err(e) => tracing::warn!(relay = %shared.id, error = %e, "outbox retention failed"),
+            Err(e) => {
+                tracing::warn!(relay = %shared.id, error = %e.report(), "outbox retention failed")
+            }
         }
     }
 }

@@ -7,6 +7,7 @@ use crate::driver::Written;
 /// What one [`Relay::run_once`](crate::Relay::run_once) or [`Relay::drain`](crate::Relay::drain)
 /// did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct BatchReport {
     /// Messages claimed.
     pub claimed: usize,
@@ -55,6 +56,7 @@ impl std::ops::AddAssign for BatchReport {
 
 /// A snapshot of a relay's counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RelayStats {
     /// Claims attempted, empty ones included.
     pub polls: u64,

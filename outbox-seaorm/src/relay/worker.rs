@@ -125,7 +125,7 @@ async fn run_message(
             Ok(true) => crashes += 1,
             Ok(false) => return None,
             Err(e) => {
-                tracing::warn!(relay = %shared.id, error = %e, "could not count a crash; running the message anyway");
+                tracing::warn!(relay = %shared.id, error = %e.report(), "could not count a crash; running the message anyway");
             }
         }
     }

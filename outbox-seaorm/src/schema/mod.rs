@@ -6,12 +6,18 @@ use crate::config::OutboxConfig;
 use crate::driver;
 use crate::error::Result;
 
-/// Creates the outbox tables and their indexes if they do not exist (idempotent).
+/// Creates the outbox tables and their indexes, with the default names, if they do not exist
+/// (idempotent).
 ///
 /// Prefer [`OutboxMigration`] in an application that uses `sea-orm-migration`; this is for
 /// the others, for tests and for examples.
-pub async fn create_tables(db: &impl ConnectionTrait, config: &OutboxConfig) -> Result<()> {
-    for stmt in statements(db.get_database_backend(), config) {
+pub async fn create_tables(db: &impl ConnectionTrait) -> Result<()> {
+    create_tables_with(db, &OutboxConfig::default()).await
+}
+
+/// [`create_tables`] with the names of `config`.
+pub async fn create_tables_with(db: &impl ConnectionTrait, config: &OutboxConfig) -> Result<()> {
+    for stmt in statements_with(db.get_database_backend(), config) {
         db.execute_unprepared(&stmt).await?;
     }
     Ok(())
@@ -19,15 +25,29 @@ pub async fn create_tables(db: &impl ConnectionTrait, config: &OutboxConfig) -> 
 
 /// Checks that every outbox table exists with the columns this version uses (what
 /// `Relay::build` checks at start). Fails with [`Error::Schema`](crate::Error::Schema) naming
-/// the first table that is missing or outdated.
-pub async fn check_tables(db: &sea_orm::DatabaseConnection, config: &OutboxConfig) -> Result<()> {
+/// the first table that is missing or outdated. It only reads: unlike `Relay::build`, it
+/// leaves a SQLite file's journal mode as it is.
+pub async fn check_tables(db: &sea_orm::DatabaseConnection) -> Result<()> {
+    check_tables_with(db, &OutboxConfig::default()).await
+}
+
+/// [`check_tables`] with the names of `config`.
+pub async fn check_tables_with(
+    db: &sea_orm::DatabaseConnection,
+    config: &OutboxConfig,
+) -> Result<()> {
     driver::cached(db.get_database_backend(), config)
         .check_schema(db)
         .await
 }
 
-/// Drops the outbox tables (and everything in them).
-pub async fn drop_tables(db: &impl ConnectionTrait, config: &OutboxConfig) -> Result<()> {
+/// Drops the outbox tables with the default names (and everything in them).
+pub async fn drop_tables(db: &impl ConnectionTrait) -> Result<()> {
+    drop_tables_with(db, &OutboxConfig::default()).await
+}
+
+/// [`drop_tables`] with the names of `config`.
+pub async fn drop_tables_with(db: &impl ConnectionTrait, config: &OutboxConfig) -> Result<()> {
     let driver = driver::for_backend(db.get_database_backend(), config);
     for stmt in driver.drop_statements() {
         db.execute_unprepared(&stmt).await?;
@@ -35,8 +55,13 @@ pub async fn drop_tables(db: &impl ConnectionTrait, config: &OutboxConfig) -> Re
     Ok(())
 }
 
-/// The DDL statements for `backend`, with the configured names filled in.
-pub fn statements(backend: DbBackend, config: &OutboxConfig) -> Vec<String> {
+/// The DDL statements for `backend`, with the default names.
+pub fn statements(backend: DbBackend) -> Vec<String> {
+    statements_with(backend, &OutboxConfig::default())
+}
+
+/// [`statements`] with the names of `config`.
+pub fn statements_with(backend: DbBackend, config: &OutboxConfig) -> Vec<String> {
     driver::for_backend(backend, config).create_statements()
 }
 
@@ -68,9 +93,11 @@ pub struct OutboxMigration {
 
 #[cfg(feature = "migration")]
 impl OutboxMigration {
-    /// The migration for tables with other names.
-    pub fn new(config: OutboxConfig) -> Self {
-        Self { config }
+    /// The migration for tables with the names of `config` (`default()` for the default ones).
+    pub fn new_with(config: &OutboxConfig) -> Self {
+        Self {
+            config: config.clone(),
+        }
     }
 }
 
@@ -88,7 +115,7 @@ impl sea_orm_migration::MigrationTrait for OutboxMigration {
         &self,
         manager: &sea_orm_migration::SchemaManager,
     ) -> Result<(), sea_orm_migration::DbErr> {
-        create_tables(manager.get_connection(), &self.config)
+        create_tables_with(manager.get_connection(), &self.config)
             .await
             .map_err(into_db_err)
     }
@@ -97,7 +124,7 @@ impl sea_orm_migration::MigrationTrait for OutboxMigration {
         &self,
         manager: &sea_orm_migration::SchemaManager,
     ) -> Result<(), sea_orm_migration::DbErr> {
-        drop_tables(manager.get_connection(), &self.config)
+        drop_tables_with(manager.get_connection(), &self.config)
             .await
             .map_err(into_db_err)
     }

@@ -346,14 +346,13 @@ impl HarnessBuilder {
             }
         };
         if self.create_tables {
-            crate::schema::create_tables(&db, &self.config).await?;
+            crate::schema::create_tables_with(&db, &self.config).await?;
         }
         let registry = match self.registry {
             Some(r) => r,
             None => Registry::from_inventory()?,
         };
-        let defaults = Relay::builder(db.clone())
-            .config(self.config.clone())
+        let defaults = Relay::builder_with(db.clone(), &self.config)
             .registry(registry.clone())
             .retry(
                 RetryPolicy::exponential(Duration::from_millis(5))
@@ -376,7 +375,7 @@ impl HarnessBuilder {
             .collect();
         Ok(Harness {
             names: Arc::new(names),
-            admin: Admin::with_config(db.clone(), self.config),
+            admin: Admin::new_with(db.clone(), &self.config),
             db,
             relay,
             registry,

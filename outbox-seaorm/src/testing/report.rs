@@ -16,6 +16,7 @@ use crate::entity::DeliveryStatus;
 ///
 /// [`Harness::settle`]: super::Harness::settle
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct SettleReport {
     messages: Vec<MessageDetail>,
     upcasters: Arc<Upcasters>,
@@ -24,6 +25,7 @@ pub struct SettleReport {
 
 /// A handler's or route's failures on one message (it may have succeeded on a retry).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct HandlerFailure {
     /// The message.
     pub message_id: Uuid,
@@ -177,18 +179,18 @@ impl SettleReport {
 /// The message as a handler would get it, for decoding.
 fn envelope(m: &MessageDetail) -> Envelope {
     let s = &m.summary;
-    Envelope {
-        message_id: s.message_id,
-        sequence: s.sequence,
-        position: s.position,
-        aggregate_type: s.aggregate_type.clone(),
-        aggregate_id: s.aggregate_id.clone(),
-        event_type: s.event_type.clone(),
-        event_version: u32::try_from(s.event_version).unwrap_or(0),
-        payload: m.payload.to_string(),
-        headers: Default::default(),
-        occurred_at: s.occurred_at,
-    }
+    let mut e = Envelope::new(
+        s.message_id,
+        s.event_type.clone(),
+        u32::try_from(s.event_version).unwrap_or(0),
+        m.payload.to_string(),
+    );
+    e.sequence = s.sequence;
+    e.position = s.position;
+    e.aggregate_type = s.aggregate_type.clone();
+    e.aggregate_id = s.aggregate_id.clone();
+    e.occurred_at = s.occurred_at;
+    e
 }
 
 impl fmt::Display for SettleReport {

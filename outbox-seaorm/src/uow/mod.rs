@@ -70,7 +70,7 @@ pub(crate) use model::SaveAs;
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// # let db = sea_orm::Database::connect("sqlite::memory:").await?;
-/// # outbox_seaorm::schema::create_tables(&db, &Default::default()).await?;
+/// # outbox_seaorm::schema::create_tables(&db).await?;
 /// # db.execute_unprepared("CREATE TABLE orders (id INTEGER PRIMARY KEY AUTOINCREMENT, status TEXT NOT NULL)").await?;
 /// let mut order = order::Model { id: 0, status: "placed".into(), events: Events::new() };
 /// order.record(OrderPlaced { status: order.status.clone() });
@@ -138,11 +138,11 @@ impl UnitOfWork {
     ///
     /// - A client-generated key (`auto_increment = false`: a UUID, a natural key) is upserted:
     ///   inserted, or every column updated when the key exists, for new and existing rows
-    ///   alike (one statement on PostgreSQL and SQLite; on MariaDB an insert, then an update
-    ///   when the insert hit the primary key, so a conflict on another unique key fails instead
-    ///   of overwriting that row). An upsert re-creates a row deleted meanwhile; use
-    ///   [`update`](Self::update) when the row must exist. `ActiveModelBehavior` hooks do not
-    ///   run.
+    ///   alike, in one statement on every backend (`ON CONFLICT .. DO UPDATE` on PostgreSQL and
+    ///   SQLite; on MariaDB `ON DUPLICATE KEY UPDATE`, guarded so that a conflict on another
+    ///   unique key fails instead of overwriting the row holding it). An upsert re-creates a
+    ///   row deleted meanwhile; use [`update`](Self::update) when the row must exist.
+    ///   `ActiveModelBehavior` hooks do not run.
     /// - A database-generated key (SeaORM's default, `#[sea_orm(primary_key)] id: i32`) at
     ///   zero is inserted without it (hooks run); the generated key and column defaults are
     ///   read back into `model`, and the events carry the generated id as their aggregate id.
@@ -449,7 +449,8 @@ pub async fn stage_aggregate<A: Aggregate>(
     stage_aggregate_with(txn, &OutboxConfig::default(), aggregate).await
 }
 
-async fn stage_aggregate_with<A: Aggregate>(
+/// [`stage_aggregate`] on the tables named by `config`.
+pub async fn stage_aggregate_with<A: Aggregate>(
     txn: &DatabaseTransaction,
     config: &OutboxConfig,
     aggregate: &mut A,
@@ -539,18 +540,17 @@ fn into_rows(
         .into_iter()
         .filter_map(|e| {
             let payload = e.payload.ok()?;
-            let headers = Headers {
-                correlation_id: Some(correlation_id),
-                causation_id,
-                // The span the event was recorded in, else the one it is saved in.
-                tracestate: if e.traceparent.is_some() {
-                    e.tracestate
-                } else {
-                    fallback_trace.tracestate.clone()
-                },
-                traceparent: e.traceparent.or_else(|| fallback_trace.traceparent.clone()),
-                extra: e.headers,
+            let mut headers = Headers::default();
+            headers.correlation_id = Some(correlation_id);
+            headers.causation_id = causation_id;
+            // The span the event was recorded in, else the one it is saved in.
+            headers.tracestate = if e.traceparent.is_some() {
+                e.tracestate
+            } else {
+                fallback_trace.tracestate.clone()
             };
+            headers.traceparent = e.traceparent.or_else(|| fallback_trace.traceparent.clone());
+            headers.extra = e.headers;
             Some(NewMessage {
                 id: e.message_id,
                 aggregate_type: aggregate_type.to_owned(),

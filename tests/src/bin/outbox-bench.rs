@@ -51,6 +51,34 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
 
 const USAGE: &str = "usage: outbox-bench <write|relay|latency|scale|order|big|dashboard> [sqlite] [postgres] [mariadb]";
 
+const SUITES: [&str; 7] = [
+    "write",
+    "relay",
+    "latency",
+    "scale",
+    "order",
+    "big",
+    "dashboard",
+];
+
+const HELP: &str = "
+Benchmarks of the outbox, printed as tables. Without a backend: SQLite and PostgreSQL.
+
+suites:
+  write      unit of work vs raw SQL with the same guarantee, vs plain SeaORM
+  relay      drain rate, unordered and ordered, vs a minimal raw-SQL loop
+  latency    commit to handler entry (wake-up, LISTEN/NOTIFY, polling)
+  scale      claim cost with delivered history and a large backlog; relay RSS
+  order      ordered vs unordered drain at 10, 1 000 and 100 000 aggregates
+  big        the drain of a large pending backlog
+  dashboard  each dashboard page's response time
+
+servers: OUTBOX_TEST_POSTGRES_URL, OUTBOX_TEST_MYSQL_URL
+knobs (environment): BENCH_SECS, BENCH_ROUNDS, BENCH_WRITERS, BENCH_EVENTS, BENCH_RELAYS,
+  BENCH_LATENCY_EVENTS, BENCH_LATENCY_RATE, BENCH_ORDER_EVENTS, BENCH_ORDER_ROUNDS,
+  BENCH_HISTORY, BENCH_SCALE_PENDING, BENCH_BIG, BENCH_BIG_VACUUM, BENCH_POLL_MS
+  (see the doc comment of tests/src/bin/outbox-bench.rs for their defaults)";
+
 fn env_num(var: &str, default: f64) -> f64 {
     std::env::var(var)
         .ok()
@@ -62,8 +90,17 @@ fn env_num(var: &str, default: f64) -> f64 {
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(suite) = args.first().cloned() else {
-        anyhow::bail!("{USAGE}");
+        eprintln!("{USAGE}\n{HELP}");
+        std::process::exit(2);
     };
+    if matches!(suite.as_str(), "-h" | "--help" | "help") {
+        println!("{USAGE}\n{HELP}");
+        return Ok(());
+    }
+    if !SUITES.contains(&suite.as_str()) && suite != "latency-relay" {
+        eprintln!("unknown suite `{suite}`\n{USAGE}");
+        std::process::exit(2);
+    }
     if suite == "latency-relay" {
         return latency::relay_child(&args[1..]).await;
     }
@@ -73,7 +110,9 @@ async fn main() -> anyhow::Result<()> {
             "sqlite" => Ok(Backend::Sqlite),
             "postgres" | "pg" => Ok(Backend::Postgres),
             "mariadb" | "mysql" => Ok(Backend::MySql),
-            other => Err(anyhow::anyhow!("unknown backend {other}")),
+            other => Err(anyhow::anyhow!(
+                "unknown backend `{other}` (sqlite, postgres, mariadb)\n{USAGE}"
+            )),
         })
         .collect::<Result<_, _>>()?;
     if backends.is_empty() {

@@ -14,8 +14,8 @@
 
 use std::time::Duration;
 
-use outbox_seaorm::core::publish::amqp::AmqpPublisher;
-use outbox_seaorm::core::publish::nats::JetStreamPublisher;
+use outbox_seaorm::publish::amqp::AmqpPublisher;
+use outbox_seaorm::publish::nats::JetStreamPublisher;
 use outbox_seaorm::{
     HandlerContext, HandlerContextExt, HandlerEntry, Registry, Relay, RetryPolicy, Route,
 };

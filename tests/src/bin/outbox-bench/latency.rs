@@ -97,8 +97,7 @@ pub(crate) async fn relay_child(args: &[String]) -> anyhow::Result<()> {
     opts.sqlx_logging(false);
     let db = sea_orm::Database::connect(opts).await?;
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let relay = Relay::builder(db)
-        .config(OutboxConfig::new().pg_notify(notify == "1"))
+    let relay = Relay::builder_with(db, &OutboxConfig::new().pg_notify(notify == "1"))
         .registry(latency_registry(seen.clone()))
         .poll_interval(Duration::from_millis(poll_ms.parse()?))
         .without_retention()
