@@ -14,7 +14,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use opentelemetry::trace::TracerProvider as _;
-use outbox_seaorm::publish::Route;
+use outbox_seaorm::Route;
 use outbox_seaorm::testing::{CapturePublisher, Published};
 use outbox_seaorm::{DomainEvent, Headers, RecordOptions, Registry, Relay, UnitOfWork};
 use outbox_tests::fixtures::{self, order};
@@ -174,7 +174,7 @@ impl Cdc {
             .await
             .expect("create schema");
         let db = connect(&admin_url, Some(&schema)).await;
-        outbox_seaorm::schema::create_tables(&db, &Default::default())
+        outbox_seaorm::schema::create_tables(&db)
             .await
             .expect("outbox tables");
         fixtures::create_tables(&db).await;

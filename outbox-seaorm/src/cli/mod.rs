@@ -375,7 +375,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match execute(cli.command, cli.json, &db, &config).await {
         Err(e) if from_database(&e) => {
             // Say "run outbox migrate" only when the tables are indeed missing or outdated.
-            if crate::schema::check_tables(&db, &config).await.is_err() {
+            if crate::schema::check_tables_with(&db, &config)
+                .await
+                .is_err()
+            {
                 Err(Hinted {
                     error: e,
                     hint: MISSING_TABLES,

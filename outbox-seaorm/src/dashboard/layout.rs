@@ -132,7 +132,7 @@ pub(super) async fn explain_db_failure(
     if res.extensions().get::<DbFailed>().is_none() {
         return res;
     }
-    match crate::schema::check_tables(&dash.db, &dash.config.outbox).await {
+    match crate::schema::check_tables_with(&dash.db, &dash.config.outbox).await {
         Err(_) => ErrorPage::new(StatusCode::INTERNAL_SERVER_ERROR, TABLES_MISSING).into_response(),
         Ok(()) => res,
     }
