@@ -11,6 +11,7 @@
 //! Time always comes from the database (`now()`, `UTC_TIMESTAMP(6)`, SQLite's `'now'`), never
 //! from the process: a relay whose clock runs ahead cannot take over live leases.
 
+mod error_text;
 mod maintenance;
 mod mysql;
 mod postgres;
@@ -38,6 +39,8 @@ use crate::entity::{DeliveryStatus, MessageStatus};
 use crate::error::{Error, Result};
 use sql::{Arg, Catalog, seqs};
 
+pub(crate) use error_text::ErrorText;
+pub use error_text::MAX_ERROR_BYTES;
 pub(crate) use maintenance::RelayRow;
 pub(crate) use stats::Series;
 pub(crate) use types::{
@@ -313,7 +316,7 @@ pub(crate) trait Driver: Send + Sync + fmt::Debug {
             return Ok(n == 1);
         }
         let (err, kind) = match &o.error {
-            Some((e, k)) => (Some(e.clone()), Some((*k).to_owned())),
+            Some((e, k)) => (Some(e.as_str().to_owned()), Some((*k).to_owned())),
             None => (None, None),
         };
         let stmt = sql.stmt(
@@ -333,7 +336,7 @@ pub(crate) trait Driver: Send + Sync + fmt::Debug {
         }
         for d in &o.deliveries {
             let (err, kind) = match &d.error {
-                Some((e, k)) => (Some(e.clone()), Some((*k).to_owned())),
+                Some((e, k)) => (Some(e.as_str().to_owned()), Some((*k).to_owned())),
                 None => (None, None),
             };
             let stmt = sql.stmt(

@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use outbox_seaorm_core::Envelope;
 
+use super::ErrorText;
 use crate::entity::{DeliveryStatus, MessageStatus};
 
 /// A new row of the messages table.
@@ -75,7 +76,7 @@ pub(crate) struct DeliveryWrite {
     pub(crate) handler: String,
     pub(crate) status: DeliveryStatus,
     pub(crate) attempts: u32,
-    pub(crate) error: Option<(String, &'static str)>,
+    pub(crate) error: Option<(ErrorText, &'static str)>,
 }
 
 /// The new state of a message that did not simply succeed at once.
@@ -86,7 +87,7 @@ pub(crate) struct OutcomeWrite {
     pub(crate) status: MessageStatus,
     /// For a pending message: when it is available again, from now.
     pub(crate) retry_in: Duration,
-    pub(crate) error: Option<(String, &'static str)>,
+    pub(crate) error: Option<(ErrorText, &'static str)>,
     pub(crate) deliveries: Vec<DeliveryWrite>,
     /// Whether its handlers ran (counted in `attempts`); a message left for another relay
     /// did not run.

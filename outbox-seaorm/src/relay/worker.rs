@@ -14,7 +14,7 @@ use super::decide::{self, Ran, Verdict};
 use super::metrics;
 use super::policy::DeliveryOrder;
 use super::stats::bump;
-use crate::driver::{BlockWrite, Claimed, DeliveryState, OutcomeWrite};
+use crate::driver::{BlockWrite, Claimed, DeliveryState, ErrorText, OutcomeWrite};
 use crate::entity::{DeliveryStatus, MessageStatus};
 
 /// Per-handler states of the messages of a batch that failed before.
@@ -210,7 +210,7 @@ fn item(shared: &Shared, c: &Claimed, verdict: &Verdict, prior: &Prior) -> Item 
     let had_rows = prior
         .get(&c.envelope.message_id)
         .is_some_and(|p| !p.is_empty());
-    let outcome = |status, retry_in, error: Option<(String, &'static str)>, deliveries, ran| {
+    let outcome = |status, retry_in, error: Option<(ErrorText, &'static str)>, deliveries, ran| {
         Item::Outcome(OutcomeWrite {
             seq: c.envelope.sequence,
             message_id: c.envelope.message_id,
@@ -242,11 +242,11 @@ fn item(shared: &Shared, c: &Claimed, verdict: &Verdict, prior: &Prior) -> Item 
             MessageStatus::Pending,
             after,
             Some((
-                format!(
+                ErrorText::new(&format!(
                     "no relay that knows event type `{event_type}` has taken this message yet \
                      (relay `{}` does not know it)",
                     shared.id
-                ),
+                )),
                 "unknown_event_type",
             )),
             Vec::new(),
@@ -257,10 +257,10 @@ fn item(shared: &Shared, c: &Claimed, verdict: &Verdict, prior: &Prior) -> Item 
             MessageStatus::Dead,
             now,
             Some((
-                format!(
+                ErrorText::new(&format!(
                     "relays died {crashes} times while running this message alone; parked \
                      without running it again (requeue it once the cause is fixed)"
-                ),
+                )),
                 "crashed",
             )),
             Vec::new(),
