@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, IsolationLevel,
-    Statement, TransactionTrait, Value,
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, IsolationLevel, Statement,
+    TransactionTrait, Value,
 };
 
 use super::sql::{self, Arg, Catalog, Style, seqs};
@@ -62,8 +62,13 @@ impl MySql {
         };
         let window = txn
             .query_all_raw(bounded(
-                self.sql
-                    .stmt("window", &[("limit", i64::from(limit).into())]),
+                self.sql.stmt(
+                    "window",
+                    &[
+                        ("limit", i64::from(limit).into()),
+                        ("held", sql::held(spec.held)),
+                    ],
+                ),
                 spec.timeout,
             ))
             .await?;
@@ -81,6 +86,7 @@ impl MySql {
                 "lease",
                 &[
                     ("relay", spec.relay.into()),
+                    ("token", spec.token.into()),
                     ("lease", self.span(spec.lease)),
                     ("seqs", seqs(&list)),
                 ],
@@ -88,6 +94,7 @@ impl MySql {
             txn.execute_raw(bounded(stmt, spec.timeout)).await?;
             for c in &mut rows {
                 c.claims += 1;
+                c.token = spec.token;
             }
         }
         txn.commit().await?;
@@ -178,17 +185,10 @@ fn bounded(mut stmt: Statement, timeout: Duration) -> Statement {
     stmt
 }
 
-/// A deadlock or a lock wait timeout: the transaction was rolled back and may simply be
-/// tried again.
+/// A deadlock (1213) or a lock wait timeout (1205), by error number: the transaction was
+/// rolled back and may simply be tried again.
 fn is_conflict(e: &Error) -> bool {
-    let Error::Db(e) = e else {
-        return false;
-    };
-    let text = match e {
-        DbErr::Exec(e) | DbErr::Query(e) | DbErr::Conn(e) => e.to_string(),
-        other => other.to_string(),
-    };
-    text.contains("Deadlock found") || text.contains("Lock wait timeout")
+    super::fault(e) == super::Fault::Transient
 }
 
 #[async_trait::async_trait]

@@ -110,6 +110,8 @@ impl Driver for Postgres {
             ("relay", Arg::from(spec.relay)),
             ("lease", self.span(spec.lease)),
             ("limit", i64::from(spec.limit).into()),
+            ("token", spec.token.into()),
+            ("held", sql::held(spec.held)),
         ];
         let query = match spec.order {
             ClaimOrder::Any => "claim_any",
@@ -130,6 +132,9 @@ impl Driver for Postgres {
         let rows = txn.query_all_raw(self.sql.stmt(query, &args)).await?;
         txn.commit().await?;
         let mut claimed = rows.iter().map(read_claimed).collect::<Result<Vec<_>>>()?;
+        for c in &mut claimed {
+            c.token = spec.token;
+        }
         // RETURNING gives no order guarantee.
         claimed.sort_by_key(|c| c.envelope.sequence);
         Ok(claimed)

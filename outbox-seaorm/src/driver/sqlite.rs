@@ -196,6 +196,8 @@ impl Driver for Sqlite {
             ("relay", Arg::from(spec.relay)),
             ("lease", self.span(spec.lease)),
             ("limit", i64::from(spec.limit).into()),
+            ("token", spec.token.into()),
+            ("held", sql::held(spec.held)),
         ];
         let query = match spec.order {
             ClaimOrder::Any => "claim_any",
@@ -211,6 +213,9 @@ impl Driver for Sqlite {
             db.query_all_raw(self.sql.stmt(query, &args)).await?
         };
         let mut claimed = rows.iter().map(read_claimed).collect::<Result<Vec<_>>>()?;
+        for c in &mut claimed {
+            c.token = spec.token;
+        }
         claimed.sort_by_key(|c| c.envelope.sequence);
         Ok(claimed)
     }

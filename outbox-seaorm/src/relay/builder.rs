@@ -53,6 +53,7 @@ impl Relay {
                 claim_timeout: Duration::from_secs(5),
                 flush_after: Duration::from_millis(2),
                 metrics_interval: Some(Duration::from_secs(15)),
+                cancel_grace: Duration::from_secs(5),
             },
             retry: RetryPolicy::default(),
             order: DeliveryOrder::PerAggregate(OnFailure::Block),
@@ -144,6 +145,16 @@ impl RelayBuilder {
     /// completer, heartbeat), so `max_connections ≥ concurrency + 3`.
     pub fn concurrency(mut self, n: usize) -> Self {
         self.settings.concurrency = n;
+        self
+    }
+
+    /// How long a handler call whose lease was lost may go on after it is cancelled before it
+    /// is aborted (default 5 s). The heartbeat finds a lost lease (it lapsed, say while the
+    /// relay was starved, and another relay claimed the message): the call's
+    /// [`HandlerContext::cancelled`](outbox_seaorm_core::HandlerContext::cancelled) completes,
+    /// its outcome is dropped, and after this grace its task is aborted.
+    pub fn cancel_grace(mut self, d: Duration) -> Self {
+        self.settings.cancel_grace = d;
         self
     }
 
@@ -255,6 +266,7 @@ impl RelayBuilder {
         if s.handler_timeout > Duration::from_secs(86_400)
             || s.poll_interval > Duration::from_secs(86_400)
             || s.shutdown_timeout > Duration::from_secs(86_400)
+            || s.cancel_grace > Duration::from_secs(86_400)
             || self.unknown_type_delay > Duration::from_secs(86_400)
         {
             return invalid("durations must be at most 24 h");

@@ -103,6 +103,7 @@ pub(crate) struct Settings {
     pub(crate) claim_timeout: Duration,
     pub(crate) flush_after: Duration,
     pub(crate) metrics_interval: Option<Duration>,
+    pub(crate) cancel_grace: Duration,
 }
 
 /// What the relay gives the handlers it calls, for [`HandlerContextExt`] and the inbox.

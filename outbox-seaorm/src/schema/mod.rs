@@ -11,8 +11,21 @@ use crate::error::Result;
 /// Prefer [`OutboxMigration`] in an application that uses `sea-orm-migration`; this is for
 /// the others, for tests and for examples.
 pub async fn create_tables(db: &impl ConnectionTrait, config: &OutboxConfig) -> Result<()> {
-    for stmt in statements(db.get_database_backend(), config) {
+    let backend = db.get_database_backend();
+    for stmt in statements(backend, config) {
         db.execute_unprepared(&stmt).await?;
+    }
+    if backend == DbBackend::Sqlite {
+        // A table created by an earlier version gets the claim token (PostgreSQL and MariaDB
+        // do this with `ADD COLUMN IF NOT EXISTS`, which SQLite lacks).
+        let table = crate::config::quote(backend, config.messages_table());
+        let probe = format!("SELECT claim_token FROM {table} WHERE 1 = 0");
+        if db.execute_unprepared(&probe).await.is_err() {
+            db.execute_unprepared(&format!(
+                "ALTER TABLE {table} ADD COLUMN claim_token BIGINT NULL"
+            ))
+            .await?;
+        }
     }
     Ok(())
 }
