@@ -19,6 +19,7 @@ backend_tests!(
     hostile_error_text_is_stored_sanitized_and_runs_are_exact,
     a_refused_outcome_is_recorded_as_unwritable_and_the_rest_of_the_flush_commits,
     a_starved_pool_past_the_lease_never_runs_a_message_twice_at_once,
+    a_starved_application_pool_does_not_cost_the_relay_its_leases,
     a_lost_lease_cancels_the_handler_and_drops_its_outcome,
     shutdown_during_careful_mode_is_bounded_by_the_shutdown_timeout,
 );
@@ -286,6 +287,8 @@ async fn a_starved_pool_past_the_lease_never_runs_a_message_twice_at_once(t: Tes
     place(&t.db, 1).await;
     let pool = t.connect_sized(2).await;
     let relay = outbox_seaorm::Relay::builder(pool)
+        // The relay's writes share the starved pool.
+        .reserve_connections(0)
         .registry(Registry::new([handler]).unwrap())
         .lease(Duration::from_millis(500))
         .poll_interval(Duration::from_millis(20))
@@ -312,6 +315,63 @@ async fn a_starved_pool_past_the_lease_never_runs_a_message_twice_at_once(t: Tes
     );
     assert_eq!(runs.total.load(Ordering::SeqCst), 1, "run once: {stats:?}");
     assert_eq!(rows(&t.db).await[0].attempts, 1);
+    t.cleanup().await;
+}
+
+/// With its own connections (the default), a relay whose handler holds the whole
+/// application pool for three leases keeps its lease: another relay never gets the message.
+async fn a_starved_application_pool_does_not_cost_the_relay_its_leases(t: TestDb) {
+    let runs = Arc::new(Runs::default());
+    let handler = {
+        let runs = runs.clone();
+        move || {
+            let runs = runs.clone();
+            HandlerEntry::new("starver", move |_: OrderPlaced, ctx: HandlerContext| {
+                let runs = runs.clone();
+                async move {
+                    runs.start();
+                    starve(&ctx, Duration::from_millis(1500), Duration::ZERO).await;
+                    runs.end();
+                    Ok::<(), anyhow::Error>(())
+                }
+            })
+        }
+    };
+    place(&t.db, 1).await;
+    let a = outbox_seaorm::Relay::builder(t.connect_sized(2).await)
+        .registry(Registry::new([handler()]).unwrap())
+        .lease(Duration::from_millis(500))
+        .poll_interval(Duration::from_millis(20))
+        .handler_timeout(Duration::from_secs(10))
+        .spawn()
+        .await
+        .unwrap();
+    wait_for("A runs it", Duration::from_secs(10), || async {
+        (runs.total.load(Ordering::SeqCst) == 1).then_some(())
+    })
+    .await;
+    let b = outbox_seaorm::Relay::builder(t.connect_sized(4).await)
+        .registry(Registry::new([handler()]).unwrap())
+        .lease(Duration::from_millis(500))
+        .poll_interval(Duration::from_millis(20))
+        .spawn()
+        .await
+        .unwrap();
+    let admin = Admin::new(t.db.clone());
+    wait_for("delivery", Duration::from_secs(20), || async {
+        (admin.counts().await.unwrap().delivered == 1).then_some(())
+    })
+    .await;
+    let (sa, sb) = (a.stats(), b.stats());
+    a.shutdown().await;
+    b.shutdown().await;
+    assert_eq!(runs.total.load(Ordering::SeqCst), 1, "A: {sa:?}, B: {sb:?}");
+    assert_eq!(
+        (sa.delivered, sa.cancelled, sa.lease_lost),
+        (1, 0, 0),
+        "{sa:?}"
+    );
+    assert_eq!(sb.claimed, 0, "{sb:?}");
     t.cleanup().await;
 }
 
@@ -350,6 +410,8 @@ async fn a_lost_lease_cancels_the_handler_and_drops_its_outcome(t: TestDb) {
     place(&t.db, 1).await;
     let a = outbox_seaorm::Relay::builder(t.connect_sized(2).await)
         .id("relay-a")
+        // The relay's writes share the starved pool.
+        .reserve_connections(0)
         .registry(Registry::new([handler()]).unwrap())
         .lease(Duration::from_millis(500))
         .poll_interval(Duration::from_millis(20))

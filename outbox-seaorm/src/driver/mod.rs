@@ -121,6 +121,18 @@ pub(crate) trait Driver: Send + Sync + fmt::Debug {
     /// The configured pool size, to warn when it cannot serve the relay's concurrency.
     fn pool_size(&self, db: &DatabaseConnection) -> u32;
 
+    /// A pool of its own for the relay's writes (claims, outcomes, lease renewals), of up to
+    /// `connections`, on the same database and tables as `db`: handlers that hold every
+    /// connection of the application's pool cannot make the relay's own writes wait. `None`
+    /// when the driver cannot open one that is sure to see the same tables.
+    async fn reserve(
+        &self,
+        _db: &DatabaseConnection,
+        _connections: u32,
+    ) -> Result<Option<DatabaseConnection>> {
+        Ok(None)
+    }
+
     /// The PostgreSQL channel relays `LISTEN` on, when commits notify.
     fn listen_channel(&self) -> Option<String> {
         None

@@ -223,6 +223,35 @@ impl Driver for MySql {
         u32::MAX
     }
 
+    #[cfg(feature = "mysql")]
+    async fn reserve(
+        &self,
+        db: &DatabaseConnection,
+        connections: u32,
+    ) -> Result<Option<DatabaseConnection>> {
+        use sea_orm::sqlx::mysql::MySqlPoolOptions;
+        let main = db.get_mysql_connection_pool();
+        let pool = MySqlPoolOptions::new()
+            .max_connections(connections)
+            .min_connections(0)
+            .acquire_timeout(main.options().get_acquire_timeout())
+            .connect_lazy_with((*main.connect_options()).clone());
+        let ours = sea_orm::SqlxMySqlConnector::from_sqlx_mysql_pool(pool);
+        // The same database (an `after_connect` of the application's pool could select
+        // another one, which its options do not show).
+        let q = || Statement::from_string(DbBackend::MySql, "SELECT DATABASE() AS d");
+        let name = |r: Option<sea_orm::QueryResult>| -> Result<Option<String>> {
+            Ok(match r {
+                Some(r) => r.try_get("", "d")?,
+                None => None,
+            })
+        };
+        if name(db.query_one_raw(q()).await?)? != name(ours.query_one_raw(q()).await?)? {
+            return Ok(None);
+        }
+        Ok(Some(ours))
+    }
+
     fn upsert_on_key(&self) -> bool {
         false
     }
