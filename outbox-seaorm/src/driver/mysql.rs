@@ -185,6 +185,23 @@ fn bounded(mut stmt: Statement, timeout: Duration) -> Statement {
     stmt
 }
 
+/// Refuses a server other than MariaDB 10.6 or later (`version` is `SELECT VERSION()`, such as
+/// `10.11.6-MariaDB-0+deb12u1`; MySQL says `8.0.36`).
+fn check_server(version: &str) -> Result<()> {
+    let mut parts = version
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().ok());
+    let major = parts.next().flatten().unwrap_or(0);
+    let minor = parts.next().flatten().unwrap_or(0);
+    if version.contains("MariaDB") && (major, minor) >= (10, 6) {
+        Ok(())
+    } else {
+        Err(Error::UnsupportedServer {
+            version: version.to_owned(),
+        })
+    }
+}
+
 /// A deadlock (1213) or a lock wait timeout (1205), by error number: the transaction was
 /// rolled back and may simply be tried again.
 fn is_conflict(e: &Error) -> bool {
@@ -221,6 +238,21 @@ impl Driver for MySql {
     #[cfg(not(feature = "mysql"))]
     fn pool_size(&self, _: &DatabaseConnection) -> u32 {
         u32::MAX
+    }
+
+    async fn check_schema(&self, db: &DatabaseConnection) -> Result<()> {
+        let row = db
+            .query_one_raw(Statement::from_string(
+                DbBackend::MySql,
+                "SELECT VERSION() AS v",
+            ))
+            .await?;
+        let version: String = match row {
+            Some(r) => r.try_get("", "v")?,
+            None => String::new(),
+        };
+        check_server(&version)?;
+        super::check_tables(self, db).await
     }
 
     #[cfg(feature = "mysql")]
@@ -365,6 +397,32 @@ impl Driver for MySql {
                 }
                 other => return other,
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_mariadb_10_6_or_later_is_accepted() {
+        for ok in [
+            "10.6.0-MariaDB",
+            "10.11.6-MariaDB-0+deb12u1",
+            "11.4.2-MariaDB-log",
+        ] {
+            assert!(check_server(ok).is_ok(), "{ok}");
+        }
+        for refused in [
+            "8.0.36",
+            "8.4.0-commercial",
+            "10.5.23-MariaDB",
+            "5.5.5-10.3.39-MariaDB",
+            "",
+        ] {
+            let e = check_server(refused).unwrap_err().to_string();
+            assert!(e.contains("MariaDB 10.6 or later"), "{e}");
         }
     }
 }

@@ -143,8 +143,8 @@ impl RelayBuilder {
 
     /// How many messages (unordered) or aggregates (ordered) are handled at once (default 16).
     /// Each runs on its own task. Size the database pool for it: handlers that use the
-    /// database need a connection each, and the relay needs up to 3 of its own (claim,
-    /// completer, heartbeat), so `max_connections ≥ concurrency + 3`.
+    /// database need a connection each (`max_connections ≥ concurrency`); the relay's own
+    /// writes use connections of their own (see [`reserve_connections`](Self::reserve_connections)).
     pub fn concurrency(mut self, n: usize) -> Self {
         self.settings.concurrency = n;
         self
