@@ -630,6 +630,80 @@ mod tests {
         }
     }
 
+    /// A flush repeated after its commit's answer was lost counts what it wrote as written; a
+    /// row another claim took is lost, whatever the try.
+    #[cfg(feature = "sqlite")]
+    #[tokio::test]
+    async fn a_repeated_completion_is_not_a_lost_lease_and_a_takeover_is() {
+        let db = sea_orm::Database::connect("sqlite::memory:").await.unwrap();
+        let config = OutboxConfig::default();
+        crate::schema::create_tables(&db, &config).await.unwrap();
+        let d = for_backend(DbBackend::Sqlite, &config);
+        let txn = db.begin().await.unwrap();
+        d.append(&txn, &[row("o", "1"), row("o", "2")])
+            .await
+            .unwrap();
+        txn.commit().await.unwrap();
+        let spec = ClaimSpec {
+            relay: "a",
+            limit: 10,
+            lease: Duration::from_secs(60),
+            order: ClaimOrder::Any,
+            window: 10,
+            timeout: Duration::from_secs(5),
+            token: 7,
+            held: &[],
+        };
+        let claimed = d.claim(&db, &spec).await.unwrap();
+        assert_eq!(claimed.len(), 2);
+        assert!(claimed.iter().all(|c| c.token == 7));
+        let (s1, s2) = (claimed[0].envelope.sequence, claimed[1].envelope.sequence);
+        let one = Completion {
+            delivered: vec![s1],
+            tokens: vec![7],
+            ..Completion::default()
+        };
+        let w = d.complete(&db, "a", &one, false).await.unwrap();
+        assert_eq!((w.delivered, w.lease_lost), (1, 0));
+        let w = d.complete(&db, "a", &one, true).await.unwrap();
+        assert_eq!(
+            (w.delivered, w.lease_lost),
+            (0, 0),
+            "already written by this relay"
+        );
+        // The second row's lease lapsed and another relay claimed it.
+        db.execute_unprepared(&format!(
+            "UPDATE outbox_messages SET locked_by = 'b', claim_token = 9 WHERE seq = {s2}"
+        ))
+        .await
+        .unwrap();
+        assert_eq!(
+            d.extend_leases(&db, "a", &[s2], &[7], Duration::from_secs(60))
+                .await
+                .unwrap(),
+            Vec::<i64>::new()
+        );
+        let two = Completion {
+            delivered: vec![s2],
+            tokens: vec![7],
+            ..Completion::default()
+        };
+        for again in [false, true] {
+            let w = d.complete(&db, "a", &two, again).await.unwrap();
+            assert_eq!(
+                (w.delivered, w.lease_lost),
+                (0, 1),
+                "taken over (again: {again})"
+            );
+        }
+        assert_eq!(
+            d.extend_leases(&db, "b", &[s2], &[9], Duration::from_secs(60))
+                .await
+                .unwrap(),
+            vec![s2]
+        );
+    }
+
     #[test]
     fn positions_continue_each_stream_in_recording_order() {
         let rows = [row("o", "1"), row("o", "2"), row("o", "1"), row("c", "1")];
