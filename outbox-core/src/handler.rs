@@ -252,6 +252,7 @@ pub struct HandlerContext {
     extensions: Arc<Extensions>,
     upcasters: Arc<Upcasters>,
     host: Option<Arc<dyn Any + Send + Sync>>,
+    cancel: tokio_util::sync::CancellationToken,
 }
 
 impl HandlerContext {
@@ -270,7 +271,43 @@ impl HandlerContext {
             extensions,
             upcasters,
             host: None,
+            cancel: tokio_util::sync::CancellationToken::new(),
         }
+    }
+
+    /// Cancels this call through `token`: the relay cancels it when it lost the message's
+    /// lease (another relay holds the message now, and this call's outcome will not be
+    /// written).
+    pub fn with_cancellation(mut self, token: tokio_util::sync::CancellationToken) -> Self {
+        self.cancel = token;
+        self
+    }
+
+    /// Completes when this call is cancelled: the relay lost the message's lease (it lapsed,
+    /// and another relay claimed the message), so this call's outcome will not be written and
+    /// another relay runs the message. A handler that wants to stop cleanly selects on it; one
+    /// that does not is aborted at its next `.await` after the relay's grace period
+    /// (`RelayBuilder::cancel_grace`).
+    ///
+    /// ```no_run
+    /// # async fn step(_: u32) {}
+    /// # async fn h(ctx: outbox_seaorm_core::HandlerContext) -> anyhow::Result<()> {
+    /// for page in 0..100 {
+    ///     if ctx.is_cancelled() {
+    ///         anyhow::bail!("cancelled: another relay runs this message");
+    ///     }
+    ///     step(page).await;
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn cancelled(&self) {
+        self.cancel.cancelled().await;
+    }
+
+    /// Whether this call was cancelled (see [`cancelled`](Self::cancelled)).
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
     }
 
     /// Attaches what the storage integration running the handler gives its extension traits

@@ -165,6 +165,22 @@ pub enum Error {
         reason: String,
     },
 
+    /// The `mysql` backend is connected to a server other than MariaDB 10.6 or later (MySQL,
+    /// or an older MariaDB): the driver's statements use MariaDB's syntax (`SET STATEMENT ..
+    /// FOR`, `SKIP LOCKED` as MariaDB has it), and are tested on MariaDB only.
+    ///
+    /// # Handling
+    ///
+    /// Use MariaDB 10.6 or later, or PostgreSQL or SQLite.
+    #[error(
+        "the outbox's `mysql` backend needs MariaDB 10.6 or later; the server is `{version}` \
+         (MySQL is not supported)"
+    )]
+    UnsupportedServer {
+        /// What the server says it is (`SELECT VERSION()`).
+        version: String,
+    },
+
     /// A test harness (`testing::Harness::settle`) gave up with messages still pending: their
     /// time ran out, or nothing in the test can deliver them.
     #[cfg(feature = "testing")]

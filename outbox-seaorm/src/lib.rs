@@ -114,6 +114,8 @@ pub use self::admin::{
 #[doc(inline)]
 pub use self::config::OutboxConfig;
 #[doc(inline)]
+pub use self::driver::MAX_ERROR_BYTES;
+#[doc(inline)]
 pub use self::error::{Error, Result};
 #[doc(inline)]
 pub use self::inbox::{HandlerContextExt, Inbox, Processed};

@@ -134,9 +134,16 @@ impl TestDb {
 
     /// Another, independent connection pool to the same database.
     pub async fn connect_again(&self) -> DatabaseConnection {
+        self.connect_sized(8).await
+    }
+
+    /// Another pool on the same database, of at most `max_connections`.
+    pub async fn connect_sized(&self, max_connections: u32) -> DatabaseConnection {
         match &self.cleanup {
-            Cleanup::Schema { admin_url, name } => connect(admin_url, Some(name)).await,
-            _ => connect(&self.url, None).await,
+            Cleanup::Schema { admin_url, name } => {
+                connect_sized(admin_url, Some(name), max_connections).await
+            }
+            _ => connect_sized(&self.url, None, max_connections).await,
         }
     }
 
@@ -171,8 +178,12 @@ impl TestDb {
 }
 
 async fn connect(url: &str, search_path: Option<&str>) -> DatabaseConnection {
+    connect_sized(url, search_path, 8).await
+}
+
+async fn connect_sized(url: &str, search_path: Option<&str>, max: u32) -> DatabaseConnection {
     let mut opts = ConnectOptions::new(url.to_owned());
-    opts.max_connections(8)
+    opts.max_connections(max)
         .min_connections(0)
         .acquire_timeout(Duration::from_secs(30))
         .sqlx_logging(false);

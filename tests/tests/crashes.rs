@@ -175,13 +175,18 @@ async fn relays_killed_faster_than_their_leases_expire_lose_nothing(t: TestDb) {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(60);
+    // The lease, `OUTBOX_TEST_KILL_LEASE_MS` (default 2000).
+    let lease_ms: u64 = std::env::var("OUTBOX_TEST_KILL_LEASE_MS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2000);
     create_relay_log(&t.db).await;
     let admin = Admin::new(t.db.clone());
     let env = [("RELAY_BATCH", "20"), ("RELAY_POOL", "6")];
     let mut spawned = 0;
     let mut spawn = || {
         spawned += 1;
-        worker(&t.url, &format!("r{spawned}"), 2000, 2, &env)
+        worker(&t.url, &format!("r{spawned}"), lease_ms, 2, &env)
     };
     let mut workers: Vec<Child> = (0..4).map(|_| spawn()).collect();
     let stop = Arc::new(tokio::sync::Notify::new());
@@ -231,7 +236,8 @@ async fn relays_killed_faster_than_their_leases_expire_lose_nothing(t: TestDb) {
     let log = relay_log(&t.db).await;
     let distinct: HashSet<&str> = log.iter().map(|l| l.0.as_str()).collect();
     eprintln!(
-        "{:?}: {kills} kills in {secs} s, {committed} events, {} deliveries, {} dead",
+        "{:?}: {kills} kills in {secs} s (leases {lease_ms} ms), {committed} events, {} \
+         deliveries, {} dead",
         t.backend,
         log.len(),
         counts.dead

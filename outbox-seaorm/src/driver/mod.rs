@@ -11,6 +11,7 @@
 //! Time always comes from the database (`now()`, `UTC_TIMESTAMP(6)`, SQLite's `'now'`), never
 //! from the process: a relay whose clock runs ahead cannot take over live leases.
 
+mod error_text;
 mod maintenance;
 mod mysql;
 mod postgres;
@@ -40,6 +41,8 @@ use crate::entity::{DeliveryStatus, MessageStatus};
 use crate::error::{Error, Result};
 use sql::{Arg, Catalog, seqs};
 
+pub(crate) use error_text::ErrorText;
+pub use error_text::MAX_ERROR_BYTES;
 pub(crate) use maintenance::RelayRow;
 pub(crate) use stats::Series;
 pub(crate) use types::{
@@ -121,6 +124,18 @@ pub(crate) trait Driver: Send + Sync + fmt::Debug {
     /// The configured pool size, to warn when it cannot serve the relay's concurrency.
     fn pool_size(&self, db: &DatabaseConnection) -> u32;
 
+    /// A pool of its own for the relay's writes (claims, outcomes, lease renewals), of up to
+    /// `connections`, on the same database and tables as `db`: handlers that hold every
+    /// connection of the application's pool cannot make the relay's own writes wait. `None`
+    /// when the driver cannot open one that is sure to see the same tables.
+    async fn reserve(
+        &self,
+        _db: &DatabaseConnection,
+        _connections: u32,
+    ) -> Result<Option<DatabaseConnection>> {
+        Ok(None)
+    }
+
     /// The PostgreSQL channel relays `LISTEN` on, when commits notify.
     fn listen_channel(&self) -> Option<String> {
         None
@@ -201,59 +216,98 @@ pub(crate) trait Driver: Send + Sync + fmt::Debug {
         Ok(out)
     }
 
-    /// Extends the lease on the messages `relay` still holds. Returns how many.
+    /// Extends the lease on the messages `relay` still holds under the claims `tokens`.
+    /// Returns the ones it still holds: the others were taken over (their lease lapsed and
+    /// another relay claimed them), or written.
     async fn extend_leases(
         &self,
         db: &DatabaseConnection,
         relay: &str,
         seq_list: &[i64],
+        tokens: &[i64],
         lease: Duration,
-    ) -> Result<u64> {
+    ) -> Result<Vec<i64>> {
         if seq_list.is_empty() {
-            return Ok(0);
+            return Ok(Vec::new());
         }
-        let stmt = self.sql().stmt(
-            "extend_leases",
-            &[
-                ("seqs", seqs(seq_list)),
-                ("relay", relay.into()),
-                ("lease", self.span(lease)),
-            ],
-        );
-        let _gate = self.relay_write_gate(db).await;
-        Ok(db.execute_raw(stmt).await?.rows_affected())
+        let args = [
+            ("seqs", seqs(seq_list)),
+            ("tokens", seqs(tokens)),
+            ("relay", relay.into()),
+            ("lease", self.span(lease)),
+        ];
+        let n = {
+            let _gate = self.relay_write_gate(db).await;
+            db.execute_raw(self.sql().stmt("extend_leases", &args))
+                .await?
+                .rows_affected()
+        };
+        if n as usize == seq_list.len() {
+            return Ok(seq_list.to_vec());
+        }
+        let rows = db
+            .query_all_raw(self.sql().stmt("still_held", &args))
+            .await?;
+        rows.iter()
+            .map(|r| Ok(r.try_get::<i64>("", "seq")?))
+            .collect()
     }
 
-    /// Counts one more crash against a message `relay` holds, before it runs alone. Returns
-    /// `false` when the relay no longer holds it.
-    async fn count_crash(&self, db: &DatabaseConnection, relay: &str, seq: i64) -> Result<bool> {
+    /// Counts one more crash against a message `relay` holds under the claim `token`, before
+    /// it runs alone. Returns `false` when the relay no longer holds it.
+    async fn count_crash(
+        &self,
+        db: &DatabaseConnection,
+        relay: &str,
+        seq: i64,
+        token: i64,
+    ) -> Result<bool> {
         let stmt = self.sql().stmt(
             "count_crash",
-            &[("seq", seq.into()), ("relay", relay.into())],
+            &[
+                ("seq", seq.into()),
+                ("relay", relay.into()),
+                ("token", token.into()),
+            ],
         );
         Ok(db.execute_raw(stmt).await?.rows_affected() == 1)
     }
 
-    /// Writes what the relay decided, fenced by `relay`'s lease.
+    /// Writes what the relay decided, in one transaction, fenced by `relay` and the tokens of
+    /// its claims. `again`: an earlier try of (part of) this completion failed and may have
+    /// committed, so a row this relay already wrote is counted as written, not as lost.
     async fn complete(
         &self,
         db: &DatabaseConnection,
         relay: &str,
         c: &Completion,
+        again: bool,
     ) -> Result<Written> {
         let _gate = self.relay_write_gate(db).await;
         let mut w = Written::default();
         let sql = self.sql();
+        let tokens = seqs(&c.tokens);
+        let mut missed: Vec<i64> = Vec::new();
+        let txn = self.begin_write(db).await?;
         if !c.delivered.is_empty() {
             let q = if c.delete {
                 "delete_now"
             } else {
                 "mark_delivered"
             };
-            let stmt = sql.stmt(q, &[("seqs", seqs(&c.delivered)), ("relay", relay.into())]);
-            let n = db.execute_raw(stmt).await?.rows_affected();
+            let stmt = sql.stmt(
+                q,
+                &[
+                    ("seqs", seqs(&c.delivered)),
+                    ("relay", relay.into()),
+                    ("tokens", tokens.clone()),
+                ],
+            );
+            let n = txn.execute_raw(stmt).await?.rows_affected();
             w.delivered += n;
-            w.lease_lost += (c.delivered.len() as u64).saturating_sub(n);
+            if (n as usize) < c.delivered.len() {
+                missed.extend(&c.delivered);
+            }
         }
         // Releases go first: a failed message's hold then covers its released followers too.
         for r in &c.releases {
@@ -262,48 +316,76 @@ pub(crate) trait Driver: Send + Sync + fmt::Debug {
             }
             let stmt = sql.stmt(
                 "release",
-                &[("seqs", seqs(&r.seqs)), ("relay", relay.into())],
+                &[
+                    ("seqs", seqs(&r.seqs)),
+                    ("relay", relay.into()),
+                    ("tokens", tokens.clone()),
+                ],
             );
-            let n = db.execute_raw(stmt).await?.rows_affected();
+            let n = txn.execute_raw(stmt).await?.rows_affected();
             w.released += n;
-            w.lease_lost += (r.seqs.len() as u64).saturating_sub(n);
+            if (n as usize) < r.seqs.len() {
+                missed.extend(&r.seqs);
+            }
         }
-        if !c.outcomes.is_empty() || !c.blocks.is_empty() {
-            let txn = self.begin_write(db).await?;
-            for o in &c.outcomes {
-                if self.write_outcome(&txn, relay, o).await? {
-                    w.count(o);
-                } else {
+        for o in &c.outcomes {
+            if self.write_outcome(&txn, relay, o).await? {
+                w.count(o);
+            } else {
+                missed.push(o.seq);
+            }
+        }
+        for b in &c.blocks {
+            let args = [
+                ("aggregate_type", Arg::from(b.aggregate_type.clone())),
+                ("aggregate_id", b.aggregate_id.clone().into()),
+                ("position", b.after_position.into()),
+                (
+                    "after",
+                    self.span(match b.hold {
+                        Hold::For(d) => d,
+                        Hold::Forever => Duration::ZERO,
+                    }),
+                ),
+            ];
+            let (stream, followers) = match b.hold {
+                Hold::For(_) => ("hold_stream", "hold_followers"),
+                Hold::Forever => ("block_stream", "block_followers"),
+            };
+            txn.execute_raw(sql.stmt(stream, &args)).await?;
+            txn.execute_raw(sql.stmt(followers, &args)).await?;
+        }
+        if !missed.is_empty() {
+            // Rows not written: taken over by another relay, or (`again`) written by this one
+            // in a try whose commit was not confirmed. Only the first are lost.
+            let rows = txn
+                .query_all_raw(sql.stmt("fates", &[("seqs", seqs(&missed))]))
+                .await?;
+            let mut found = 0u64;
+            for r in &rows {
+                found += 1;
+                let token: Option<i64> = r.try_get("", "claim_token")?;
+                let locked_by: Option<String> = r.try_get("", "locked_by")?;
+                let ours_written =
+                    token.is_some_and(|t| c.tokens.contains(&t)) && locked_by.is_none() && again;
+                let ours_held = token.is_some_and(|t| c.tokens.contains(&t))
+                    && locked_by.as_deref() == Some(relay);
+                if !ours_written && !ours_held {
                     w.lease_lost += 1;
                 }
             }
-            for b in &c.blocks {
-                let args = [
-                    ("aggregate_type", Arg::from(b.aggregate_type.clone())),
-                    ("aggregate_id", b.aggregate_id.clone().into()),
-                    ("position", b.after_position.into()),
-                    (
-                        "after",
-                        self.span(match b.hold {
-                            Hold::For(d) => d,
-                            Hold::Forever => Duration::ZERO,
-                        }),
-                    ),
-                ];
-                let (stream, followers) = match b.hold {
-                    Hold::For(_) => ("hold_stream", "hold_followers"),
-                    Hold::Forever => ("block_stream", "block_followers"),
-                };
-                txn.execute_raw(sql.stmt(stream, &args)).await?;
-                txn.execute_raw(sql.stmt(followers, &args)).await?;
+            // A missing row was deleted: by this relay's earlier try (`again`, delete mode),
+            // or by whoever took it over.
+            if !again {
+                w.lease_lost += missed.len() as u64 - found;
             }
-            txn.commit().await?;
         }
+        txn.commit().await?;
         Ok(w)
     }
 
     /// Writes one outcome with its per-handler states. Returns `false` when `relay` no longer
-    /// held the message.
+    /// held the message under the claim it ran in.
     async fn write_outcome(
         &self,
         txn: &DatabaseTransaction,
@@ -314,7 +396,11 @@ pub(crate) trait Driver: Send + Sync + fmt::Debug {
         if o.delete && o.status == MessageStatus::Delivered {
             // Delivery rows describe nothing once the message is gone. Deleted first, and only
             // while this relay still holds the message.
-            let args = [("seq", Arg::from(o.seq)), ("relay", relay.into())];
+            let args = [
+                ("seq", Arg::from(o.seq)),
+                ("relay", relay.into()),
+                ("token", o.token.into()),
+            ];
             txn.execute_raw(sql.stmt("delete_deliveries_held", &args))
                 .await?;
             let n = txn
@@ -324,7 +410,7 @@ pub(crate) trait Driver: Send + Sync + fmt::Debug {
             return Ok(n == 1);
         }
         let (err, kind) = match &o.error {
-            Some((e, k)) => (Some(e.clone()), Some((*k).to_owned())),
+            Some((e, k)) => (Some(e.as_str().to_owned()), Some((*k).to_owned())),
             None => (None, None),
         };
         let stmt = sql.stmt(
@@ -337,6 +423,7 @@ pub(crate) trait Driver: Send + Sync + fmt::Debug {
                 ("ran", i32::from(o.ran).into()),
                 ("seq", o.seq.into()),
                 ("relay", relay.into()),
+                ("token", o.token.into()),
             ],
         );
         if txn.execute_raw(stmt).await?.rows_affected() == 0 {
@@ -344,7 +431,7 @@ pub(crate) trait Driver: Send + Sync + fmt::Debug {
         }
         for d in &o.deliveries {
             let (err, kind) = match &d.error {
-                Some((e, k)) => (Some(e.clone()), Some((*k).to_owned())),
+                Some((e, k)) => (Some(e.as_str().to_owned()), Some((*k).to_owned())),
                 None => (None, None),
             };
             let stmt = sql.stmt(
@@ -366,6 +453,78 @@ pub(crate) trait Driver: Send + Sync + fmt::Debug {
     /// Wakes relays in other processes (PostgreSQL `NOTIFY`, when configured).
     async fn notify(&self, _db: &DatabaseConnection) -> Result<()> {
         Ok(())
+    }
+}
+
+/// What kind of failure a database error is, for what to do about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fault {
+    /// A deadlock, a lock wait timeout, a serialization failure, a busy database, a cancelled
+    /// statement, a connection the server dropped: the transaction was rolled back; the same
+    /// statements may succeed when tried again.
+    Transient,
+    /// The database refused the statement for what it holds (a constraint, a value it cannot
+    /// store, a trigger): trying again changes nothing.
+    Refused,
+    /// Not an answer from the database: a lost connection, a pool that gave no connection in
+    /// time, a decoding error.
+    Other,
+}
+
+/// What kind of failure `e` is: from the database's error code (the error number on MariaDB,
+/// the SQLSTATE on PostgreSQL, the primary result code on SQLite), never its message text.
+pub(crate) fn fault(e: &Error) -> Fault {
+    #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+    {
+        use sea_orm::{DbErr, RuntimeErr};
+        let Error::Db(
+            DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)),
+        ) = e
+        else {
+            return Fault::Other;
+        };
+        let Some(d) = e.as_database_error() else {
+            return Fault::Other;
+        };
+        #[cfg(feature = "mysql")]
+        if let Some(m) = d.try_downcast_ref::<sea_orm::sqlx::mysql::MySqlDatabaseError>() {
+            // ER_LOCK_DEADLOCK, ER_LOCK_WAIT_TIMEOUT: both roll back and may be retried.
+            return match m.number() {
+                1213 | 1205 => Fault::Transient,
+                _ => Fault::Refused,
+            };
+        }
+        #[cfg(feature = "postgres")]
+        if let Some(p) = d.try_downcast_ref::<sea_orm::sqlx::postgres::PgDatabaseError>() {
+            // serialization_failure, deadlock_detected, lock_not_available, query_canceled
+            // (a statement timeout), and class 08 (connection exceptions).
+            let code = p.code();
+            return if matches!(code, "40001" | "40P01" | "55P03" | "57014")
+                || code.starts_with("08")
+            {
+                Fault::Transient
+            } else {
+                Fault::Refused
+            };
+        }
+        #[cfg(feature = "sqlite")]
+        if d.try_downcast_ref::<sea_orm::sqlx::sqlite::SqliteError>()
+            .is_some()
+        {
+            // SQLITE_BUSY, SQLITE_LOCKED (any extended code of theirs).
+            let code: i64 = d.code().and_then(|c| c.parse().ok()).unwrap_or(0);
+            return if matches!(code & 0xff, 5 | 6) {
+                Fault::Transient
+            } else {
+                Fault::Refused
+            };
+        }
+        Fault::Refused
+    }
+    #[cfg(not(any(feature = "sqlite", feature = "postgres", feature = "mysql")))]
+    {
+        let _ = e;
+        Fault::Other
     }
 }
 
@@ -420,6 +579,8 @@ pub(crate) fn read_claimed(row: &QueryResult) -> Result<Claimed> {
         crashes: count("crashes")?,
         delayed: not_before.is_some(),
         failed_before: last_error_kind.is_some(),
+        // Set by the claim that returned it.
+        token: 0,
     })
 }
 
@@ -479,6 +640,80 @@ mod tests {
             occurred_at: Utc::now(),
             not_before: None,
         }
+    }
+
+    /// A flush repeated after its commit's answer was lost counts what it wrote as written; a
+    /// row another claim took is lost, whatever the try.
+    #[cfg(feature = "sqlite")]
+    #[tokio::test]
+    async fn a_repeated_completion_is_not_a_lost_lease_and_a_takeover_is() {
+        let db = sea_orm::Database::connect("sqlite::memory:").await.unwrap();
+        let config = OutboxConfig::default();
+        crate::schema::create_tables(&db, &config).await.unwrap();
+        let d = for_backend(DbBackend::Sqlite, &config);
+        let txn = db.begin().await.unwrap();
+        d.append(&txn, &[row("o", "1"), row("o", "2")])
+            .await
+            .unwrap();
+        txn.commit().await.unwrap();
+        let spec = ClaimSpec {
+            relay: "a",
+            limit: 10,
+            lease: Duration::from_secs(60),
+            order: ClaimOrder::Any,
+            window: 10,
+            timeout: Duration::from_secs(5),
+            token: 7,
+            held: &[],
+        };
+        let claimed = d.claim(&db, &spec).await.unwrap();
+        assert_eq!(claimed.len(), 2);
+        assert!(claimed.iter().all(|c| c.token == 7));
+        let (s1, s2) = (claimed[0].envelope.sequence, claimed[1].envelope.sequence);
+        let one = Completion {
+            delivered: vec![s1],
+            tokens: vec![7],
+            ..Completion::default()
+        };
+        let w = d.complete(&db, "a", &one, false).await.unwrap();
+        assert_eq!((w.delivered, w.lease_lost), (1, 0));
+        let w = d.complete(&db, "a", &one, true).await.unwrap();
+        assert_eq!(
+            (w.delivered, w.lease_lost),
+            (0, 0),
+            "already written by this relay"
+        );
+        // The second row's lease lapsed and another relay claimed it.
+        db.execute_unprepared(&format!(
+            "UPDATE outbox_messages SET locked_by = 'b', claim_token = 9 WHERE seq = {s2}"
+        ))
+        .await
+        .unwrap();
+        assert_eq!(
+            d.extend_leases(&db, "a", &[s2], &[7], Duration::from_secs(60))
+                .await
+                .unwrap(),
+            Vec::<i64>::new()
+        );
+        let two = Completion {
+            delivered: vec![s2],
+            tokens: vec![7],
+            ..Completion::default()
+        };
+        for again in [false, true] {
+            let w = d.complete(&db, "a", &two, again).await.unwrap();
+            assert_eq!(
+                (w.delivered, w.lease_lost),
+                (0, 1),
+                "taken over (again: {again})"
+            );
+        }
+        assert_eq!(
+            d.extend_leases(&db, "b", &[s2], &[9], Duration::from_secs(60))
+                .await
+                .unwrap(),
+            vec![s2]
+        );
     }
 
     #[test]

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, IsolationLevel,
-    Statement, TransactionTrait, Value,
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, IsolationLevel, Statement,
+    TransactionTrait, Value,
 };
 
 use super::sql::{self, Arg, Catalog, Style, seqs};
@@ -62,8 +62,13 @@ impl MySql {
         };
         let window = txn
             .query_all_raw(bounded(
-                self.sql
-                    .stmt("window", &[("limit", i64::from(limit).into())]),
+                self.sql.stmt(
+                    "window",
+                    &[
+                        ("limit", i64::from(limit).into()),
+                        ("held", sql::held(spec.held)),
+                    ],
+                ),
                 spec.timeout,
             ))
             .await?;
@@ -81,6 +86,7 @@ impl MySql {
                 "lease",
                 &[
                     ("relay", spec.relay.into()),
+                    ("token", spec.token.into()),
                     ("lease", self.span(spec.lease)),
                     ("seqs", seqs(&list)),
                 ],
@@ -88,6 +94,7 @@ impl MySql {
             txn.execute_raw(bounded(stmt, spec.timeout)).await?;
             for c in &mut rows {
                 c.claims += 1;
+                c.token = spec.token;
             }
         }
         txn.commit().await?;
@@ -178,17 +185,27 @@ fn bounded(mut stmt: Statement, timeout: Duration) -> Statement {
     stmt
 }
 
-/// A deadlock or a lock wait timeout: the transaction was rolled back and may simply be
-/// tried again.
+/// Refuses a server other than MariaDB 10.6 or later (`version` is `SELECT VERSION()`, such as
+/// `10.11.6-MariaDB-0+deb12u1`; MySQL says `8.0.36`).
+fn check_server(version: &str) -> Result<()> {
+    let mut parts = version
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().ok());
+    let major = parts.next().flatten().unwrap_or(0);
+    let minor = parts.next().flatten().unwrap_or(0);
+    if version.contains("MariaDB") && (major, minor) >= (10, 6) {
+        Ok(())
+    } else {
+        Err(Error::UnsupportedServer {
+            version: version.to_owned(),
+        })
+    }
+}
+
+/// A deadlock (1213) or a lock wait timeout (1205), by error number: the transaction was
+/// rolled back and may simply be tried again.
 fn is_conflict(e: &Error) -> bool {
-    let Error::Db(e) = e else {
-        return false;
-    };
-    let text = match e {
-        DbErr::Exec(e) | DbErr::Query(e) | DbErr::Conn(e) => e.to_string(),
-        other => other.to_string(),
-    };
-    text.contains("Deadlock found") || text.contains("Lock wait timeout")
+    super::fault(e) == super::Fault::Transient
 }
 
 #[async_trait::async_trait]
@@ -221,6 +238,50 @@ impl Driver for MySql {
     #[cfg(not(feature = "mysql"))]
     fn pool_size(&self, _: &DatabaseConnection) -> u32 {
         u32::MAX
+    }
+
+    async fn check_schema(&self, db: &DatabaseConnection) -> Result<()> {
+        let row = db
+            .query_one_raw(Statement::from_string(
+                DbBackend::MySql,
+                "SELECT VERSION() AS v",
+            ))
+            .await?;
+        let version: String = match row {
+            Some(r) => r.try_get("", "v")?,
+            None => String::new(),
+        };
+        check_server(&version)?;
+        super::check_tables(self, db).await
+    }
+
+    #[cfg(feature = "mysql")]
+    async fn reserve(
+        &self,
+        db: &DatabaseConnection,
+        connections: u32,
+    ) -> Result<Option<DatabaseConnection>> {
+        use sea_orm::sqlx::mysql::MySqlPoolOptions;
+        let main = db.get_mysql_connection_pool();
+        let pool = MySqlPoolOptions::new()
+            .max_connections(connections)
+            .min_connections(0)
+            .acquire_timeout(main.options().get_acquire_timeout())
+            .connect_lazy_with((*main.connect_options()).clone());
+        let ours = sea_orm::SqlxMySqlConnector::from_sqlx_mysql_pool(pool);
+        // The same database (an `after_connect` of the application's pool could select
+        // another one, which its options do not show).
+        let q = || Statement::from_string(DbBackend::MySql, "SELECT DATABASE() AS d");
+        let name = |r: Option<sea_orm::QueryResult>| -> Result<Option<String>> {
+            Ok(match r {
+                Some(r) => r.try_get("", "d")?,
+                None => None,
+            })
+        };
+        if name(db.query_one_raw(q()).await?)? != name(ours.query_one_raw(q()).await?)? {
+            return Ok(None);
+        }
+        Ok(Some(ours))
     }
 
     fn upsert_on_key(&self) -> bool {
@@ -336,6 +397,32 @@ impl Driver for MySql {
                 }
                 other => return other,
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_mariadb_10_6_or_later_is_accepted() {
+        for ok in [
+            "10.6.0-MariaDB",
+            "10.11.6-MariaDB-0+deb12u1",
+            "11.4.2-MariaDB-log",
+        ] {
+            assert!(check_server(ok).is_ok(), "{ok}");
+        }
+        for refused in [
+            "8.0.36",
+            "8.4.0-commercial",
+            "10.5.23-MariaDB",
+            "5.5.5-10.3.39-MariaDB",
+            "",
+        ] {
+            let e = check_server(refused).unwrap_err().to_string();
+            assert!(e.contains("MariaDB 10.6 or later"), "{e}");
         }
     }
 }

@@ -5,7 +5,7 @@
 -- name: check_messages
 SELECT seq, id, aggregate_type, aggregate_id, position, event_type, event_version, payload,
   headers, occurred_at, not_before, available_at, status, attempts, claims, crashes, locked_by,
-  locked_until, last_error, last_error_kind, delivered_at FROM {messages} WHERE 1 = 0
+  locked_until, last_error, last_error_kind, delivered_at, claim_token FROM {messages} WHERE 1 = 0
 -- name: check_deliveries
 SELECT message_id, handler, status, attempts, last_error, last_error_kind, updated_at
 FROM {deliveries} WHERE 1 = 0
@@ -22,13 +22,14 @@ SELECT seq, id, aggregate_type, aggregate_id, position, event_type, event_versio
   headers, occurred_at, not_before, attempts, claims, crashes, last_error_kind
 FROM {messages}
 WHERE status = 'pending' AND available_at <= UTC_TIMESTAMP(6)
-  AND (locked_until IS NULL OR locked_until < UTC_TIMESTAMP(6))
+  AND (locked_until IS NULL OR locked_until < UTC_TIMESTAMP(6)) AND seq NOT IN (:held)
 ORDER BY seq LIMIT :limit
 FOR UPDATE SKIP LOCKED
 
 -- name: lease
 UPDATE {messages}
-SET locked_by = :relay, locked_until = UTC_TIMESTAMP(6) + INTERVAL :lease MICROSECOND,
+SET locked_by = :relay, claim_token = :token,
+  locked_until = UTC_TIMESTAMP(6) + INTERVAL :lease MICROSECOND,
   claims = claims + 1
 WHERE seq IN (:seqs)
 
@@ -38,26 +39,35 @@ JOIN {messages} m ON m.id = d.message_id WHERE m.seq IN (:seqs)
 
 -- name: extend_leases
 UPDATE {messages} SET locked_until = UTC_TIMESTAMP(6) + INTERVAL :lease MICROSECOND
-WHERE seq IN (:seqs) AND locked_by = :relay
+WHERE seq IN (:seqs) AND locked_by = :relay AND claim_token IN (:tokens)
+
+-- Which of these rows the relay still holds under these claims (after extending leases).
+-- name: still_held
+SELECT seq FROM {messages} WHERE seq IN (:seqs) AND locked_by = :relay AND claim_token IN (:tokens)
+
+-- Who holds these rows now, to tell an outcome this relay already wrote (its claim's token,
+-- no lease) from one another relay took over.
+-- name: fates
+SELECT seq, claim_token, locked_by FROM {messages} WHERE seq IN (:seqs)
 
 -- name: count_crash
-UPDATE {messages} SET crashes = crashes + 1 WHERE seq = :seq AND locked_by = :relay
+UPDATE {messages} SET crashes = crashes + 1 WHERE seq = :seq AND locked_by = :relay AND claim_token = :token
 
 -- name: mark_delivered
 UPDATE {messages} SET status = 'delivered', delivered_at = UTC_TIMESTAMP(6), locked_by = NULL,
   locked_until = NULL, last_error = NULL, last_error_kind = NULL, attempts = attempts + 1,
   claims = 0, crashes = 0
-WHERE seq IN (:seqs) AND locked_by = :relay
+WHERE seq IN (:seqs) AND locked_by = :relay AND claim_token IN (:tokens)
 
 -- name: delete_now
-DELETE FROM {messages} WHERE seq IN (:seqs) AND locked_by = :relay
+DELETE FROM {messages} WHERE seq IN (:seqs) AND locked_by = :relay AND claim_token IN (:tokens)
 
 -- name: delete_deliveries_held
 DELETE FROM {deliveries} WHERE message_id IN (
-  SELECT id FROM {messages} WHERE seq = :seq AND locked_by = :relay)
+  SELECT id FROM {messages} WHERE seq = :seq AND locked_by = :relay AND claim_token = :token)
 
 -- name: delete_held
-DELETE FROM {messages} WHERE seq = :seq AND locked_by = :relay
+DELETE FROM {messages} WHERE seq = :seq AND locked_by = :relay AND claim_token = :token
 
 -- name: write_outcome
 UPDATE {messages} SET status = :status,
@@ -66,7 +76,7 @@ UPDATE {messages} SET status = :status,
   delivered_at = CASE WHEN :status = 'delivered' THEN UTC_TIMESTAMP(6) END,
   locked_by = NULL, locked_until = NULL,
   attempts = attempts + :ran, claims = 0, crashes = 0
-WHERE seq = :seq AND locked_by = :relay
+WHERE seq = :seq AND locked_by = :relay AND claim_token = :token
 
 -- name: upsert_delivery
 INSERT INTO {deliveries} (message_id, handler, status, attempts, last_error, last_error_kind, updated_at)
@@ -77,7 +87,7 @@ ON DUPLICATE KEY UPDATE status = VALUES(status), attempts = VALUES(attempts),
 
 -- name: release
 UPDATE {messages} SET locked_by = NULL, locked_until = NULL, claims = 0
-WHERE seq IN (:seqs) AND locked_by = :relay
+WHERE seq IN (:seqs) AND locked_by = :relay AND claim_token IN (:tokens)
 
 -- name: hold_stream
 UPDATE {streams} SET blocked_until = UTC_TIMESTAMP(6) + INTERVAL :after MICROSECOND

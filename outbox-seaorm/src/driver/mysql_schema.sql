@@ -21,6 +21,9 @@ CREATE TABLE IF NOT EXISTS {messages} (
     crashes INT NOT NULL DEFAULT 0,
     locked_by VARCHAR(128) NULL,
     locked_until DATETIME(6) NULL,
+    -- A fresh value per claim: every later write of the claiming relay must match it, so
+    -- a relay whose lease lapsed and was taken over cannot write over the new holder.
+    claim_token BIGINT NULL,
     last_error TEXT CHARACTER SET utf8mb4 NULL,
     last_error_kind VARCHAR(32) NULL,
     delivered_at DATETIME(6) NULL,
@@ -71,3 +74,5 @@ CREATE TABLE IF NOT EXISTS {relays} (
     handled LONGTEXT NOT NULL,
     held INT NOT NULL DEFAULT 0
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4;
+-- Tables created by an earlier version get the claim token (idempotent).
+ALTER TABLE {messages} ADD COLUMN IF NOT EXISTS claim_token BIGINT NULL;

@@ -71,6 +71,44 @@ impl Driver for Postgres {
         u32::MAX
     }
 
+    #[cfg(feature = "postgres")]
+    async fn reserve(
+        &self,
+        db: &DatabaseConnection,
+        connections: u32,
+    ) -> Result<Option<DatabaseConnection>> {
+        use sea_orm::sqlx::Executor;
+        use sea_orm::sqlx::postgres::PgPoolOptions;
+        // The search path may come from an `after_connect` of the application's pool, which
+        // its options do not show: read it from a connection of that pool, set it on ours.
+        let row = db
+            .query_one_raw(Statement::from_string(
+                DbBackend::Postgres,
+                "SELECT current_setting('search_path') AS p",
+            ))
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let path: String = row.try_get("", "p")?;
+        let main = db.get_postgres_connection_pool();
+        let set = format!("SET search_path = {path}");
+        let pool = PgPoolOptions::new()
+            .max_connections(connections)
+            .min_connections(0)
+            .acquire_timeout(main.options().get_acquire_timeout())
+            .after_connect(move |conn, _| {
+                let set = set.clone();
+                Box::pin(async move {
+                    conn.execute(sea_orm::sqlx::AssertSqlSafe(set))
+                        .await
+                        .map(|_| ())
+                })
+            })
+            .connect_lazy_with((*main.connect_options()).clone());
+        Ok(Some(
+            sea_orm::SqlxPostgresConnector::from_sqlx_postgres_pool(pool),
+        ))
+    }
+
     fn listen_channel(&self) -> Option<String> {
         self.notify_channel.clone()
     }
@@ -110,6 +148,8 @@ impl Driver for Postgres {
             ("relay", Arg::from(spec.relay)),
             ("lease", self.span(spec.lease)),
             ("limit", i64::from(spec.limit).into()),
+            ("token", spec.token.into()),
+            ("held", sql::held(spec.held)),
         ];
         let query = match spec.order {
             ClaimOrder::Any => "claim_any",
@@ -130,6 +170,9 @@ impl Driver for Postgres {
         let rows = txn.query_all_raw(self.sql.stmt(query, &args)).await?;
         txn.commit().await?;
         let mut claimed = rows.iter().map(read_claimed).collect::<Result<Vec<_>>>()?;
+        for c in &mut claimed {
+            c.token = spec.token;
+        }
         // RETURNING gives no order guarantee.
         claimed.sort_by_key(|c| c.envelope.sequence);
         Ok(claimed)

@@ -4,7 +4,7 @@
 -- name: check_messages
 SELECT seq, id, aggregate_type, aggregate_id, position, event_type, event_version, payload,
   headers, occurred_at, not_before, available_at, status, attempts, claims, crashes, locked_by,
-  locked_until, last_error, last_error_kind, delivered_at FROM {messages} WHERE 1 = 0
+  locked_until, last_error, last_error_kind, delivered_at, claim_token FROM {messages} WHERE 1 = 0
 -- name: check_deliveries
 SELECT message_id, handler, status, attempts, last_error, last_error_kind, updated_at
 FROM {deliveries} WHERE 1 = 0
@@ -18,10 +18,11 @@ SELECT name, holder, locked_until FROM {locks} WHERE 1 = 0
 -- Any available message, oldest first; rows another claim is looking at are skipped.
 -- name: claim_any
 UPDATE {messages} AS o
-SET locked_by = :relay, locked_until = now() + make_interval(secs => :lease), claims = o.claims + 1
+SET locked_by = :relay, claim_token = :token, locked_until = now() + make_interval(secs => :lease), claims = o.claims + 1
 FROM (
   SELECT seq FROM {messages}
   WHERE status = 'pending' AND available_at <= now() AND (locked_until IS NULL OR locked_until < now())
+    AND NOT (seq = ANY(:held))
   ORDER BY seq LIMIT :limit
   FOR UPDATE SKIP LOCKED
 ) AS c
@@ -43,6 +44,7 @@ WITH w AS MATERIALIZED (
   SELECT seq, aggregate_type, aggregate_id, position, not_before IS NOT NULL AS delayed
   FROM {messages}
   WHERE status = 'pending' AND available_at <= now() AND (locked_until IS NULL OR locked_until < now())
+    AND NOT (seq = ANY(:held))
   ORDER BY seq LIMIT :window
   FOR UPDATE SKIP LOCKED
 ), runs AS (
@@ -67,7 +69,7 @@ WITH w AS MATERIALIZED (
   ORDER BY seq LIMIT :limit
 )
 UPDATE {messages} AS o
-SET locked_by = :relay, locked_until = now() + make_interval(secs => :lease), claims = o.claims + 1
+SET locked_by = :relay, claim_token = :token, locked_until = now() + make_interval(secs => :lease), claims = o.claims + 1
 FROM pick
 WHERE o.seq = pick.seq
 RETURNING o.seq, o.id, o.aggregate_type, o.aggregate_id, o.position, o.event_type,
@@ -80,26 +82,35 @@ JOIN {messages} m ON m.id = d.message_id WHERE m.seq = ANY(:seqs)
 
 -- name: extend_leases
 UPDATE {messages} SET locked_until = now() + make_interval(secs => :lease)
-WHERE seq = ANY(:seqs) AND locked_by = :relay
+WHERE seq = ANY(:seqs) AND locked_by = :relay AND claim_token = ANY(:tokens)
+
+-- Which of these rows the relay still holds under these claims (after extending leases).
+-- name: still_held
+SELECT seq FROM {messages} WHERE seq = ANY(:seqs) AND locked_by = :relay AND claim_token = ANY(:tokens)
+
+-- Who holds these rows now, to tell an outcome this relay already wrote (its claim's token,
+-- no lease) from one another relay took over.
+-- name: fates
+SELECT seq, claim_token, locked_by FROM {messages} WHERE seq = ANY(:seqs)
 
 -- name: count_crash
-UPDATE {messages} SET crashes = crashes + 1 WHERE seq = :seq AND locked_by = :relay
+UPDATE {messages} SET crashes = crashes + 1 WHERE seq = :seq AND locked_by = :relay AND claim_token = :token
 
 -- name: mark_delivered
 UPDATE {messages} SET status = 'delivered', delivered_at = now(), locked_by = NULL,
   locked_until = NULL, last_error = NULL, last_error_kind = NULL, attempts = attempts + 1,
   claims = 0, crashes = 0
-WHERE seq = ANY(:seqs) AND locked_by = :relay
+WHERE seq = ANY(:seqs) AND locked_by = :relay AND claim_token = ANY(:tokens)
 
 -- name: delete_now
-DELETE FROM {messages} WHERE seq = ANY(:seqs) AND locked_by = :relay
+DELETE FROM {messages} WHERE seq = ANY(:seqs) AND locked_by = :relay AND claim_token = ANY(:tokens)
 
 -- name: delete_deliveries_held
 DELETE FROM {deliveries} WHERE message_id IN (
-  SELECT id FROM {messages} WHERE seq = :seq AND locked_by = :relay)
+  SELECT id FROM {messages} WHERE seq = :seq AND locked_by = :relay AND claim_token = :token)
 
 -- name: delete_held
-DELETE FROM {messages} WHERE seq = :seq AND locked_by = :relay
+DELETE FROM {messages} WHERE seq = :seq AND locked_by = :relay AND claim_token = :token
 
 -- name: write_outcome
 UPDATE {messages} SET status = :status,
@@ -108,7 +119,7 @@ UPDATE {messages} SET status = :status,
   delivered_at = CASE WHEN :status = 'delivered' THEN now() END,
   locked_by = NULL, locked_until = NULL,
   attempts = attempts + :ran, claims = 0, crashes = 0
-WHERE seq = :seq AND locked_by = :relay
+WHERE seq = :seq AND locked_by = :relay AND claim_token = :token
 
 -- name: upsert_delivery
 INSERT INTO {deliveries} (message_id, handler, status, attempts, last_error, last_error_kind, updated_at)
@@ -119,7 +130,7 @@ ON CONFLICT (message_id, handler) DO UPDATE SET status = excluded.status,
 
 -- name: release
 UPDATE {messages} SET locked_by = NULL, locked_until = NULL, claims = 0
-WHERE seq = ANY(:seqs) AND locked_by = :relay
+WHERE seq = ANY(:seqs) AND locked_by = :relay AND claim_token = ANY(:tokens)
 
 -- name: hold_stream
 UPDATE {streams} SET blocked_until = now() + make_interval(secs => :after)

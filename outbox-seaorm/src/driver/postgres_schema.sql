@@ -24,6 +24,9 @@ CREATE TABLE IF NOT EXISTS {messages} (
     crashes INTEGER NOT NULL DEFAULT 0,
     locked_by VARCHAR(128) NULL,
     locked_until TIMESTAMPTZ NULL,
+    -- A fresh value per claim: every later write of the claiming relay must match it, so
+    -- a relay whose lease lapsed and was taken over cannot write over the new holder.
+    claim_token BIGINT NULL,
     last_error TEXT NULL,
     last_error_kind VARCHAR(32) NULL,
     delivered_at TIMESTAMPTZ NULL
@@ -82,3 +85,5 @@ CREATE TABLE IF NOT EXISTS {relays} (
     handled TEXT NOT NULL,
     held INTEGER NOT NULL DEFAULT 0
 );
+-- Tables created by an earlier version get the claim token (idempotent).
+ALTER TABLE {messages} ADD COLUMN IF NOT EXISTS claim_token BIGINT NULL;

@@ -43,6 +43,16 @@ pub(crate) fn seqs(seqs: &[i64]) -> Arg {
     )
 }
 
+/// The rows a relay holds, for a claim to skip: never an empty list (`NOT IN (NULL)` would
+/// skip every row), so `0` (no sequence number) stands for none.
+pub(crate) fn held(held: &[i64]) -> Arg {
+    if held.is_empty() {
+        seqs(&[0])
+    } else {
+        seqs(held)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub(super) enum Part {
     Text(String),

@@ -73,6 +73,37 @@ impl Driver for Sqlite {
     }
 
     #[cfg(feature = "sqlite")]
+    async fn reserve(
+        &self,
+        db: &DatabaseConnection,
+        connections: u32,
+    ) -> Result<Option<DatabaseConnection>> {
+        use sea_orm::sqlx::sqlite::SqlitePoolOptions;
+        let main = db.get_sqlite_connection_pool();
+        // An in-memory database is shared between connections through SQLite's shared cache,
+        // whose table locks do not wait: the relay shares the application's pool there.
+        let file = main
+            .connect_options()
+            .get_filename()
+            .to_string_lossy()
+            .into_owned();
+        if file == ":memory:"
+            || file.starts_with("file:sqlx-in-memory")
+            || file.contains("mode=memory")
+        {
+            return Ok(None);
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(connections)
+            .min_connections(0)
+            .acquire_timeout(main.options().get_acquire_timeout())
+            .connect_lazy_with((*main.connect_options()).clone());
+        Ok(Some(sea_orm::SqlxSqliteConnector::from_sqlx_sqlite_pool(
+            pool,
+        )))
+    }
+
+    #[cfg(feature = "sqlite")]
     fn pool_size(&self, db: &DatabaseConnection) -> u32 {
         db.get_sqlite_connection_pool()
             .options()
@@ -199,6 +230,8 @@ impl Driver for Sqlite {
             ("relay", Arg::from(spec.relay)),
             ("lease", self.span(spec.lease)),
             ("limit", i64::from(spec.limit).into()),
+            ("token", spec.token.into()),
+            ("held", sql::held(spec.held)),
         ];
         let query = match spec.order {
             ClaimOrder::Any => "claim_any",
@@ -214,6 +247,9 @@ impl Driver for Sqlite {
             db.query_all_raw(self.sql.stmt(query, &args)).await?
         };
         let mut claimed = rows.iter().map(read_claimed).collect::<Result<Vec<_>>>()?;
+        for c in &mut claimed {
+            c.token = spec.token;
+        }
         claimed.sort_by_key(|c| c.envelope.sequence);
         Ok(claimed)
     }

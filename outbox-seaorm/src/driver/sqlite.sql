@@ -6,7 +6,7 @@
 -- name: check_messages
 SELECT seq, id, aggregate_type, aggregate_id, position, event_type, event_version, payload,
   headers, occurred_at, not_before, available_at, status, attempts, claims, crashes, locked_by,
-  locked_until, last_error, last_error_kind, delivered_at FROM {messages} WHERE 1 = 0
+  locked_until, last_error, last_error_kind, delivered_at, claim_token FROM {messages} WHERE 1 = 0
 -- name: check_deliveries
 SELECT message_id, handler, status, attempts, last_error, last_error_kind, updated_at
 FROM {deliveries} WHERE 1 = 0
@@ -19,11 +19,12 @@ SELECT name, holder, locked_until FROM {locks} WHERE 1 = 0
 
 -- name: claim_any
 UPDATE {messages}
-SET locked_by = :relay, locked_until = strftime({ts}, 'now', '+' || :lease || ' seconds'),
+SET locked_by = :relay, claim_token = :token, locked_until = strftime({ts}, 'now', '+' || :lease || ' seconds'),
   claims = claims + 1
 WHERE seq IN (
   SELECT seq FROM {messages}
   WHERE status = 'pending' AND available_at <= {now} AND (locked_until IS NULL OR locked_until < {now})
+    AND seq NOT IN (:held)
   ORDER BY seq LIMIT :limit)
 RETURNING seq, id, aggregate_type, aggregate_id, position, event_type, event_version, payload,
   headers, occurred_at, not_before, attempts, claims, crashes, last_error_kind
@@ -31,13 +32,14 @@ RETURNING seq, id, aggregate_type, aggregate_id, position, event_type, event_ver
 -- Runs that start at their aggregate's head, from a bounded window (see postgres.sql).
 -- name: claim_ordered
 UPDATE {messages}
-SET locked_by = :relay, locked_until = strftime({ts}, 'now', '+' || :lease || ' seconds'),
+SET locked_by = :relay, claim_token = :token, locked_until = strftime({ts}, 'now', '+' || :lease || ' seconds'),
   claims = claims + 1
 WHERE seq IN (
   WITH w AS (
     SELECT seq, aggregate_type, aggregate_id, position, not_before IS NOT NULL AS delayed
     FROM {messages}
     WHERE status = 'pending' AND available_at <= {now} AND (locked_until IS NULL OR locked_until < {now})
+    AND seq NOT IN (:held)
     ORDER BY seq LIMIT :window
   ), runs AS (
     SELECT seq, aggregate_type, aggregate_id, position,
@@ -69,26 +71,35 @@ JOIN {messages} m ON m.id = d.message_id WHERE m.seq IN (:seqs)
 
 -- name: extend_leases
 UPDATE {messages} SET locked_until = strftime({ts}, 'now', '+' || :lease || ' seconds')
-WHERE seq IN (:seqs) AND locked_by = :relay
+WHERE seq IN (:seqs) AND locked_by = :relay AND claim_token IN (:tokens)
+
+-- Which of these rows the relay still holds under these claims (after extending leases).
+-- name: still_held
+SELECT seq FROM {messages} WHERE seq IN (:seqs) AND locked_by = :relay AND claim_token IN (:tokens)
+
+-- Who holds these rows now, to tell an outcome this relay already wrote (its claim's token,
+-- no lease) from one another relay took over.
+-- name: fates
+SELECT seq, claim_token, locked_by FROM {messages} WHERE seq IN (:seqs)
 
 -- name: count_crash
-UPDATE {messages} SET crashes = crashes + 1 WHERE seq = :seq AND locked_by = :relay
+UPDATE {messages} SET crashes = crashes + 1 WHERE seq = :seq AND locked_by = :relay AND claim_token = :token
 
 -- name: mark_delivered
 UPDATE {messages} SET status = 'delivered', delivered_at = {now}, locked_by = NULL,
   locked_until = NULL, last_error = NULL, last_error_kind = NULL, attempts = attempts + 1,
   claims = 0, crashes = 0
-WHERE seq IN (:seqs) AND locked_by = :relay
+WHERE seq IN (:seqs) AND locked_by = :relay AND claim_token IN (:tokens)
 
 -- name: delete_now
-DELETE FROM {messages} WHERE seq IN (:seqs) AND locked_by = :relay
+DELETE FROM {messages} WHERE seq IN (:seqs) AND locked_by = :relay AND claim_token IN (:tokens)
 
 -- name: delete_deliveries_held
 DELETE FROM {deliveries} WHERE message_id IN (
-  SELECT id FROM {messages} WHERE seq = :seq AND locked_by = :relay)
+  SELECT id FROM {messages} WHERE seq = :seq AND locked_by = :relay AND claim_token = :token)
 
 -- name: delete_held
-DELETE FROM {messages} WHERE seq = :seq AND locked_by = :relay
+DELETE FROM {messages} WHERE seq = :seq AND locked_by = :relay AND claim_token = :token
 
 -- name: write_outcome
 UPDATE {messages} SET status = :status,
@@ -97,7 +108,7 @@ UPDATE {messages} SET status = :status,
   delivered_at = CASE WHEN :status = 'delivered' THEN {now} END,
   locked_by = NULL, locked_until = NULL,
   attempts = attempts + :ran, claims = 0, crashes = 0
-WHERE seq = :seq AND locked_by = :relay
+WHERE seq = :seq AND locked_by = :relay AND claim_token = :token
 
 -- name: upsert_delivery
 INSERT INTO {deliveries} (message_id, handler, status, attempts, last_error, last_error_kind, updated_at)
@@ -108,7 +119,7 @@ ON CONFLICT (message_id, handler) DO UPDATE SET status = excluded.status,
 
 -- name: release
 UPDATE {messages} SET locked_by = NULL, locked_until = NULL, claims = 0
-WHERE seq IN (:seqs) AND locked_by = :relay
+WHERE seq IN (:seqs) AND locked_by = :relay AND claim_token IN (:tokens)
 
 -- name: hold_stream
 UPDATE {streams} SET blocked_until = strftime({ts}, 'now', '+' || :after || ' seconds')

@@ -20,6 +20,9 @@ CREATE TABLE IF NOT EXISTS {messages} (
     crashes INTEGER NOT NULL DEFAULT 0,
     locked_by TEXT NULL,
     locked_until TEXT NULL,
+    -- A fresh value per claim: every later write of the claiming relay must match it, so
+    -- a relay whose lease lapsed and was taken over cannot write over the new holder.
+    claim_token BIGINT NULL,
     last_error TEXT NULL,
     last_error_kind TEXT NULL,
     delivered_at TEXT NULL

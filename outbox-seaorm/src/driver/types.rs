@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use outbox_seaorm_core::Envelope;
 
+use super::ErrorText;
 use crate::entity::{DeliveryStatus, MessageStatus};
 
 /// A new row of the messages table.
@@ -45,6 +46,11 @@ pub(crate) struct ClaimSpec<'a> {
     pub(crate) window: u32,
     /// The server-side time limit of each claim statement.
     pub(crate) timeout: Duration,
+    /// Written on every row claimed; every later write of the relay about them must match it.
+    pub(crate) token: i64,
+    /// Rows the relay still holds or runs: never claimed again by it, even if their lease
+    /// lapsed (a relay never runs one message twice at once).
+    pub(crate) held: &'a [i64],
 }
 
 /// A row a relay claimed.
@@ -60,6 +66,8 @@ pub(crate) struct Claimed {
     pub(crate) delayed: bool,
     /// Whether an earlier attempt failed, so per-handler states may exist.
     pub(crate) failed_before: bool,
+    /// The claim's token (see [`ClaimSpec::token`]).
+    pub(crate) token: i64,
 }
 
 /// A handler's stored state for one message.
@@ -75,18 +83,20 @@ pub(crate) struct DeliveryWrite {
     pub(crate) handler: String,
     pub(crate) status: DeliveryStatus,
     pub(crate) attempts: u32,
-    pub(crate) error: Option<(String, &'static str)>,
+    pub(crate) error: Option<(ErrorText, &'static str)>,
 }
 
 /// The new state of a message that did not simply succeed at once.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct OutcomeWrite {
     pub(crate) seq: i64,
+    /// The token of the claim it was run under.
+    pub(crate) token: i64,
     pub(crate) message_id: Uuid,
     pub(crate) status: MessageStatus,
     /// For a pending message: when it is available again, from now.
     pub(crate) retry_in: Duration,
-    pub(crate) error: Option<(String, &'static str)>,
+    pub(crate) error: Option<(ErrorText, &'static str)>,
     pub(crate) deliveries: Vec<DeliveryWrite>,
     /// Whether its handlers ran (counted in `attempts`); a message left for another relay
     /// did not run.
@@ -130,6 +140,18 @@ pub(crate) struct Completion {
     pub(crate) outcomes: Vec<OutcomeWrite>,
     pub(crate) blocks: Vec<BlockWrite>,
     pub(crate) releases: Vec<ReleaseWrite>,
+    /// The tokens of the claims of every message in it (lists are fenced by these).
+    pub(crate) tokens: Vec<i64>,
+}
+
+impl Completion {
+    /// Every message it writes about.
+    pub(crate) fn seqs(&self) -> Vec<i64> {
+        let mut v: Vec<i64> = self.delivered.clone();
+        v.extend(self.outcomes.iter().map(|o| o.seq));
+        v.extend(self.releases.iter().flat_map(|r| r.seqs.iter().copied()));
+        v
+    }
 }
 
 /// What a completion wrote.
@@ -149,6 +171,21 @@ pub(crate) struct Written {
     pub(crate) released: u64,
     /// Messages this relay no longer held (its lease had passed to another relay).
     pub(crate) lease_lost: u64,
+    /// Messages whose outcome the database refused: recorded as `outcome_unwritable`.
+    pub(crate) unwritable: u64,
+}
+
+impl std::ops::AddAssign for Written {
+    fn add_assign(&mut self, b: Self) {
+        self.delivered += b.delivered;
+        self.unhandled += b.unhandled;
+        self.retried += b.retried;
+        self.dead += b.dead;
+        self.left_for_others += b.left_for_others;
+        self.released += b.released;
+        self.lease_lost += b.lease_lost;
+        self.unwritable += b.unwritable;
+    }
 }
 
 impl Written {

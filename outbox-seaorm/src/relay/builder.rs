@@ -29,6 +29,7 @@ pub struct RelayBuilder {
     max_crashes: u32,
     unknown_type_delay: Duration,
     require_trace_context: bool,
+    reserve_connections: u32,
 }
 
 impl Relay {
@@ -59,12 +60,14 @@ impl Relay {
                 claim_timeout: Duration::from_secs(5),
                 flush_after: Duration::from_millis(2),
                 metrics_interval: Some(Duration::from_secs(15)),
+                cancel_grace: Duration::from_secs(5),
             },
             retry: RetryPolicy::default(),
             order: DeliveryOrder::PerAggregate(OnFailure::Block),
             max_crashes: 3,
             unknown_type_delay: Duration::from_secs(60),
             require_trace_context: false,
+            reserve_connections: 5,
         }
     }
 }
@@ -140,10 +143,32 @@ impl RelayBuilder {
 
     /// How many messages (unordered) or aggregates (ordered) are handled at once (default 16).
     /// Each runs on its own task. Size the database pool for it: handlers that use the
-    /// database need a connection each, and the relay needs up to 3 of its own (claim,
-    /// completer, heartbeat), so `max_connections ≥ concurrency + 3`.
+    /// database need a connection each (`max_connections ≥ concurrency`); the relay's own
+    /// writes use connections of their own (see [`reserve_connections`](Self::reserve_connections)).
     pub fn concurrency(mut self, n: usize) -> Self {
         self.settings.concurrency = n;
+        self
+    }
+
+    /// How long a handler call whose lease was lost may go on after it is cancelled before it
+    /// is aborted (default 5 s). The heartbeat finds a lost lease (it lapsed, say while the
+    /// relay was starved, and another relay claimed the message): the call's
+    /// [`HandlerContext::cancelled`](outbox_seaorm_core::HandlerContext::cancelled) completes,
+    /// its outcome is dropped, and after this grace its task is aborted.
+    pub fn cancel_grace(mut self, d: Duration) -> Self {
+        self.settings.cancel_grace = d;
+        self
+    }
+
+    /// Connections of the relay's own pool, for its claims, outcome writes and lease renewals
+    /// (default 5, plus one for PostgreSQL `LISTEN`; opened when needed): handlers that hold
+    /// every connection of the application's pool (`ctx.db()`) cannot make the relay's writes
+    /// wait, so a starved pool does not cost the relay its leases. The pool opens the same
+    /// database with the application pool's options (and, on PostgreSQL, its search path); an
+    /// in-memory SQLite database is shared through the application's pool. `0`: the relay
+    /// uses the application's pool for everything; size it `concurrency + 3` or more.
+    pub fn reserve_connections(mut self, n: u32) -> Self {
+        self.reserve_connections = n;
         self
     }
 
@@ -257,6 +282,7 @@ impl RelayBuilder {
         if s.handler_timeout > Duration::from_secs(86_400)
             || s.poll_interval > Duration::from_secs(86_400)
             || s.shutdown_timeout > Duration::from_secs(86_400)
+            || s.cancel_grace > Duration::from_secs(86_400)
             || self.unknown_type_delay > Duration::from_secs(86_400)
         {
             return invalid("durations must be at most 24 h");
@@ -297,8 +323,35 @@ impl RelayBuilder {
         for event_type in registry.event_types_without_handlers() {
             tracing::debug!(relay = %id, event_type, "no handler for event type; its messages complete at once");
         }
+        let own = if self.reserve_connections == 0 {
+            None
+        } else {
+            let n = self.reserve_connections + u32::from(driver.listen_channel().is_some());
+            match driver.reserve(&self.db, n).await {
+                // Checked: it sees the same tables.
+                Ok(Some(own)) => match driver.check_schema(&own).await {
+                    Ok(()) => Some(own),
+                    Err(e) => {
+                        tracing::warn!(
+                            relay = %id, error = %e,
+                            "the relay's own pool does not see the outbox tables; it shares \
+                             the application's pool"
+                        );
+                        None
+                    }
+                },
+                Ok(None) => None,
+                Err(e) => {
+                    tracing::warn!(
+                        relay = %id, error = %e,
+                        "could not open the relay's own pool; it shares the application's pool"
+                    );
+                    None
+                }
+            }
+        };
         let pool = driver.pool_size(&self.db) as usize;
-        if pool < self.settings.concurrency + 3 {
+        if own.is_none() && pool < self.settings.concurrency + 3 {
             // Only handlers that use the database need the extra connections; the relay works
             // (serially) even on SeaORM's default single SQLite connection.
             tracing::info!(
@@ -320,7 +373,7 @@ impl RelayBuilder {
         });
         Ok(Relay {
             shared: Arc::new(Shared {
-                db: self.db,
+                db: own.unwrap_or(self.db),
                 driver,
                 registry,
                 extensions: Arc::new(self.extensions),

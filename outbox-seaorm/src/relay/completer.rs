@@ -12,7 +12,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::Shared;
-use crate::driver::{BlockWrite, Completion, OutcomeWrite, ReleaseWrite, Written};
+use crate::driver::{
+    BlockWrite, Completion, ErrorText, Fault, OutcomeWrite, ReleaseWrite, Written, fault,
+};
+use crate::entity::MessageStatus;
 use crate::relay::policy::DeliveredRows;
 
 /// Something to write about one or more held messages.
@@ -96,7 +99,7 @@ async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Batch>) -> Wri
             }
         }
         let w = write(&shared, &mut batches).await;
-        total = add(total, w);
+        total += w;
         for b in batches {
             if let Some(ack) = b.ack {
                 let _ = ack.send(());
@@ -114,65 +117,166 @@ fn count(batches: &[Batch]) -> usize {
         .sum()
 }
 
-/// Writes the batches, retrying a failed write with back-off for up to one lease (after that
-/// the leases have expired and other relays deliver the messages again).
+/// Writes the batches: all in one transaction; when the database refuses it, split until the
+/// batch it refuses is found, whose outcome is recorded as `outcome_unwritable` while the rest
+/// commits. A write the database could not take (a lost connection, a deadlock) is retried
+/// with back-off for up to one lease (after that the leases have expired and other relays
+/// deliver the messages again).
 async fn write(shared: &Shared, batches: &mut [Batch]) -> Written {
-    let mut c = Completion {
-        delete: shared.settings.delivered == DeliveredRows::Delete,
-        ..Completion::default()
-    };
-    let mut seqs = Vec::new();
-    for item in batches.iter_mut().flat_map(|b| b.items.drain(..)) {
-        seqs.extend(item.seqs());
-        match item {
-            Item::Delivered(s) => c.delivered.push(s),
-            Item::Outcome(o) => c.outcomes.push(o),
-            Item::Block(b) => c.blocks.push(b),
-            Item::Release(v) => c.releases.push(ReleaseWrite { seqs: v }),
-        }
-    }
+    let units: Vec<Vec<Item>> = batches
+        .iter_mut()
+        .map(|b| std::mem::take(&mut b.items))
+        .filter(|u| !u.is_empty())
+        .collect();
+    let seqs: Vec<i64> = units.iter().flatten().flat_map(Item::seqs).collect();
     let give_up = tokio::time::Instant::now() + shared.settings.lease;
     let mut backoff = Duration::from_millis(50);
-    let written = loop {
-        match shared.driver.complete(&shared.db, &shared.id, &c).await {
-            Ok(w) => break w,
-            Err(e) if tokio::time::Instant::now() + backoff < give_up => {
-                super::stats::bump(&shared.stats.errors, 1);
-                tracing::warn!(relay = %shared.id, error = %e.report(), retry_in = ?backoff, "could not write outcomes");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-            Err(e) => {
-                super::stats::bump(&shared.stats.errors, 1);
-                tracing::error!(
-                    relay = %shared.id, error = %e.report(), messages = seqs.len(),
-                    "gave up writing outcomes; these messages will be delivered again"
-                );
-                break Written::default();
-            }
+    let mut total = Written::default();
+    let mut todo = units;
+    let mut again = false;
+    while !todo.is_empty() {
+        let (w, left, error) = write_split(shared, todo, again).await;
+        total += w;
+        todo = left;
+        let Some(e) = error else { break };
+        // The failed try may have committed before its answer was lost: the next one counts a
+        // row this relay already wrote as written, not as lost.
+        again = true;
+        super::stats::bump(&shared.stats.errors, 1);
+        if tokio::time::Instant::now() + backoff < give_up {
+            tracing::warn!(relay = %shared.id, error = %e, retry_in = ?backoff, "could not write outcomes");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        } else {
+            tracing::error!(
+                relay = %shared.id, error = %e, messages = todo.iter().flatten().flat_map(Item::seqs).count(),
+                "gave up writing outcomes; these messages will be delivered again"
+            );
+            break;
         }
-    };
-    if written.lease_lost > 0 {
+    }
+    if total.lease_lost > 0 {
         tracing::warn!(
-            relay = %shared.id, messages = written.lease_lost,
+            relay = %shared.id, messages = total.lease_lost,
             "lease expired before the outcome was written: another relay took these over \
              and they may be delivered twice"
         );
     }
-    shared.stats.written(&written);
-    super::metrics::written(&written);
+    shared.stats.written(&total);
+    super::metrics::written(&total);
     shared.held.written(seqs);
-    written
+    total
 }
 
-fn add(a: Written, b: Written) -> Written {
-    Written {
-        delivered: a.delivered + b.delivered,
-        unhandled: a.unhandled + b.unhandled,
-        retried: a.retried + b.retried,
-        dead: a.dead + b.dead,
-        left_for_others: a.left_for_others + b.left_for_others,
-        released: a.released + b.released,
-        lease_lost: a.lease_lost + b.lease_lost,
+/// One try of `units`: what was written, the units left and why, when the database could not
+/// take them.
+async fn write_split(
+    shared: &Shared,
+    units: Vec<Vec<Item>>,
+    again: bool,
+) -> (Written, Vec<Vec<Item>>, Option<crate::Error>) {
+    let mut written = Written::default();
+    let mut stack = vec![units];
+    while let Some(mut part) = stack.pop() {
+        let c = completion(shared, &part);
+        let e = match shared
+            .driver
+            .complete(&shared.db, &shared.id, &c, again)
+            .await
+        {
+            Ok(w) => {
+                written += w;
+                continue;
+            }
+            Err(e) => e,
+        };
+        if fault(&e) != Fault::Refused {
+            stack.push(part);
+            return (written, stack.into_iter().flatten().collect(), Some(e));
+        }
+        if part.len() > 1 {
+            let second = part.split_off(part.len() / 2);
+            stack.push(second);
+            stack.push(part);
+            continue;
+        }
+        // The one message (with what it does to its aggregate) the database refuses: record
+        // that, with the database's error, in place of its outcome.
+        let fallback = unwritable(shared, &c, &e);
+        tracing::error!(
+            relay = %shared.id, error = %e, messages = ?c.seqs(),
+            "the database refused this outcome: recorded as outcome_unwritable"
+        );
+        match shared
+            .driver
+            .complete(&shared.db, &shared.id, &fallback, again)
+            .await
+        {
+            Ok(mut w) => {
+                w.unwritable += fallback.outcomes.len() as u64;
+                written += w;
+            }
+            Err(e2) => {
+                stack.push(part);
+                return (written, stack.into_iter().flatten().collect(), Some(e2));
+            }
+        }
     }
+    (written, Vec::new(), None)
+}
+
+/// The completion of `units`.
+fn completion(shared: &Shared, units: &[Vec<Item>]) -> Completion {
+    let mut c = Completion {
+        delete: shared.settings.delivered == DeliveredRows::Delete,
+        ..Completion::default()
+    };
+    let mut tokens = Vec::new();
+    for item in units.iter().flatten() {
+        match item {
+            Item::Delivered(s) => c.delivered.push(*s),
+            Item::Outcome(o) => {
+                tokens.push(o.token);
+                c.outcomes.push(o.clone());
+            }
+            Item::Block(b) => c.blocks.push(b.clone()),
+            Item::Release(v) => c.releases.push(ReleaseWrite { seqs: v.clone() }),
+        }
+    }
+    tokens.extend(shared.held.tokens_of(c.seqs()));
+    tokens.sort_unstable();
+    tokens.dedup();
+    c.tokens = tokens;
+    c
+}
+
+/// `c` with every outcome's error (and every failed delivery's) replaced by the database's
+/// refusal, kind `outcome_unwritable`; a message delivered at once becomes such an outcome
+/// too. Statuses, attempts and retry times stay: the retry policy still counts exactly.
+fn unwritable(shared: &Shared, c: &Completion, e: &crate::Error) -> Completion {
+    let text = ErrorText::new(&format!("the database refused this message's outcome: {e}"));
+    let error = Some((text, "outcome_unwritable"));
+    let mut f = c.clone();
+    for seq in std::mem::take(&mut f.delivered) {
+        f.outcomes.push(OutcomeWrite {
+            seq,
+            token: shared.held.token(seq).unwrap_or(0),
+            message_id: uuid::Uuid::nil(),
+            status: MessageStatus::Delivered,
+            retry_in: Duration::ZERO,
+            error: None,
+            deliveries: Vec::new(),
+            ran: true,
+            delete: c.delete,
+        });
+    }
+    for o in &mut f.outcomes {
+        o.error = error.clone();
+        for d in &mut o.deliveries {
+            if d.error.is_some() {
+                d.error = error.clone();
+            }
+        }
+    }
+    f
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use outbox_seaorm_core::{Error as CoreError, RetryPolicy};
 
-use crate::driver::{DeliveryState, DeliveryWrite, Hold};
+use crate::driver::{DeliveryState, DeliveryWrite, ErrorText, Hold};
 use crate::entity::DeliveryStatus;
 use crate::relay::policy::{DeliveryOrder, OnFailure};
 
@@ -30,13 +30,13 @@ pub(crate) enum Verdict {
     /// A delivery failed and will be tried again after `after`.
     Retry {
         after: Duration,
-        error: (String, &'static str),
+        error: (ErrorText, &'static str),
         deliveries: Vec<DeliveryWrite>,
     },
     /// A delivery failed for good (attempts used up, or an error no retry can fix) and none
     /// is waiting for a retry.
     Dead {
-        error: (String, &'static str),
+        error: (ErrorText, &'static str),
         deliveries: Vec<DeliveryWrite>,
     },
     /// The event type is unknown to this process (a newer version wrote it): left untouched
@@ -115,7 +115,7 @@ pub(crate) fn decide(
     }
     let mut deliveries = Vec::with_capacity(runs.len());
     let mut retry_after: Option<Duration> = None;
-    let mut first_error: Option<(String, &'static str)> = None;
+    let mut first_error: Option<(ErrorText, &'static str)> = None;
     let mut dead = dead_before;
     for r in runs {
         let attempts = r.before + 1;
@@ -129,7 +129,8 @@ pub(crate) fn decide(
             Err(e) => {
                 let failures = attempts;
                 let gives_up = !e.is_retryable() || policy.retry.is_exhausted(failures);
-                let error = (e.report(), e.kind());
+                // The one place a handler's error becomes stored text.
+                let error = (ErrorText::from_error(&e), e.kind());
                 if gives_up {
                     dead = true;
                 } else {
@@ -160,7 +161,7 @@ pub(crate) fn decide(
         (None, true) => Verdict::Dead {
             error: first_error.unwrap_or_else(|| {
                 (
-                    "a delivery of this message is dead; requeue it to retry".to_owned(),
+                    ErrorText::new("a delivery of this message is dead; requeue it to retry"),
                     "delivery_dead",
                 )
             }),

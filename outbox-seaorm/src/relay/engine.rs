@@ -28,6 +28,8 @@ pub(crate) async fn claim(shared: &Shared, limit: u32) -> Result<Vec<Claimed>> {
             dead_blocks: f == OnFailure::Block,
         },
     };
+    // Never claim again what this relay still holds or runs, even if its lease lapsed.
+    let held = shared.held.all();
     let spec = ClaimSpec {
         relay: &shared.id,
         limit,
@@ -35,6 +37,8 @@ pub(crate) async fn claim(shared: &Shared, limit: u32) -> Result<Vec<Claimed>> {
         order,
         window: s.window.max(limit),
         timeout: s.claim_timeout,
+        token: new_token(),
+        held: &held,
     };
     let started = std::time::Instant::now();
     let batch = shared.driver.claim(&shared.db, &spec).await?;
@@ -44,9 +48,18 @@ pub(crate) async fn claim(shared: &Shared, limit: u32) -> Result<Vec<Claimed>> {
         bump(&shared.stats.claimed, batch.len() as u64);
         shared
             .held
-            .claimed(batch.iter().map(|c| c.envelope.sequence));
+            .claimed(batch.iter().map(|c| c.envelope.sequence), spec.token);
     }
     Ok(batch)
+}
+
+/// A fresh claim token: random, so no two claims (of any relay, any process) share one.
+fn new_token() -> i64 {
+    let (hi, lo) = uuid::Uuid::now_v7().as_u64_pair();
+    // The v7 random bits (the low 62 bits of `lo`) mixed with the time, never 0 (which stands
+    // for "none" in a claim's list of held rows).
+    let t = (lo ^ hi.rotate_left(17)) as i64;
+    if t == 0 { 1 } else { t }
 }
 
 /// The per-handler states of the messages of `batch` that may have some (they failed before,
@@ -90,7 +103,9 @@ pub(crate) async fn dispatch(
                 let Ok(_permit) = permits.acquire_owned().await else {
                     return;
                 };
-                worker::run_group(&shared, group, &prior, &out, Mode::Normal).await;
+                let seqs: Vec<i64> = group.iter().map(|c| c.envelope.sequence).collect();
+                let run = worker::run_group(&shared, group, &prior, &out, Mode::Normal);
+                guarded(&shared, &seqs, &out, run).await;
             });
         }
         return Ok(());
@@ -100,14 +115,59 @@ pub(crate) async fn dispatch(
         relay = %shared.id, suspects,
         "a relay died or hung holding some of these messages: running the batch one message at a time"
     );
-    // Nothing else of this relay may run meanwhile, or a crash would be blamed on the wrong
-    // message.
-    while running.join_next().await.is_some() {}
-    out.send_and_wait(Vec::new()).await;
-    for group in groups {
-        worker::run_group(shared, group, &prior, out, Mode::Careful).await;
-    }
+    // On a task of its own, under the relay's shutdown like any group. Nothing else of this
+    // relay may run meanwhile, or a crash would be blamed on the wrong message: it takes every
+    // permit (groups already running finish first, later ones wait).
+    let (shared, out, permits) = (shared.clone(), out.clone(), permits.clone());
+    let all = u32::try_from(shared.settings.concurrency).unwrap_or(u32::MAX);
+    running.spawn(async move {
+        let Ok(_permits) = permits.acquire_many_owned(all).await else {
+            return;
+        };
+        out.send_and_wait(Vec::new()).await;
+        for group in groups {
+            let seqs: Vec<i64> = group.iter().map(|c| c.envelope.sequence).collect();
+            let run = worker::run_group(&shared, group, &prior, &out, Mode::Careful);
+            guarded(&shared, &seqs, &out, run).await;
+        }
+    });
     Ok(())
+}
+
+/// Runs a group's future; if it panics (a bug, or user code the relay calls outside a
+/// handler's own task: a metrics recorder, a tracing layer), its messages not decided yet are
+/// given back, counted and logged at ERROR, and the relay goes on.
+async fn guarded(
+    shared: &Shared,
+    seqs: &[i64],
+    out: &Completer,
+    run: impl std::future::Future<Output = ()>,
+) {
+    use futures_util::FutureExt;
+    let Err(panic) = std::panic::AssertUnwindSafe(run).catch_unwind().await else {
+        return;
+    };
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_owned());
+    let open: Vec<i64> = shared
+        .held
+        .open()
+        .into_iter()
+        .filter(|s| seqs.contains(s))
+        .collect();
+    bump(&shared.stats.group_panics, 1);
+    tracing::error!(
+        relay = %shared.id, released = open.len(), panic = %message,
+        "a group task panicked: giving its undecided messages back; the relay goes on"
+    );
+    shared.held.forget_lost(seqs);
+    if !open.is_empty() {
+        shared.held.decided(open.iter().copied());
+        out.send(vec![Item::Release(open)]);
+    }
 }
 
 /// The background relay: claims while fewer than half a batch of its messages are undecided,

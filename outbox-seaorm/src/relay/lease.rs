@@ -18,12 +18,24 @@ enum State {
     Open,
     /// Decided; the completer has not written it yet.
     Decided,
+    /// Its lease passed to another relay while it was open: its handler calls are cancelled,
+    /// it is not run (again) and nothing is written about it.
+    Lost,
+}
+
+#[derive(Debug)]
+struct Entry {
+    state: State,
+    /// The token of the claim that returned it.
+    token: i64,
+    /// Cancels its handler calls, while they run.
+    cancel: Option<CancellationToken>,
 }
 
 /// The messages a relay holds: claimed and not yet written.
 #[derive(Debug)]
 pub(crate) struct Held {
-    map: Mutex<HashMap<i64, State>>,
+    map: Mutex<HashMap<i64, Entry>>,
     /// Bumped when a message is decided: room for another claim.
     decided: watch::Sender<u64>,
     /// Bumped when the completer wrote: the database changed (followers may be free).
@@ -41,21 +53,65 @@ impl Default for Held {
 }
 
 impl Held {
-    fn lock(&self) -> MutexGuard<'_, HashMap<i64, State>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<i64, Entry>> {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) fn claimed(&self, seqs: impl IntoIterator<Item = i64>) {
-        self.lock()
-            .extend(seqs.into_iter().map(|s| (s, State::Open)));
+    /// Messages claimed under the claim `token`.
+    pub(crate) fn claimed(&self, seqs: impl IntoIterator<Item = i64>, token: i64) {
+        self.lock().extend(seqs.into_iter().map(|s| {
+            (
+                s,
+                Entry {
+                    state: State::Open,
+                    token,
+                    cancel: None,
+                },
+            )
+        }));
+    }
+
+    /// The message is about to run with `cancel` on its handlers' contexts. `false` when its
+    /// lease was lost already: then it must not run.
+    pub(crate) fn running(&self, seq: i64, cancel: &CancellationToken) -> bool {
+        match self.lock().get_mut(&seq) {
+            Some(e) if e.state == State::Lost => false,
+            Some(e) => {
+                e.cancel = Some(cancel.clone());
+                true
+            }
+            None => true,
+        }
+    }
+
+    /// Marks the open ones of `seqs` lost and cancels their handler calls. Returns how many
+    /// were running.
+    pub(crate) fn lost(&self, seqs: &[i64]) -> u64 {
+        let mut running = 0;
+        let mut m = self.lock();
+        for s in seqs {
+            if let Some(e) = m.get_mut(s)
+                && e.state == State::Open
+            {
+                e.state = State::Lost;
+                if let Some(c) = e.cancel.take() {
+                    c.cancel();
+                    running += 1;
+                }
+            }
+        }
+        running
     }
 
     pub(crate) fn decided(&self, seqs: impl IntoIterator<Item = i64>) {
         {
             let mut m = self.lock();
             for s in seqs {
-                if let Some(st) = m.get_mut(&s) {
-                    *st = State::Decided;
+                if let Some(e) = m.get_mut(&s)
+                    && e.state == State::Open
+                {
+                    e.state = State::Decided;
+                    e.cancel = None;
                 }
             }
         }
@@ -72,12 +128,39 @@ impl Held {
         self.written.send_modify(|n| *n = n.wrapping_add(1));
     }
 
+    /// Forgets the lost ones of `seqs` (nothing will be written about them).
+    pub(crate) fn forget_lost(&self, seqs: &[i64]) {
+        let mut m = self.lock();
+        for s in seqs {
+            if m.get(s).is_some_and(|e| e.state == State::Lost) {
+                m.remove(s);
+            }
+        }
+    }
+
+    /// The claim token of a held message.
+    pub(crate) fn token(&self, seq: i64) -> Option<i64> {
+        self.lock().get(&seq).map(|e| e.token)
+    }
+
+    /// The distinct claim tokens of `seqs`.
+    pub(crate) fn tokens_of(&self, seqs: impl IntoIterator<Item = i64>) -> Vec<i64> {
+        let m = self.lock();
+        let mut v: Vec<i64> = seqs
+            .into_iter()
+            .filter_map(|s| m.get(&s).map(|e| e.token))
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
     /// Messages claimed and not decided.
     pub(crate) fn open(&self) -> Vec<i64> {
         let mut v: Vec<i64> = self
             .lock()
             .iter()
-            .filter(|(_, st)| **st == State::Open)
+            .filter(|(_, e)| e.state == State::Open)
             .map(|(s, _)| *s)
             .collect();
         v.sort_unstable();
@@ -87,15 +170,30 @@ impl Held {
     pub(crate) fn open_count(&self) -> usize {
         self.lock()
             .values()
-            .filter(|st| **st == State::Open)
+            .filter(|e| e.state == State::Open)
             .count()
     }
 
-    /// Every message held (its lease must be kept).
+    /// Every message held, lost ones too: a claim of this relay skips them all.
     pub(crate) fn all(&self) -> Vec<i64> {
         let mut v: Vec<i64> = self.lock().keys().copied().collect();
         v.sort_unstable();
         v
+    }
+
+    /// The messages whose lease must be kept (all but the lost), and their claims' tokens.
+    fn to_extend(&self) -> (Vec<i64>, Vec<i64>) {
+        let m = self.lock();
+        let mut seqs = Vec::new();
+        let mut tokens = Vec::new();
+        for (s, e) in m.iter().filter(|(_, e)| e.state != State::Lost) {
+            seqs.push(*s);
+            tokens.push(e.token);
+        }
+        seqs.sort_unstable();
+        tokens.sort_unstable();
+        tokens.dedup();
+        (seqs, tokens)
     }
 
     pub(crate) fn on_decided(&self) -> watch::Receiver<u64> {
@@ -118,7 +216,7 @@ pub(crate) async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken, anno
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let held = shared.held.all();
+        let (held, tokens) = shared.held.to_extend();
         if announce
             && let Err(e) = shared
                 .driver
@@ -132,13 +230,30 @@ pub(crate) async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken, anno
         }
         let result = shared
             .driver
-            .extend_leases(&shared.db, &shared.id, &held, shared.settings.lease)
+            .extend_leases(
+                &shared.db,
+                &shared.id,
+                &held,
+                &tokens,
+                shared.settings.lease,
+            )
             .await;
         match result {
-            Ok(n) if (n as usize) < held.len() => tracing::debug!(
-                relay = %shared.id, held = held.len(), extended = n,
-                "some leases were already written or taken over"
-            ),
+            Ok(kept) if kept.len() < held.len() => {
+                let gone: Vec<i64> = held.into_iter().filter(|s| !kept.contains(s)).collect();
+                // Only open messages matter: a decided one was written meanwhile, or its
+                // write is fenced and counted as lost by the completer.
+                let cancelled = shared.held.lost(&gone);
+                if cancelled > 0 {
+                    super::stats::bump(&shared.stats.cancelled, cancelled);
+                    tracing::warn!(
+                        relay = %shared.id, cancelled,
+                        "lost the lease on running messages (it lapsed and another relay \
+                         claimed them): their handler calls are cancelled and their outcomes \
+                         dropped"
+                    );
+                }
+            }
             Ok(_) => {}
             Err(e) => warn_lease(&shared.id, &e),
         }

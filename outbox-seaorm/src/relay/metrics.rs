@@ -7,7 +7,7 @@
 //! | --- | --- | --- |
 //! | `messaging.process.duration` | histogram | `messaging.consumer.group.name` (handler or route), `messaging.destination.name` (event type), `error.type` (on failure) |
 //! | `messaging.client.sent.messages` | counter | route name and event type, as above |
-//! | `outbox.messages` | counter | `outcome`: delivered, retried, dead, unhandled, left_for_others, released, lease_lost |
+//! | `outbox.messages` | counter | `outcome`: delivered, retried, dead, unhandled, left_for_others, released, lease_lost, outcome_unwritable |
 //! | `outbox.delivery.lag` | histogram | `messaging.destination.name`: from recording to the last handler done |
 //! | `outbox.claim.duration` | histogram | (an empty claim included) |
 //! | `outbox.claimed`, `outbox.batches` | counter | messages claimed; claims that found some |
@@ -72,7 +72,7 @@ pub(crate) fn claimed(took: Duration, n: usize) {
     }
 }
 
-const OUTCOMES: [&str; 7] = [
+const OUTCOMES: [&str; 8] = [
     "delivered",
     "unhandled",
     "retried",
@@ -80,6 +80,7 @@ const OUTCOMES: [&str; 7] = [
     "left_for_others",
     "released",
     "lease_lost",
+    "outcome_unwritable",
 ];
 
 /// Describes the metrics and creates every outcome's counter at 0 when a relay starts, so the
@@ -128,6 +129,7 @@ pub(crate) fn written(w: &Written) {
         ("left_for_others", w.left_for_others),
         ("released", w.released),
         ("lease_lost", w.lease_lost),
+        ("outcome_unwritable", w.unwritable),
     ] {
         if n > 0 {
             counter!("outbox.messages", "outcome" => outcome).increment(n);

@@ -11,8 +11,10 @@
 //! - **Decide** ([`decide`]): a pure function of the message's prior state, its handlers'
 //!   results and the policy.
 //! - **Write** ([`completer`]): verdicts are written a few milliseconds after they are made,
-//!   in batches, fenced by the lease; the leases of everything still held are renewed by a
-//!   heartbeat task ([`lease`]).
+//!   one transaction per batch (split to find a message the database refuses, recorded as
+//!   `outcome_unwritable`), fenced by the claim's token; the leases of everything still held
+//!   are renewed by a heartbeat task ([`lease`]), which cancels the handler calls of leases it
+//!   finds lost.
 //! - **Report** ([`metrics`]): counters and histograms through the `metrics` facade, and
 //!   gauges from one cheap query per interval by one relay at a time.
 //! - **After a crash**: messages claimed before by a relay that never wrote their outcome are
@@ -103,6 +105,7 @@ pub(crate) struct Settings {
     pub(crate) claim_timeout: Duration,
     pub(crate) flush_after: Duration,
     pub(crate) metrics_interval: Option<Duration>,
+    pub(crate) cancel_grace: Duration,
 }
 
 /// What the relay gives the handlers it calls, for [`HandlerContextExt`] and the inbox.

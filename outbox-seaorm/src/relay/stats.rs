@@ -27,6 +27,9 @@ pub struct BatchReport {
     pub left_for_others: usize,
     /// Messages another relay had taken over when this one wrote their outcome (lease expired).
     pub lease_lost: usize,
+    /// Messages whose outcome the database refused, recorded with the error kind
+    /// `outcome_unwritable` (also counted under their verdict).
+    pub unwritable: usize,
 }
 
 impl BatchReport {
@@ -38,6 +41,7 @@ impl BatchReport {
         self.left_for_others += w.left_for_others as usize;
         self.released += w.released as usize;
         self.lease_lost += w.lease_lost as usize;
+        self.unwritable += w.unwritable as usize;
     }
 }
 
@@ -51,6 +55,7 @@ impl std::ops::AddAssign for BatchReport {
         self.released += o.released;
         self.left_for_others += o.left_for_others;
         self.lease_lost += o.lease_lost;
+        self.unwritable += o.unwritable;
     }
 }
 
@@ -80,6 +85,13 @@ pub struct RelayStats {
     pub suspects: u64,
     /// Outcomes not written because the lease had passed to another relay.
     pub lease_lost: u64,
+    /// Outcomes the database refused, recorded with the error kind `outcome_unwritable`.
+    pub unwritable: u64,
+    /// Handler calls cancelled because the heartbeat found their message's lease lost (their
+    /// outcomes dropped).
+    pub cancelled: u64,
+    /// Group tasks that panicked; their messages were given back.
+    pub group_panics: u64,
     /// Claims retried at once after a deadlock (MariaDB).
     pub conflicts_retried: u64,
     /// Database errors the relay recovered from.
@@ -100,6 +112,9 @@ pub(crate) struct Stats {
     pub(crate) left_for_others: AtomicU64,
     pub(crate) suspects: AtomicU64,
     pub(crate) lease_lost: AtomicU64,
+    pub(crate) unwritable: AtomicU64,
+    pub(crate) cancelled: AtomicU64,
+    pub(crate) group_panics: AtomicU64,
     pub(crate) errors: AtomicU64,
 }
 
@@ -115,6 +130,7 @@ impl Stats {
         bump(&self.left_for_others, w.left_for_others);
         bump(&self.released, w.released);
         bump(&self.lease_lost, w.lease_lost);
+        bump(&self.unwritable, w.unwritable);
     }
 
     pub(crate) fn snapshot(&self, conflicts_retried: u64) -> RelayStats {
@@ -131,6 +147,9 @@ impl Stats {
             left_for_others: get(&self.left_for_others),
             suspects: get(&self.suspects),
             lease_lost: get(&self.lease_lost),
+            unwritable: get(&self.unwritable),
+            cancelled: get(&self.cancelled),
+            group_panics: get(&self.group_panics),
             conflicts_retried,
             errors: get(&self.errors),
         }

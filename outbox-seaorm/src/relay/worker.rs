@@ -14,7 +14,7 @@ use super::decide::{self, Ran, Verdict};
 use super::metrics;
 use super::policy::DeliveryOrder;
 use super::stats::bump;
-use crate::driver::{BlockWrite, Claimed, DeliveryState, OutcomeWrite};
+use crate::driver::{BlockWrite, Claimed, DeliveryState, ErrorText, OutcomeWrite};
 use crate::entity::{DeliveryStatus, MessageStatus};
 
 /// Per-handler states of the messages of a batch that failed before.
@@ -78,7 +78,8 @@ pub(crate) async fn run_group(
         let seq = c.envelope.sequence;
         let Some(verdict) = run_message(shared, &c, prior.get(&c.envelope.message_id), mode).await
         else {
-            // The lease is gone (another relay holds the message now): nothing to write.
+            // The lease is gone (another relay holds the message now): nothing to write, and
+            // the handler calls, if any ran, have ended.
             shared.held.written([seq]);
             continue;
         };
@@ -119,7 +120,7 @@ async fn run_message(
         // Counted before it runs alone: if this process dies now, the count stands.
         match shared
             .driver
-            .count_crash(&shared.db, &shared.id, envelope.sequence)
+            .count_crash(&shared.db, &shared.id, envelope.sequence, c.token)
             .await
         {
             Ok(true) => crashes += 1,
@@ -162,6 +163,11 @@ async fn run_message(
             .and_then(|p| p.get(e.name()))
             .is_some_and(|s| s.status == DeliveryStatus::Dead)
     });
+    // Cancelled when the heartbeat finds the lease lost: handlers see it on their context.
+    let cancel = tokio_util::sync::CancellationToken::new();
+    if !shared.held.running(envelope.sequence, &cancel) {
+        return None;
+    }
     let envelope = Arc::new(envelope.clone());
     let calls = to_run.into_iter().map(|(name, before)| {
         let entry = entries
@@ -175,7 +181,8 @@ async fn run_message(
             shared.extensions.clone(),
             shared.registry.upcasters().clone(),
         )
-        .with_host(shared.host.clone());
+        .with_host(shared.host.clone())
+        .with_cancellation(cancel.clone());
         let timeout = shared.settings.handler_timeout;
         let is_route = shared.registry.routes().any(|r| r.name() == name);
         let event_type = &envelope.event_type;
@@ -190,7 +197,22 @@ async fn run_message(
             }
         }
     });
-    let runs = futures_util::future::join_all(calls).await;
+    let grace = shared.settings.cancel_grace;
+    let runs = tokio::select! {
+        runs = futures_util::future::join_all(calls) => runs,
+        // Dropping the calls aborts their tasks.
+        () = async { cancel.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(
+                relay = %shared.id, message_id = %envelope.message_id, grace = ?grace,
+                "lease lost: handler calls that did not stop within the grace period are aborted"
+            );
+            return None;
+        }
+    };
+    if cancel.is_cancelled() {
+        // Another relay holds the message now: this run's outcome is not ours to write.
+        return None;
+    }
     let had_rows = prior.is_some_and(|p| !p.is_empty());
     let verdict = decide::decide(runs, dead_before, had_rows, &shared.policy);
     if let Verdict::Delivered { .. } = &verdict {
@@ -210,9 +232,10 @@ fn item(shared: &Shared, c: &Claimed, verdict: &Verdict, prior: &Prior) -> Item 
     let had_rows = prior
         .get(&c.envelope.message_id)
         .is_some_and(|p| !p.is_empty());
-    let outcome = |status, retry_in, error: Option<(String, &'static str)>, deliveries, ran| {
+    let outcome = |status, retry_in, error: Option<(ErrorText, &'static str)>, deliveries, ran| {
         Item::Outcome(OutcomeWrite {
             seq: c.envelope.sequence,
+            token: c.token,
             message_id: c.envelope.message_id,
             status,
             retry_in,
@@ -242,11 +265,11 @@ fn item(shared: &Shared, c: &Claimed, verdict: &Verdict, prior: &Prior) -> Item 
             MessageStatus::Pending,
             after,
             Some((
-                format!(
+                ErrorText::new(&format!(
                     "no relay that knows event type `{event_type}` has taken this message yet \
                      (relay `{}` does not know it)",
                     shared.id
-                ),
+                )),
                 "unknown_event_type",
             )),
             Vec::new(),
@@ -257,10 +280,10 @@ fn item(shared: &Shared, c: &Claimed, verdict: &Verdict, prior: &Prior) -> Item 
             MessageStatus::Dead,
             now,
             Some((
-                format!(
+                ErrorText::new(&format!(
                     "relays died {crashes} times while running this message alone; parked \
                      without running it again (requeue it once the cause is fixed)"
-                ),
+                )),
                 "crashed",
             )),
             Vec::new(),

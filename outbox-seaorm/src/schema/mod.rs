@@ -17,8 +17,21 @@ pub async fn create_tables(db: &impl ConnectionTrait) -> Result<()> {
 
 /// [`create_tables`] with the names of `config`.
 pub async fn create_tables_with(db: &impl ConnectionTrait, config: &OutboxConfig) -> Result<()> {
-    for stmt in statements_with(db.get_database_backend(), config) {
+    let backend = db.get_database_backend();
+    for stmt in statements_with(backend, config) {
         db.execute_unprepared(&stmt).await?;
+    }
+    if backend == DbBackend::Sqlite {
+        // A table created by an earlier version gets the claim token (PostgreSQL and MariaDB
+        // do this with `ADD COLUMN IF NOT EXISTS`, which SQLite lacks).
+        let table = crate::config::quote(backend, config.messages_table());
+        let probe = format!("SELECT claim_token FROM {table} WHERE 1 = 0");
+        if db.execute_unprepared(&probe).await.is_err() {
+            db.execute_unprepared(&format!(
+                "ALTER TABLE {table} ADD COLUMN claim_token BIGINT NULL"
+            ))
+            .await?;
+        }
     }
     Ok(())
 }
