@@ -649,7 +649,9 @@ mod tests {
     async fn a_repeated_completion_is_not_a_lost_lease_and_a_takeover_is() {
         let db = sea_orm::Database::connect("sqlite::memory:").await.unwrap();
         let config = OutboxConfig::default();
-        crate::schema::create_tables(&db, &config).await.unwrap();
+        crate::schema::create_tables_with(&db, &config)
+            .await
+            .unwrap();
         let d = for_backend(DbBackend::Sqlite, &config);
         let txn = db.begin().await.unwrap();
         d.append(&txn, &[row("o", "1"), row("o", "2")])

@@ -12,7 +12,7 @@
 //!
 //! ```
 //! use outbox_seaorm::testing::{CapturePublisher, Harness};
-//! use outbox_seaorm::{publish::Route, DomainEvent, HandlerContext, HandlerEntry, Registry};
+//! use outbox_seaorm::{DomainEvent, HandlerContext, HandlerEntry, Registry, Route};
 //! use outbox_seaorm::UnitOfWork;
 //! use serde::{Deserialize, Serialize};
 //!
