@@ -158,13 +158,23 @@ impl Registry {
         )
     }
 
+    /// Whether a handler or a route takes messages of `event_type` recorded by aggregates of
+    /// `aggregate_type` (when none does, a relay marks them `unhandled`).
+    pub fn takes(&self, event_type: &str, aggregate_type: &str) -> bool {
+        self.handlers_for(event_type).next().is_some()
+            || self
+                .routes
+                .iter()
+                .any(|(m, _)| m.matches_types(event_type, aggregate_type))
+    }
+
     /// The routes, in the order they were added.
     pub fn routes(&self) -> impl Iterator<Item = &HandlerEntry> {
         self.routes.iter().map(|(_, e)| e)
     }
 
     /// Declares an event type this process knows without handling it, so that its messages
-    /// complete at once instead of waiting for a relay that knows the type.
+    /// are marked `unhandled` at once instead of waiting for a relay that knows the type.
     /// [`Registry::from_inventory`] knows every type derived with `DomainEvent` already.
     pub fn with_event<E: crate::DomainEvent>(mut self) -> Self {
         let versions = self

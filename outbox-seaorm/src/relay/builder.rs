@@ -292,8 +292,9 @@ impl RelayBuilder {
             );
         }
         for event_type in registry.event_types_without_handlers() {
-            tracing::debug!(relay = %id, event_type, "no handler for event type; its messages complete at once");
+            tracing::debug!(relay = %id, event_type, "no handler for event type; its messages are marked unhandled");
         }
+        let warned = super::untaken::check(&self.db, &self.config, &registry, &id).await;
         let pool = driver.pool_size(&self.db) as usize;
         if pool < self.settings.concurrency + 3 {
             // Only handlers that use the database need the extra connections; the relay works
@@ -327,7 +328,7 @@ impl RelayBuilder {
                 policy,
                 stats: Default::default(),
                 held: Default::default(),
-                unhandled_types: Default::default(),
+                unhandled_types: std::sync::Mutex::new(warned),
             }),
         })
     }

@@ -148,10 +148,12 @@ async fn run_message(
     if entries.is_empty() {
         bump(&shared.stats.unhandled, 1);
         if shared.first_unhandled(&envelope.event_type) {
-            tracing::info!(
+            tracing::warn!(
                 relay = %shared.id, event_type = %envelope.event_type,
-                "no handler or route here takes this event type: its messages complete \
-                 without being delivered (logged once per type)"
+                "no handler or route in this relay takes this event type: its messages are \
+                 marked `unhandled`, not delivered (is the crate with its handler linked? a \
+                 crate the binary never names is not: add `use that_crate as _;`; then \
+                 `outbox requeue --status unhandled` delivers them) (logged once per type)"
             );
         }
         return Some(Verdict::Unhandled);
@@ -252,7 +254,7 @@ fn item(shared: &Shared, c: &Claimed, verdict: &Verdict, prior: &Prior) -> Item 
             Vec::new(),
             false,
         ),
-        Verdict::Unhandled => outcome(MessageStatus::Delivered, now, None, Vec::new(), false),
+        Verdict::Unhandled => outcome(MessageStatus::Unhandled, now, None, Vec::new(), false),
         Verdict::Crashed { crashes } => outcome(
             MessageStatus::Dead,
             now,
