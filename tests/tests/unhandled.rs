@@ -9,7 +9,8 @@ use assert_cmd::Command;
 use outbox_seaorm::dashboard::{self, DashboardConfig};
 use outbox_seaorm::entity::{MessageStatus, message};
 use outbox_seaorm::{
-    Admin, Envelope, HandlerError, MessageFilter, Publisher, Registry, Retention, Route, UnitOfWork,
+    Admin, DeliveredRows, Envelope, HandlerError, MessageFilter, Publisher, Registry, Retention,
+    Route, UnitOfWork,
 };
 use outbox_tests::dashboard::get;
 use outbox_tests::fixtures::{Numbered, OrderCancelled, OrderPlaced, Recorder, recording};
@@ -20,6 +21,7 @@ use serde_json::Value;
 backend_tests!(
     messages_nothing_takes_are_unhandled_everywhere_and_requeue_delivers_them,
     a_message_a_route_publishes_is_delivered,
+    delete_mode_deletes_delivered_rows_and_keeps_unhandled_ones,
 );
 
 async fn rows(db: &DatabaseConnection) -> Vec<message::Model> {
@@ -215,5 +217,38 @@ async fn a_message_a_route_publishes_is_delivered(t: TestDb) {
         Admin::new(t.db.clone()).counts().await.unwrap().unhandled,
         0
     );
+    t.cleanup().await;
+}
+
+async fn delete_mode_deletes_delivered_rows_and_keeps_unhandled_ones(t: TestDb) {
+    let uow = UnitOfWork::begin(&t.db).await.unwrap();
+    let placed = OrderPlaced {
+        order_id: uuid::Uuid::nil(),
+        amount: 1,
+    };
+    uow.record("order", 1, placed, Default::default()).unwrap();
+    let audit = Numbered {
+        key: "a".into(),
+        n: 1,
+    };
+    uow.record("counter", "a", audit, Default::default())
+        .unwrap();
+    uow.commit().await.unwrap();
+    let relay = outbox_seaorm::Relay::builder(t.db.clone())
+        .registry(
+            Registry::new([recording::<OrderPlaced>("placed", Recorder::new())])
+                .unwrap()
+                .with_event::<Numbered>(),
+        )
+        .delivered_rows(DeliveredRows::Delete)
+        .build()
+        .await
+        .unwrap();
+    let r = relay.drain().await.unwrap();
+    assert_eq!((r.delivered, r.unhandled), (1, 1), "{r:?}");
+    let left = rows(&t.db).await;
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].event_type, "test.numbered");
+    assert_eq!(left[0].status, MessageStatus::Unhandled);
     t.cleanup().await;
 }

@@ -12,7 +12,7 @@ use crate::error::Result;
 /// What a retention round did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RetentionReport {
-    /// Delivered messages deleted.
+    /// Delivered messages deleted (unhandled ones are kept: see `MessageStatus::Unhandled`).
     pub deleted: usize,
     /// Inbox marks deleted.
     pub inbox_deleted: usize,
