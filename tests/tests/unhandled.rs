@@ -162,11 +162,24 @@ async fn messages_nothing_takes_are_unhandled_everywhere_and_requeue_delivers_th
         .build()
         .await
         .unwrap();
-    let requeued = admin
+    outbox(&t)
+        .args([
+            "requeue",
+            "--status",
+            "unhandled",
+            "--event-type",
+            "test.numbered",
+            "--yes",
+        ])
+        .assert()
+        .success();
+    let counts = admin.counts().await.unwrap();
+    assert_eq!((counts.unhandled, counts.pending), (0, 1), "{counts:?}");
+    let again = admin
         .requeue_matching(&MessageFilter::new().status(MessageStatus::Unhandled))
         .await
         .unwrap();
-    assert_eq!(requeued, 1);
+    assert_eq!(again, 0, "nothing unhandled is left to requeue");
     let r = fixed.drain().await.unwrap();
     assert_eq!((r.delivered, r.unhandled), (1, 0), "{r:?}");
     assert_eq!(numbered.all(), [audit]);
