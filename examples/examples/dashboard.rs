@@ -156,6 +156,8 @@ async fn main() -> anyhow::Result<()> {
             std::env::var("RUST_LOG").unwrap_or_else(|_| "warn,outbox_seaorm=info".into()),
         )
         .with_target(false)
+        // Colours on a terminal only: a log written to a file keeps no escape codes.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
     let once = std::env::args().any(|a| a == "--once");
     let addr: std::net::SocketAddr = std::env::var("DASHBOARD_ADDR")

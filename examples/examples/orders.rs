@@ -264,6 +264,8 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
                 .unwrap_or_else(|_| "warn,outbox_seaorm=info,outbox_seaorm_core=error".into()),
         )
         .with_target(false)
+        // Colours on a terminal only: a log written to a file keeps no escape codes.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
 
     let path = std::env::var("ORDERS_DB").unwrap_or_else(|_| "target/orders-example.db".into());

@@ -526,6 +526,7 @@ impl PendingEvent {
                 return Err(crate::Error::InvalidName {
                     what: "header value",
                     name: value.clone(),
+                    rule: format!("the value of header `{name}` contains a NUL character").into(),
                 });
             }
         }
@@ -568,17 +569,23 @@ fn is_extension_charset(name: &str) -> bool {
 
 /// A header name as a CloudEvents extension attribute: `a-z` and `0-9` only, not reserved.
 fn check_extension_name(name: &str) -> crate::Result<()> {
-    let bad = |why: &str| crate::Error::InvalidName {
+    let bad = |rule: String| crate::Error::InvalidName {
         what: "header",
-        name: format!("{name} ({why})"),
+        name: name.to_owned(),
+        rule: rule.into(),
     };
     if !is_extension_charset(name) {
         return Err(bad(
-            "a header travels as a CloudEvents extension attribute: use a-z and 0-9 only",
+            "a header travels as a CloudEvents extension attribute, so its name may hold only \
+             a-z and 0-9"
+                .into(),
         ));
     }
     if RESERVED_ATTRIBUTES.contains(&name) {
-        return Err(bad("the outbox sets this CloudEvents attribute itself"));
+        return Err(bad(format!(
+            "the outbox sets the CloudEvents attribute `{name}` itself, so no header may take \
+             that name"
+        )));
     }
     Ok(())
 }
@@ -625,7 +632,32 @@ mod tests {
                 "{bad}: {err}"
             );
         }
-        let err = with("x-tenant").validate().unwrap_err().to_string();
-        assert!(err.contains("a-z and 0-9"), "{err}");
+        assert_eq!(
+            with("x-tenant").validate().unwrap_err().to_string(),
+            "invalid header \"x-tenant\": a header travels as a CloudEvents extension \
+             attribute, so its name may hold only a-z and 0-9"
+        );
+        assert_eq!(
+            with("id").validate().unwrap_err().to_string(),
+            "invalid header \"id\": the outbox sets the CloudEvents attribute `id` itself, so \
+             no header may take that name"
+        );
+        assert_eq!(
+            crate::check_name("aggregate id", "")
+                .unwrap_err()
+                .to_string(),
+            "invalid aggregate id \"\": it must be 1 to 255 bytes long and contain no NUL \
+             character, and it is empty"
+        );
+        assert_eq!(
+            crate::check_name("aggregate id", &"a".repeat(256))
+                .unwrap_err()
+                .to_string(),
+            format!(
+                "invalid aggregate id {:?}: it must be 1 to 255 bytes long and contain no NUL \
+                 character, and it is 256 bytes long",
+                "a".repeat(256)
+            )
+        );
     }
 }

@@ -117,10 +117,18 @@ pub enum Error {
 
     /// Two handlers share one name. Handler names are stored with delivery state, so they must
     /// be unique; pin one with `#[event_handler(name = "...")]`.
-    #[error("two handlers are registered under the name `{name}`")]
+    #[error(
+        "two handlers are registered under the name `{name}`, {first} and {second}: give one \
+         of them another name (`#[event_handler(name = \"...\")]`)"
+    )]
     DuplicateHandler {
         /// The name used twice.
         name: String,
+        /// One registration: `` fn `module::fn_name` `` for `#[event_handler]`, the source
+        /// line that built a [`HandlerEntry`](crate::HandlerEntry) by hand, or `` route `name` ``.
+        first: String,
+        /// The other registration, described the same way.
+        second: String,
     },
 
     /// Two Rust types declare the same event type name and version.
@@ -137,15 +145,18 @@ pub enum Error {
     },
 
     /// A name or id that is stored in the database (event type, aggregate type, aggregate id,
-    /// handler, header) is empty, longer than 255 bytes, or contains a NUL character. The same
-    /// rule holds on every backend, and is checked when the event is recorded or staged, before
-    /// anything is written.
-    #[error("invalid {what} {name:?}: it must be 1 to 255 bytes long and contain no NUL character")]
+    /// handler, header) is empty, longer than 255 bytes, or contains a NUL character; or a
+    /// header name is not a CloudEvents extension attribute name. The same rules hold on every
+    /// backend, and are checked when the event is recorded or staged, before anything is
+    /// written.
+    #[error("invalid {what} {name:?}: {rule}")]
     InvalidName {
         /// Which kind of name.
         what: &'static str,
         /// The offending name.
         name: String,
+        /// The rule it breaks, and how.
+        rule: std::borrow::Cow<'static, str>,
     },
 
     /// A committed event catalog (the JSON of [`Catalog`](crate::catalog::Catalog)) does not
@@ -219,11 +230,19 @@ impl Error {
 /// assert!(outbox_seaorm_core::check_name("aggregate id", "").is_err());
 /// ```
 pub fn check_name(what: &'static str, name: &str) -> Result<()> {
-    if name.is_empty() || name.len() > 255 || name.contains('\0') {
-        return Err(Error::InvalidName {
-            what,
-            name: name.to_owned(),
-        });
-    }
-    Ok(())
+    const RULE: &str = "it must be 1 to 255 bytes long and contain no NUL character";
+    let broken = if name.is_empty() {
+        format!("{RULE}, and it is empty")
+    } else if name.len() > 255 {
+        format!("{RULE}, and it is {} bytes long", name.len())
+    } else if name.contains('\0') {
+        format!("{RULE}, and it contains one")
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidName {
+        what,
+        name: name.to_owned(),
+        rule: broken.into(),
+    })
 }

@@ -43,6 +43,9 @@ impl Handler for HandlerFn {
 pub struct HandlerRegistration {
     /// The handler's stable name (defaults to `module::path::fn_name`).
     pub name: &'static str,
+    /// The function, as `module::path::fn_name` (whatever its name): what an error about
+    /// the handler names, e.g. two handlers claiming one name.
+    pub function: &'static str,
     /// The event type it handles.
     pub event_type: &'static str,
     /// The event version its argument type declares.
@@ -61,6 +64,16 @@ pub struct HandlerEntry {
     pub(crate) event_version: u32,
     pub(crate) handler: Arc<dyn Handler>,
     pub(crate) timeout: Option<Duration>,
+    /// Where it comes from, for errors: `` fn `module::fn_name` ``, the source line that built
+    /// it, or the route.
+    pub(crate) defined_at: Cow<'static, str>,
+}
+
+/// Where the code that built an entry by hand is, as `built at file:line`.
+#[track_caller]
+fn built_here() -> Cow<'static, str> {
+    let at = std::panic::Location::caller();
+    Cow::Owned(format!("the entry built at {}:{}", at.file(), at.line()))
 }
 
 impl HandlerEntry {
@@ -81,6 +94,7 @@ impl HandlerEntry {
     /// assert_eq!(registry.handlers_for("ping").count(), 1);
     /// # Ok::<(), outbox_seaorm_core::Error>(())
     /// ```
+    #[track_caller]
     pub fn new<E, F, Fut, R>(name: impl Into<Cow<'static, str>>, f: F) -> Self
     where
         E: DomainEvent,
@@ -112,6 +126,7 @@ impl HandlerEntry {
             event_version: E::VERSION,
             handler: Arc::new(Typed(f, std::marker::PhantomData)),
             timeout: None,
+            defined_at: built_here(),
         }
     }
 
@@ -136,6 +151,7 @@ impl HandlerEntry {
     /// assert_eq!(Registry::new([entry])?.handlers_for("counted.ping").count(), 1);
     /// # Ok::<(), outbox_seaorm_core::Error>(())
     /// ```
+    #[track_caller]
     pub fn with_state<E, S, F, Fut, R>(name: impl Into<Cow<'static, str>>, state: S, f: F) -> Self
     where
         E: DomainEvent,
@@ -149,6 +165,7 @@ impl HandlerEntry {
     }
 
     /// An untyped handler for `event_type`: it reads the raw [`Envelope`] from the context.
+    #[track_caller]
     pub fn erased(
         name: impl Into<Cow<'static, str>>,
         event_type: impl Into<Cow<'static, str>>,
@@ -160,6 +177,7 @@ impl HandlerEntry {
             event_version: 1,
             handler: Arc::new(handler),
             timeout: None,
+            defined_at: built_here(),
         }
     }
 
@@ -171,6 +189,7 @@ impl HandlerEntry {
             event_version: r.event_version,
             handler: Arc::new(r.call),
             timeout: None,
+            defined_at: Cow::Owned(format!("fn `{}`", r.function)),
         }
     }
 
@@ -193,6 +212,12 @@ impl HandlerEntry {
     /// The event version it expects.
     pub fn event_version(&self) -> u32 {
         self.event_version
+    }
+
+    /// Where it comes from: `` fn `module::fn_name` `` for `#[event_handler]`, the source line
+    /// that built it by hand, or `` route `name` ``.
+    pub fn defined_at(&self) -> &str {
+        &self.defined_at
     }
 
     /// Its own timeout, if it has one.

@@ -61,6 +61,9 @@
 //! # }
 //! ```
 
+// On docs.rs (`--cfg docsrs`, nightly) feature-gated items show the feature they need.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 // Generated code names this crate `::outbox_seaorm_core`; this makes that path work inside it too.
 extern crate self as outbox_seaorm_core;
 

@@ -23,6 +23,9 @@ pub struct Registry {
     by_event_type: HashMap<String, Vec<usize>>,
     event_types: BTreeMap<String, Vec<u32>>,
     routes: Vec<(Matcher, HandlerEntry)>,
+    /// Routes that change data capture publishes (`Route::published_by_cdc`): never delivered
+    /// by the relay, but they take their messages all the same.
+    cdc_routes: Vec<(Matcher, HandlerEntry)>,
     /// What the catalog says about each route, in the order of `routes`: a route's template
     /// and publisher are erased into its handler.
     pub(crate) route_descriptions: Vec<RouteDescription>,
@@ -66,12 +69,15 @@ impl Registry {
         event_types: &[EventTypeRegistration],
         upcasters: Upcasters,
     ) -> Result<Self> {
-        // inventory's order is unspecified: sort, so dispatch order and logs are stable.
-        handlers.sort_by(|a, b| a.name.cmp(&b.name));
+        // inventory's order is unspecified: sort, so dispatch order, logs and errors are
+        // stable.
+        handlers.sort_by(|a, b| (&a.name, &a.defined_at).cmp(&(&b.name, &b.defined_at)));
         for pair in handlers.windows(2) {
             if pair[0].name == pair[1].name {
                 return Err(Error::DuplicateHandler {
                     name: pair[0].name.to_string(),
+                    first: pair[0].defined_at.to_string(),
+                    second: pair[1].defined_at.to_string(),
                 });
             }
         }
@@ -123,6 +129,7 @@ impl Registry {
             by_event_type,
             event_types: types,
             routes: Vec::new(),
+            cdc_routes: Vec::new(),
             route_descriptions: Vec::new(),
             upcasters: Arc::new(upcasters),
         })
@@ -130,19 +137,40 @@ impl Registry {
 
     /// Adds a route to a publisher. Its name shares the namespace of handler names (both key
     /// delivery state), so a clash is [`Error::DuplicateHandler`].
+    ///
+    /// A route [`published_by_cdc`](Route::published_by_cdc) is kept apart: the relay never
+    /// delivers it ([`deliveries_for`](Self::deliveries_for) leaves it out), and lists it in
+    /// [`cdc_routes`](Self::cdc_routes).
     pub fn with_route(mut self, route: Route) -> Result<Self> {
         let description = RouteDescription::of(&route);
+        let cdc = route.is_published_by_cdc();
         let (matcher, entry) = route.into_entry()?;
-        let taken = self.handlers.iter().any(|h| h.name == entry.name)
-            || self.routes.iter().any(|(_, r)| r.name == entry.name);
-        if taken {
+        let taken = self
+            .handlers
+            .iter()
+            .chain(self.routes.iter().map(|(_, r)| r))
+            .chain(self.cdc_routes.iter().map(|(_, r)| r))
+            .find(|h| h.name == entry.name);
+        if let Some(first) = taken {
             return Err(Error::DuplicateHandler {
                 name: entry.name.to_string(),
+                first: first.defined_at.to_string(),
+                second: entry.defined_at.to_string(),
             });
         }
-        self.routes.push((matcher, entry));
+        if cdc {
+            self.cdc_routes.push((matcher, entry));
+        } else {
+            self.routes.push((matcher, entry));
+        }
         self.route_descriptions.push(description);
         Ok(self)
+    }
+
+    /// The names of the routes that change data capture publishes, in the order they were
+    /// added.
+    pub fn cdc_routes(&self) -> impl Iterator<Item = &str> {
+        self.cdc_routes.iter().map(|(_, e)| e.name())
     }
 
     /// Every delivery of `envelope`: the handlers of its event type, then the routes it matches.
@@ -158,14 +186,23 @@ impl Registry {
         )
     }
 
-    /// Whether a handler or a route takes messages of `event_type` recorded by aggregates of
-    /// `aggregate_type` (when none does, a relay marks them `unhandled`).
+    /// Whether a handler or a route (one change data capture publishes included) takes
+    /// messages of `event_type` recorded by aggregates of `aggregate_type` (when none does, a
+    /// relay marks them `unhandled`).
     pub fn takes(&self, event_type: &str, aggregate_type: &str) -> bool {
         self.handlers_for(event_type).next().is_some()
             || self
                 .routes
                 .iter()
+                .chain(&self.cdc_routes)
                 .any(|(m, _)| m.matches_types(event_type, aggregate_type))
+    }
+
+    /// Whether a route that change data capture publishes takes `envelope`: with no handler
+    /// and no other route, the relay completes it as delivered (it does not check what the
+    /// capture did), not as unhandled.
+    pub fn published_by_cdc(&self, envelope: &Envelope) -> bool {
+        self.cdc_routes.iter().any(|(m, _)| m.matches(envelope))
     }
 
     /// The routes, in the order they were added.
@@ -201,7 +238,9 @@ impl Registry {
     /// [`knows`](Self::knows)), or a route takes the message (a route forwards the payload as
     /// it is stored, without the Rust type).
     pub fn understands(&self, envelope: &Envelope) -> bool {
-        self.knows(&envelope.event_type) || self.routes.iter().any(|(m, _)| m.matches(envelope))
+        self.knows(&envelope.event_type)
+            || self.routes.iter().any(|(m, _)| m.matches(envelope))
+            || self.cdc_routes.iter().any(|(m, _)| m.matches(envelope))
     }
 
     /// Replaces the upcasters.
@@ -252,10 +291,12 @@ impl Registry {
             .map(String::as_str)
             .filter(|t| !self.by_event_type.contains_key(*t))
             .filter(|t| {
-                !self.routes.iter().any(|(m, _)| match m {
+                let takes = |m: &Matcher| match m {
                     Matcher::All | Matcher::AggregateTypes(_) => true,
                     Matcher::EventTypes(types) => types.iter().any(|x| x == t),
-                })
+                };
+                !self.routes.iter().any(|(m, _)| takes(m))
+                    && !self.cdc_routes.iter().any(|(m, _)| takes(m))
             })
     }
 

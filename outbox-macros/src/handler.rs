@@ -123,12 +123,13 @@ fn generate(m: &HandlerModel<'_>) -> TokenStream {
     let Some(event_ty) = m.event_ty else {
         return quote!(#func);
     };
+    let function = {
+        let ident = fn_ident.to_string();
+        quote!(::core::concat!(::core::module_path!(), "::", #ident))
+    };
     let name = match &m.name {
         Some(n) => quote!(#n),
-        None => {
-            let ident = fn_ident.to_string();
-            quote!(::core::concat!(::core::module_path!(), "::", #ident))
-        }
+        None => function.clone(),
     };
     let wrapper = format_ident!("__outbox_handler_{}", fn_ident);
     let registration = format_ident!("__OUTBOX_HANDLER_{}", fn_ident.to_string().to_uppercase());
@@ -181,6 +182,7 @@ fn generate(m: &HandlerModel<'_>) -> TokenStream {
         #[allow(non_upper_case_globals)]
         const #registration: #root::HandlerRegistration = #root::HandlerRegistration {
             name: #name,
+            function: #function,
             event_type: <#event_ty as #root::DomainEvent>::EVENT_TYPE,
             event_version: <#event_ty as #root::DomainEvent>::VERSION,
             call: #wrapper,

@@ -21,7 +21,7 @@ pub enum Error {
     /// instances writes them. The relay logs it, backs off and reconnects by itself.
     // The cause is part of the message (and so not also a `source`, or reporters that walk the
     // chain would print it twice).
-    #[error("database error: {0}")]
+    #[error("database error: {}", db_message(.0))]
     Db(sea_orm::DbErr),
 
     /// An event could not be recorded, decoded or handled, or the handler registry is invalid.
@@ -38,8 +38,9 @@ pub enum Error {
     /// [`schema::create_tables`](crate::schema::create_tables) at start-up.
     // The cause is part of the message, not a `source` (reporters would print it twice).
     #[error(
-        "the outbox table `{table}` is missing or outdated ({cause}); create the outbox tables \
-         with `OutboxMigration` in your migrator or `outbox_seaorm::schema::create_tables`"
+        "the outbox table `{table}` is missing or outdated ({}); create the outbox tables \
+         with `OutboxMigration` in your migrator or `outbox_seaorm::schema::create_tables`",
+        db_message(.cause)
     )]
     Schema {
         /// The table's configured name.
@@ -110,8 +111,8 @@ pub enum Error {
         reason: &'static str,
     },
 
-    /// No outbox message has this id in a state the operation applies to (only dead
-    /// messages are requeued; dead ones, or pending ones no relay holds, are discarded).
+    /// No outbox message has this id in a state the operation applies to (only dead and
+    /// unhandled messages are requeued; those, or pending ones no relay holds, are discarded).
     #[error(
         "no outbox message {message_id} to {operation}: it does not exist, or it is not {state}"
     )]
@@ -195,6 +196,27 @@ fn pending_lines(pending: &[crate::MessageSummary]) -> String {
     out
 }
 
+/// What the database said, without the layers' labels around it: SeaORM's "Execution Error: ",
+/// sqlx's "error returned from database: ", and PostgreSQL's " at line 948" (a line of the
+/// server's own C source, which tells an operator nothing).
+pub(crate) fn db_message(e: &sea_orm::DbErr) -> String {
+    use sea_orm::{DbErr, RuntimeErr};
+    match e {
+        DbErr::Conn(r) | DbErr::Exec(r) | DbErr::Query(r) => match r {
+            #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+            RuntimeErr::SqlxError(s) => match s.as_ref() {
+                sea_orm::sqlx::Error::Database(d) => d.message().to_owned(),
+                other => other.to_string(),
+            },
+            RuntimeErr::Internal(m) => m.clone(),
+            #[allow(unreachable_patterns)]
+            other => other.to_string(),
+        },
+        DbErr::Custom(m) => m.clone(),
+        other => other.to_string(),
+    }
+}
+
 impl From<sea_orm::DbErr> for Error {
     fn from(e: sea_orm::DbErr) -> Self {
         Error::Db(e)
@@ -226,7 +248,7 @@ mod tests {
         ));
         assert_eq!(
             e.to_string(),
-            "database error: Custom Error: no such table: outbox_messages"
+            "database error: no such table: outbox_messages"
         );
         assert_eq!(e.report(), e.to_string());
     }

@@ -83,6 +83,9 @@
 //! SQLite (the default feature), PostgreSQL (`postgres`) and MariaDB 10.6+ (`mysql`), one
 //! driver each with its own SQL. Lease times are the database's clock.
 
+// On docs.rs (`--cfg docsrs`, nightly) feature-gated items show the feature they need.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 mod admin;
 #[cfg(feature = "cli")]
 pub mod cli;

@@ -19,6 +19,7 @@ pub use sea_orm;
 pub mod chromium;
 pub mod dashboard;
 pub mod fixtures;
+pub mod said;
 mod servers;
 
 pub use servers::{REQUIRE_VAR, Server, parse_required, required, server_url};

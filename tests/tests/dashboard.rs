@@ -9,12 +9,13 @@ use axum::http::{StatusCode, header};
 use outbox_seaorm::dashboard::{self, DashboardConfig};
 use outbox_seaorm::entity::MessageStatus;
 use outbox_seaorm::{Admin, MessageFilter};
-use outbox_tests::dashboard::{get, get_as, post_form, seed, send};
-use outbox_tests::{TestDb, backend_tests, wait_for};
+use outbox_tests::dashboard::{Page, get, get_as, post_form, seed, send};
+use outbox_tests::{TestDb, backend_tests, said, wait_for};
 
 backend_tests!(
     every_page_shows_what_the_database_holds,
     requeue_and_discard_need_the_token_and_a_writable_dashboard,
+    one_message_is_requeued_or_discarded_from_its_page,
 );
 
 async fn every_page_shows_what_the_database_holds(t: TestDb) {
@@ -38,6 +39,11 @@ async fn every_page_shows_what_the_database_holds(t: TestDb) {
         .find(|h| h.handler == "mail")
         .expect("mail's stats");
     assert_eq!((mail.delivered, mail.failed, mail.dead), (0, 0, 3));
+    assert_eq!(
+        mail.delivered_last_hour,
+        Some(3),
+        "the three `mail` delivered at the first try leave no delivery row, and count"
+    );
     assert_eq!(mail.lag, None, "mail has no delivered delivery row");
     let lag = report.messages.expect("lag of the delivered messages");
     assert_eq!(lag.samples, 3);
@@ -141,6 +147,13 @@ async fn every_page_shows_what_the_database_holds(t: TestDb) {
     let handlers = get(&app, "/handlers").await;
     assert_eq!(handlers.status, StatusCode::OK);
     assert!(handlers.body.contains("<tr data-handler=\"mail\">"));
+    assert!(
+        handlers
+            .body
+            .contains("<tr data-handler=\"mail\"><td><a href=\"/messages?handler=mail\">mail</a></td><td class=\"num delivered-hour\">3</td>"),
+        "{}",
+        handlers.body
+    );
     assert!(
         handlers
             .body
@@ -529,4 +542,201 @@ async fn a_database_without_outbox_tables_says_to_migrate_and_hides_the_raw_erro
     assert!(page.body.contains("run `outbox migrate`"), "{}", page.body);
     assert!(!page.body.contains("no such table"), "{}", page.body);
     let _ = std::fs::remove_file(path);
+}
+
+#[tokio::test]
+async fn a_database_error_with_the_tables_there_gives_no_migrate_hint() {
+    let Some(t) = TestDb::new(outbox_tests::Backend::Sqlite).await else {
+        return;
+    };
+    seed(&t.db).await;
+    // A row no query can read (a time that is not one): the tables are fine.
+    use sea_orm::ConnectionTrait;
+    t.db.execute_unprepared("UPDATE outbox_messages SET occurred_at = 'not a time'")
+        .await
+        .unwrap();
+    let app = dashboard::router(t.db.clone(), DashboardConfig::new());
+    let page = get(&app, "/messages").await;
+    assert_eq!(page.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(
+        page.body.contains(
+            "the outbox could not be read: a database error (the details are in the server&#39;s \
+             log)"
+        ) || page.body.contains(
+            "the outbox could not be read: a database error (the details are in the server's log)"
+        ),
+        "{}",
+        page.body
+    );
+    assert!(!page.body.contains("outbox migrate"), "{}", page.body);
+    t.cleanup().await;
+}
+
+/// `POST uri` with a form body and these extra headers.
+async fn post_with(app: &Router, uri: &str, form: &str, headers: &[(&str, &str)]) -> Page {
+    let mut req = axum::http::Request::builder()
+        .method(axum::http::Method::POST)
+        .uri(uri)
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    send(
+        app,
+        req.body(axum::body::Body::from(form.to_owned())).unwrap(),
+    )
+    .await
+}
+
+async fn one_message_is_requeued_or_discarded_from_its_page(t: TestDb) {
+    seed(&t.db).await;
+    let admin = Admin::new(t.db.clone());
+    let app = dashboard::router(t.db.clone(), DashboardConfig::new());
+    let dead = admin
+        .list(&MessageFilter::new().status(MessageStatus::Dead))
+        .await
+        .unwrap();
+    let (first, second) = (dead[0].message_id, dead[1].message_id);
+    let delivered = admin
+        .list(&MessageFilter::new().status(MessageStatus::Delivered))
+        .await
+        .unwrap()[0]
+        .message_id;
+
+    // A dead message's page has both buttons; a delivered one's has none.
+    let page = get(&app, &format!("/messages/{first}")).await;
+    assert!(page.body.contains("id=\"requeue-one\"") && page.body.contains("id=\"discard-one\""));
+    let token = page.input_value("csrf").expect("the forms' token");
+    let page = get(&app, &format!("/messages/{delivered}")).await;
+    assert!(
+        !page.body.contains("id=\"message-actions\""),
+        "{}",
+        page.body
+    );
+
+    // Refused: without a token, with another dashboard's, from another site's page.
+    let requeue = format!("/messages/{first}/requeue");
+    assert_eq!(
+        post_form(&app, &requeue, "").await.status,
+        StatusCode::FORBIDDEN
+    );
+    let elsewhere = get(
+        &dashboard::router(t.db.clone(), DashboardConfig::new()),
+        &format!("/messages/{first}"),
+    )
+    .await
+    .input_value("csrf")
+    .unwrap();
+    let stale = post_form(&app, &requeue, &format!("csrf={elsewhere}")).await;
+    assert_eq!(stale.status, StatusCode::FORBIDDEN);
+    assert!(stale.body.contains(said::STALE_TOKEN), "{}", stale.body);
+    let forged = post_with(
+        &app,
+        &requeue,
+        &format!("csrf={token}"),
+        &[("host", "ops:8080"), ("origin", "https://evil.example")],
+    )
+    .await;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN);
+    let foreign = said::fill(
+        said::FOREIGN_ORIGIN,
+        &[("origin", "https://evil.example"), ("host", "ops:8080")],
+    );
+    assert!(forged.body.contains(&foreign), "{}", forged.body);
+    // Read-only: no buttons, and the POST is refused with a good token.
+    let read_only = dashboard::router(t.db.clone(), DashboardConfig::new().read_only(true));
+    let page = get(&read_only, &format!("/messages/{first}")).await;
+    assert!(!page.body.contains("id=\"message-actions\""));
+    assert_eq!(
+        post_form(&read_only, &requeue, &format!("csrf={token}"))
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(admin.counts().await.unwrap().dead, 3, "nothing changed");
+
+    // From the dashboard's own page: requeued, back on its page, pending.
+    let done = post_with(
+        &app,
+        &requeue,
+        &format!("csrf={token}"),
+        &[("host", "ops:8080"), ("origin", "http://ops:8080")],
+    )
+    .await;
+    assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.body);
+    assert_eq!(done.location(), Some(format!("/messages/{first}").as_str()));
+    let shown = admin.show(first).await.unwrap().unwrap();
+    assert_eq!(shown.summary.status, "pending");
+    // Twice: the message is no longer dead, and the page says so.
+    let again = post_form(&app, &requeue, &format!("csrf={token}")).await;
+    assert_eq!(again.status, StatusCode::CONFLICT);
+    let not_dead = said::fill(said::DASHBOARD_NOT_DEAD, &[("id", &first.to_string())]);
+    assert!(again.body.contains(&not_dead), "{}", again.body);
+
+    // Discard needs the box ticked, then deletes that one only.
+    let discard = format!("/messages/{second}/discard");
+    let unticked = post_form(&app, &discard, &format!("csrf={token}")).await;
+    assert_eq!(unticked.status, StatusCode::BAD_REQUEST);
+    let gone = post_form(&app, &discard, &format!("csrf={token}&sure=yes")).await;
+    assert_eq!(gone.status, StatusCode::SEE_OTHER, "{}", gone.body);
+    assert_eq!(gone.location(), Some("/dead-letters?done=discarded&n=1"));
+    assert!(admin.show(second).await.unwrap().is_none());
+    assert_eq!(admin.counts().await.unwrap().dead, 1);
+    let missing = post_form(&app, &discard, &format!("csrf={token}&sure=yes")).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert!(
+        missing
+            .body
+            .contains(&format!("no outbox message {second}"))
+    );
+    t.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_dashboard_warns_and_its_log_file_has_no_colour_codes() {
+    let Some(t) = TestDb::new(outbox_tests::Backend::Sqlite).await else {
+        return;
+    };
+    let port = std::net::TcpListener::bind("0.0.0.0:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_outbox-cli"))
+        .args([
+            "dashboard",
+            "--listen",
+            &format!("0.0.0.0:{port}"),
+            "--i-know-it-is-open",
+        ])
+        .env("DATABASE_URL", &t.url)
+        .env_remove("RUST_LOG")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    wait_for(
+        "the dashboard to listen",
+        Duration::from_secs(30),
+        || async { reqwest::get(&base).await.ok().map(|_| ()) },
+    )
+    .await;
+    server.start_kill().unwrap();
+    let out = server.wait_with_output().await.unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    let warn = log
+        .lines()
+        .find(|l| l.contains(" WARN "))
+        .unwrap_or_else(|| panic!("no warning in {log}"));
+    let addr = format!("0.0.0.0:{port}");
+    assert!(
+        warn.contains(&said::fill(said::OPEN_DASHBOARD, &[("addr", &addr)])),
+        "{warn}"
+    );
+    assert!(
+        !log.contains('\x1b'),
+        "colour codes in a piped log: {log:?}"
+    );
+    t.cleanup().await;
 }

@@ -6,8 +6,8 @@ use std::sync::Mutex;
 use opentelemetry::trace::TraceContextExt;
 use outbox_seaorm::entity::message;
 use outbox_seaorm::{
-    HandlerContext, HandlerContextExt, Headers, Registry, Relay, RetryPolicy, UnitOfWork,
-    event_handler,
+    HandlerContext, HandlerContextExt, HandlerEntry, Headers, Registry, Relay, RetryPolicy,
+    UnitOfWork, event_handler,
 };
 use outbox_tests::fixtures::{OrderCancelled, OrderConfirmed, OrderPlaced, order};
 use outbox_tests::{TestDb, backend_tests};
@@ -114,11 +114,28 @@ fn the_companion_module_gives_an_explicit_registry_entry() {
             .collect::<Vec<_>>(),
         ["audit-log"]
     );
-    let dup = Registry::new([audit::handler(), audit::handler()]).unwrap_err();
+    // A second handler under the same name: the error names both registrations.
+    let line = line!() + 1;
+    let by_hand = HandlerEntry::new("audit-log", |_: OrderConfirmed, _| async {
+        Ok::<_, std::io::Error>(())
+    });
+    let dup = Registry::new([audit::handler(), by_hand]).unwrap_err();
     assert!(matches!(
         dup,
-        outbox_seaorm::core::Error::DuplicateHandler { ref name } if name == "audit-log"
+        outbox_seaorm::core::Error::DuplicateHandler { ref name, .. } if name == "audit-log"
     ));
+    assert_eq!(
+        dup.to_string(),
+        outbox_tests::said::fill(
+            outbox_tests::said::DUPLICATE_HANDLER,
+            &[
+                ("name", "audit-log"),
+                ("module::path::fn", "handlers::audit"),
+                ("file", "tests/tests/handlers.rs"),
+                ("line", &line.to_string()),
+            ]
+        )
+    );
 }
 
 async fn handlers_registered_with_the_attribute_are_dispatched_by_type(t: TestDb) {

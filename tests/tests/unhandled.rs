@@ -212,20 +212,53 @@ async fn a_message_a_route_publishes_is_delivered(t: TestDb) {
     )
     .unwrap();
     uow.commit().await.unwrap();
+    // One that only a route change data capture publishes takes: complete, as delivered.
+    let uow = UnitOfWork::begin(&t.db).await.unwrap();
+    uow.record(
+        "cart",
+        2,
+        Numbered {
+            key: "cart".into(),
+            n: 2,
+        },
+        Default::default(),
+    )
+    .unwrap();
+    uow.commit().await.unwrap();
     let published = Arc::new(std::sync::atomic::AtomicU32::new(0));
     let route = Route::new("cancellations", Counting(published.clone()))
         .event_types(["order.cancelled"])
         .destination("orders")
         .unwrap();
+    let by_cdc = Route::new("carts-out", Counting(published.clone()))
+        .aggregate_types(["cart"])
+        .destination("carts")
+        .unwrap()
+        .published_by_cdc(true);
     let relay = outbox_seaorm::Relay::builder(t.db.clone())
-        .registry(Registry::new([]).unwrap().with_route(route).unwrap())
+        .registry(
+            Registry::new([])
+                .unwrap()
+                .with_route(route)
+                .unwrap()
+                .with_route(by_cdc)
+                .unwrap(),
+        )
         .build()
         .await
         .unwrap();
     let r = relay.drain().await.unwrap();
-    assert_eq!((r.delivered, r.unhandled), (1, 0), "{r:?}");
-    assert_eq!(published.load(std::sync::atomic::Ordering::SeqCst), 1);
-    assert_eq!(rows(&t.db).await[0].status, MessageStatus::Delivered);
+    assert_eq!((r.delivered, r.unhandled), (2, 0), "{r:?}");
+    assert_eq!(
+        published.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the relay does not publish what CDC publishes"
+    );
+    let statuses: Vec<_> = rows(&t.db).await.iter().map(|m| m.status).collect();
+    assert_eq!(
+        statuses,
+        [MessageStatus::Delivered, MessageStatus::Delivered]
+    );
     assert_eq!(
         Admin::new(t.db.clone()).counts().await.unwrap().unhandled,
         0

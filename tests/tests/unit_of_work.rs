@@ -389,6 +389,12 @@ async fn ad_hoc_event_and_headers(t: TestDb) {
             ),
             "{bad}: {refused:?}"
         );
+        if bad == "x-tenant" {
+            assert_eq!(
+                refused.unwrap_err().to_string(),
+                outbox_tests::said::BAD_HEADER
+            );
+        }
     }
     assert_eq!(uow.staged(), 1, "the refused ones were not staged");
     uow.commit().await.unwrap();

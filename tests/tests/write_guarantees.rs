@@ -951,7 +951,9 @@ async fn clone_and_original_saved_together_write_each_event_once(t: TestDb) {
 
 fn assert_invalid_id(what: &str, id: &str, result: Result<impl std::fmt::Debug, Error>) {
     match result {
-        Err(Error::Event(outbox_seaorm::core::Error::InvalidName { what: kind, name })) => {
+        Err(Error::Event(outbox_seaorm::core::Error::InvalidName {
+            what: kind, name, ..
+        })) => {
             assert_eq!(kind, "aggregate id", "{what}");
             assert_eq!(name, id, "{what}");
         }

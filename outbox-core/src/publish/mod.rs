@@ -258,6 +258,7 @@ pub struct Route {
     pub(crate) template: Template,
     pub(crate) publisher: Arc<dyn Publisher>,
     pub(crate) timeout: Option<std::time::Duration>,
+    pub(crate) published_by_cdc: bool,
 }
 
 impl Route {
@@ -277,6 +278,7 @@ impl Route {
             },
             publisher,
             timeout: None,
+            published_by_cdc: false,
         }
     }
 
@@ -312,6 +314,24 @@ impl Route {
         self
     }
 
+    /// With `true`, change data capture publishes this route's messages instead of the relay:
+    /// Debezium's outbox event router reading the messages table (README, "Debezium"). The relay
+    /// then never publishes it, runs only the in-process handlers of its messages, and lists it
+    /// as published by CDC in `outbox relays` and the dashboard.
+    ///
+    /// Keep the route defined, publisher and all, and flip this flag (from your configuration)
+    /// to move its publishing between the relay and CDC: the README's cut-over says in which
+    /// order, so that no message is missed.
+    pub fn published_by_cdc(mut self, yes: bool) -> Self {
+        self.published_by_cdc = yes;
+        self
+    }
+
+    /// Whether [`published_by_cdc`](Self::published_by_cdc) hands it to change data capture.
+    pub fn is_published_by_cdc(&self) -> bool {
+        self.published_by_cdc
+    }
+
     /// The route's name.
     pub fn name(&self) -> &str {
         &self.name
@@ -345,6 +365,7 @@ impl Route {
         if let Some(t) = self.timeout {
             entry = entry.timeout(t);
         }
+        entry.defined_at = format!("route `{}`", self.name).into();
         Ok((self.matcher, entry))
     }
 }
@@ -355,6 +376,7 @@ impl fmt::Debug for Route {
             .field("name", &self.name)
             .field("matcher", &self.matcher)
             .field("template", &self.template)
+            .field("published_by_cdc", &self.published_by_cdc)
             .finish_non_exhaustive()
     }
 }
@@ -380,7 +402,8 @@ impl From<TemplateError> for Error {
     fn from(e: TemplateError) -> Self {
         Error::InvalidName {
             what: "destination template",
-            name: e.to_string(),
+            name: e.template,
+            rule: e.reason.into(),
         }
     }
 }
@@ -412,5 +435,51 @@ mod tests {
         assert_eq!(Template::parse("plain").unwrap().render(&e), "plain");
         let written = "orders.{aggregate_type}.{event_type}.v{event_version}/{aggregate_id}";
         assert_eq!(Template::parse(written).unwrap().to_string(), written);
+    }
+
+    struct Nowhere;
+    #[async_trait::async_trait]
+    impl Publisher for Nowhere {
+        async fn publish(&self, _: &Envelope, _: &str) -> Result<(), HandlerError> {
+            panic!("a route published by CDC was published by the relay")
+        }
+    }
+
+    #[test]
+    fn a_route_published_by_cdc_takes_its_messages_but_is_never_delivered() {
+        let route = |name: &str, cdc: bool| {
+            Route::new(name, Nowhere)
+                .aggregate_types(["order"])
+                .published_by_cdc(cdc)
+        };
+        let registry = crate::Registry::new([])
+            .unwrap()
+            .with_route(route("orders-out", true))
+            .unwrap();
+        let e = Envelope {
+            message_id: uuid::Uuid::nil(),
+            sequence: 1,
+            position: 1,
+            aggregate_type: "order".into(),
+            aggregate_id: "7".into(),
+            event_type: "a.type.nobody.knows".into(),
+            event_version: 1,
+            payload: "{}".into(),
+            headers: Default::default(),
+            occurred_at: chrono::Utc::now(),
+        };
+        assert_eq!(registry.deliveries_for(&e).count(), 0);
+        assert_eq!(registry.routes().count(), 0);
+        assert_eq!(registry.cdc_routes().collect::<Vec<_>>(), ["orders-out"]);
+        // It takes the message: a relay does not leave it for another relay that knows the type.
+        assert!(registry.understands(&e));
+        // Its name is taken for routes delivered by the relay, and the other way round.
+        let clash = registry.clone().with_route(route("orders-out", false));
+        assert!(matches!(clash, Err(crate::Error::DuplicateHandler { .. })));
+        let relayed = crate::Registry::new([])
+            .unwrap()
+            .with_route(route("orders-out", false))
+            .unwrap();
+        assert!(relayed.with_route(route("orders-out", true)).is_err());
     }
 }

@@ -20,6 +20,28 @@ pub use query::{Backlog, DeadGroup, MessageDetail, MessageFilter, MessageSummary
 pub(crate) use query::{age, table};
 pub use stats::{HandlerReport, HandlerStats, Lag, MinuteCounts};
 
+/// Every error kind the relay stores (`last_error_kind` of a message or a delivery): the
+/// kinds of the core's errors (`outbox_seaorm_core::Error::kind`), and the relay's own
+/// (`delivery_dead`, `crashed`). Filters refuse any other value, which could match nothing.
+#[cfg_attr(not(feature = "cli"), allow(dead_code))]
+pub(crate) const ERROR_KINDS: [&str; 15] = [
+    "handler_failed",
+    "handler_timed_out",
+    "handler_panicked",
+    "deserialize",
+    "unknown_version",
+    "unknown_event_type",
+    "upcast",
+    "missing_state",
+    "serialize",
+    "invalid_name",
+    "duplicate_handler",
+    "duplicate_event_type",
+    "catalog_format",
+    "delivery_dead",
+    "crashed",
+];
+
 /// Operations on an outbox for operators and dashboards.
 ///
 /// ```no_run
@@ -141,6 +163,10 @@ pub struct Handles {
     pub handlers: Vec<(String, String)>,
     /// Route names.
     pub routes: Vec<String>,
+    /// Routes it leaves to change data capture (`Route::published_by_cdc`): Debezium publishes
+    /// them, the relay does not. Absent in rows written before it existed.
+    #[serde(default)]
+    pub cdc_routes: Vec<String>,
     /// Every event type it knows.
     pub event_types: Vec<String>,
 }

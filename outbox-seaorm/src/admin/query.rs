@@ -512,6 +512,52 @@ impl Admin {
         q
     }
 
+    /// Messages delivered in the last hour, by event type.
+    pub(super) async fn delivered_last_hour_by_type(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, u64>> {
+        let mut q = Query::select();
+        q.from_as(table(self.config.messages_table()), Alias::new("m"))
+            .column((Alias::new("m"), Alias::new("event_type")))
+            .expr_as(
+                Expr::col((Alias::new("m"), Alias::new("seq"))).count(),
+                Alias::new("n"),
+            )
+            .and_where(col("status").eq("delivered"))
+            .and_where(col("delivered_at").gt(Utc::now() - chrono::Duration::hours(1)))
+            .group_by_col((Alias::new("m"), Alias::new("event_type")));
+        let mut out = std::collections::BTreeMap::new();
+        for r in self.db.query_all(&q).await? {
+            out.insert(
+                r.try_get("", "event_type")?,
+                positive(r.try_get::<i64>("", "n")?),
+            );
+        }
+        Ok(out)
+    }
+
+    /// `(handler, event type)` of every delivery row's message: the event types a handler
+    /// takes, as its rows tell (a handler without rows is not here).
+    pub(super) async fn handler_event_types(&self) -> Result<Vec<(String, String)>> {
+        let mut q = Query::select();
+        q.distinct()
+            .from_as(table(self.config.deliveries_table()), Alias::new("d"))
+            .join_as(
+                sea_orm::sea_query::JoinType::InnerJoin,
+                table(self.config.messages_table()),
+                Alias::new("m"),
+                Expr::col((Alias::new("m"), Alias::new("id")))
+                    .equals((Alias::new("d"), Alias::new("message_id"))),
+            )
+            .column((Alias::new("d"), Alias::new("handler")))
+            .column((Alias::new("m"), Alias::new("event_type")));
+        let mut out = Vec::new();
+        for r in self.db.query_all(&q).await? {
+            out.push((r.try_get("", "handler")?, r.try_get("", "event_type")?));
+        }
+        Ok(out)
+    }
+
     async fn scalar(&self, q: &SelectStatement) -> Result<u64> {
         let row = self.db.query_one(q).await?;
         Ok(positive(row.map_or(Ok(0), |r| r.try_get::<i64>("", "n"))?))

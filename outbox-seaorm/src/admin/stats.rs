@@ -2,10 +2,12 @@
 //!
 //! The deliveries table keeps one row per handler only for messages that failed once (a
 //! message delivered at the first try leaves none), and stores times, not durations: per-handler
-//! counts are of those rows, and the percentiles are of delivery lag (from the event's
-//! recording to the handler's last outcome), not of handler run time.
+//! row counts are of those rows, and the percentiles are of delivery lag (from the event's
+//! recording to the handler's last outcome), not of handler run time. What a handler delivered
+//! at the first try is counted from the messages: every message of its event type delivered in
+//! the last hour went through it (a delivered message has no delivery left to do).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -66,12 +68,18 @@ impl Lag {
     }
 }
 
-/// One handler's or route's delivery rows and lag.
+/// One handler's or route's deliveries, delivery rows and lag.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HandlerStats {
     /// The handler's or route's name.
     pub handler: String,
-    /// Delivery rows delivered (after failing at least once, or beside a handler that did).
+    /// Messages it delivered in the last hour, at the first try or after failing: the
+    /// messages of its event types (as the relays report them, or as its delivery rows tell)
+    /// delivered in the last hour. `None` for a route, or a handler whose event type nothing
+    /// tells: the database cannot say which messages it takes.
+    pub delivered_last_hour: Option<u64>,
+    /// Delivery rows delivered (after failing at least once, or beside a handler that did):
+    /// not the deliveries that succeeded at the first try, which leave no row.
     pub delivered: u64,
     /// Delivery rows waiting for a retry.
     pub failed: u64,
@@ -121,13 +129,27 @@ impl Admin {
     /// the deliveries table can tell), and the lag of all messages delivered in the last hour.
     pub async fn handler_stats(&self) -> Result<HandlerReport> {
         let mut by_name: ByName = BTreeMap::new();
-        for relay in self.relays().await?.iter().filter(|r| r.is_alive()) {
+        let relays = self.relays().await?;
+        for relay in relays.iter().filter(|r| r.is_alive()) {
             for (handler, _) in &relay.handles.handlers {
                 entry(&mut by_name, handler.clone());
             }
             for route in &relay.handles.routes {
                 entry(&mut by_name, route.clone());
             }
+        }
+        // The event types each handler takes: from what any recorded relay reports, then from
+        // its delivery rows. A route's are unknown (its matcher is not stored).
+        let routes: BTreeSet<&String> = relays.iter().flat_map(|r| &r.handles.routes).collect();
+        let mut takes: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for (handler, event_type) in relays.iter().flat_map(|r| &r.handles.handlers) {
+            takes
+                .entry(handler.clone())
+                .or_default()
+                .insert(event_type.clone());
+        }
+        for (handler, event_type) in self.handler_event_types().await? {
+            takes.entry(handler).or_default().insert(event_type);
         }
         for (handler, status, n) in self.driver.handler_counts(&self.db).await? {
             let (s, _) = entry(&mut by_name, handler);
@@ -140,6 +162,18 @@ impl Admin {
         }
         for (handler, ms) in self.driver.handler_lags(&self.db, LAG_SAMPLES).await? {
             entry(&mut by_name, handler).1.push(ms);
+        }
+        let delivered = self.delivered_last_hour_by_type().await?;
+        for (name, (s, _)) in by_name.iter_mut() {
+            if routes.contains(name) {
+                continue;
+            }
+            s.delivered_last_hour = takes.get(name).map(|types| {
+                types
+                    .iter()
+                    .map(|t| delivered.get(t).copied().unwrap_or(0))
+                    .sum()
+            });
         }
         let handlers = by_name
             .into_values()
@@ -159,6 +193,7 @@ fn entry(by_name: &mut ByName, name: String) -> &mut (HandlerStats, Vec<i64>) {
     by_name.entry(name.clone()).or_insert_with(|| {
         let stats = HandlerStats {
             handler: name,
+            delivered_last_hour: None,
             delivered: 0,
             failed: 0,
             dead: 0,

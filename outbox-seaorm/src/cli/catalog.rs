@@ -32,6 +32,15 @@ enum Format {
     Asyncapi,
 }
 
+/// Why `outbox catalog` refuses to run in a binary that links no event: an empty catalog
+/// printed would be committed as the truth, and checked against, it reports every committed
+/// version as gone.
+pub(crate) const NO_EVENTS: &str = "this binary knows no event types, so it has no catalog \
+    to print or to check: run `outbox catalog` from the service's own binary, which links its \
+    events, e.g. a `src/bin/outbox.rs` holding `fn main() -> std::process::ExitCode { \
+    outbox_seaorm::cli::main_with_catalog(outbox_seaorm::catalog::Catalog::from_registry(&registry)) }` \
+    (or `outbox_seaorm::cli::main()`, without the routes)";
+
 /// Runs `outbox catalog`: 0 ok, 1 a breaking change or an error.
 pub(super) fn run(args: &CatalogArgs, catalog: Option<Catalog>) -> ExitCode {
     match try_run(args, catalog) {
@@ -48,6 +57,7 @@ fn try_run(args: &CatalogArgs, catalog: Option<Catalog>) -> anyhow::Result<ExitC
         Some(c) => c,
         None => Catalog::from_inventory()?,
     };
+    anyhow::ensure!(!current.events.is_empty(), NO_EVENTS);
     for event in current.events_without_schema() {
         eprintln!(
             "warning: {event} has no JSON Schema: derive `schemars::JsonSchema` on it, with \

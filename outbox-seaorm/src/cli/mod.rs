@@ -6,7 +6,7 @@
 //! ```text
 //! outbox --database-url postgres://... status [--fail-if dead>0] [--fail-if unhandled>0]
 //! outbox list --status dead --handler send-mail --limit 20
-//! outbox show <message id>
+//! outbox show <message id or sequence number>
 //! outbox requeue --handler send-mail --error-kind handler_timed_out --yes
 //! outbox discard <message id>
 //! outbox migrate [--check]
@@ -17,13 +17,16 @@
 //!
 //! `outbox catalog` needs no database: it prints the events, handlers and upcasters linked
 //! into the binary it runs in. Inside a service's own binary that is the service's catalog;
-//! [`main_with_catalog`] adds what only the service knows at run time (its routes).
+//! [`main_with_catalog`] adds what only the service knows at run time (its routes). A binary
+//! that links no event (the plain `outbox`) refuses to print or check a catalog (exit 1): an
+//! empty one, committed or compared, would be wrong.
 //!
 //! Every command takes `--json`. Exit codes: 0 ok, 1 an error or a failed `--fail-if` check,
 //! 2 a usage error.
 
 mod catalog;
 mod checks;
+mod connect;
 mod render;
 
 use std::io::{BufRead, IsTerminal, Write};
@@ -73,8 +76,8 @@ enum Command {
     List {
         #[command(flatten)]
         filter: FilterArgs,
-        /// At most this many.
-        #[arg(long, default_value_t = 50)]
+        /// At most this many (1 to 1000).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
         limit: u32,
         /// Only messages after this sequence number (the last one of the previous page).
         #[arg(long)]
@@ -82,8 +85,8 @@ enum Command {
     },
     /// One message in full: payload, headers, every delivery's state.
     Show {
-        /// The message id.
-        id: Uuid,
+        /// The message id, or its sequence number (the `seq` column of `outbox list`).
+        id: MessageRef,
     },
     /// Put dead messages back in the queue: one by id, or every one the filters match
     /// (`--status unhandled`: the unhandled ones instead).
@@ -137,8 +140,8 @@ struct DashboardArgs {
 
 #[derive(Args, Debug)]
 struct Action {
-    /// One message.
-    id: Option<Uuid>,
+    /// One message: its id, or its sequence number.
+    id: Option<MessageRef>,
     #[command(flatten)]
     filter: FilterArgs,
     /// Do not ask for confirmation.
@@ -164,7 +167,7 @@ struct FilterArgs {
     #[arg(long)]
     aggregate: Option<String>,
     /// Messages whose (or one of whose deliveries') last error is of this kind.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(crate::admin::ERROR_KINDS))]
     error_kind: Option<String>,
     /// Messages recorded since this time (RFC 3339) or this long ago (`30s`, `15m`, `2h`, `7d`).
     #[arg(long, value_parser = checks::parse_since)]
@@ -200,6 +203,45 @@ impl FilterArgs {
 
     fn is_empty(&self) -> bool {
         self.filter() == MessageFilter::new()
+    }
+}
+
+/// A message as an operator names it: by id, or by the sequence number `list` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MessageRef {
+    Id(Uuid),
+    Sequence(i64),
+}
+
+impl std::str::FromStr for MessageRef {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Ok(id) = s.parse::<Uuid>() {
+            return Ok(Self::Id(id));
+        }
+        match s.parse::<i64>() {
+            Ok(n) if n > 0 => Ok(Self::Sequence(n)),
+            _ => Err(format!(
+                "`{s}` is neither a message id (a UUID) nor a sequence number (a positive integer)"
+            )),
+        }
+    }
+}
+
+impl MessageRef {
+    /// The message id: looked up by sequence number when given one.
+    async fn resolve(self, admin: &Admin) -> anyhow::Result<Uuid> {
+        match self {
+            Self::Id(id) => Ok(id),
+            Self::Sequence(n) => admin
+                .list(&MessageFilter::new().after(n - 1).limit(1))
+                .await?
+                .into_iter()
+                .find(|m| m.sequence == n)
+                .map(|m| m.message_id)
+                .ok_or_else(|| anyhow::anyhow!("no outbox message has sequence number {n}")),
+        }
     }
 }
 
@@ -240,11 +282,8 @@ fn start(catalog: Option<crate::catalog::Catalog>) -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", chain(&e));
-            if is_missing_table(&e) {
-                eprintln!(
-                    "hint: the outbox tables are missing: run `outbox migrate`, or name the \
-                     tables with --prefix / --messages-table / --deliveries-table"
-                );
+            if let Some(h) = e.downcast_ref::<Hinted>() {
+                eprintln!("hint: {}", h.hint);
             }
             if e.downcast_ref::<Usage>().is_some() {
                 ExitCode::from(2)
@@ -285,12 +324,31 @@ fn chain(e: &anyhow::Error) -> String {
     text
 }
 
-fn is_missing_table(e: &anyhow::Error) -> bool {
-    let text = chain(e);
-    ["no such table", "does not exist", "doesn't exist"]
-        .iter()
-        .any(|m| text.contains(m))
-        && text.contains("outbox")
+/// An error with advice printed after it, given only once the advice's cause was checked.
+#[derive(Debug)]
+struct Hinted {
+    error: anyhow::Error,
+    hint: &'static str,
+}
+
+impl std::fmt::Display for Hinted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&chain(&self.error))
+    }
+}
+
+impl std::error::Error for Hinted {}
+
+const MISSING_TABLES: &str = "the outbox tables are missing: run `outbox migrate`, or name the \
+                              tables with --prefix / --messages-table / --deliveries-table";
+
+/// Whether `e` came from the database (a failed statement), as opposed to a refusal of the
+/// outbox's own (a message that is not dead, a usage error).
+fn from_database(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<crate::Error>(),
+        Some(crate::Error::Db(_) | crate::Error::Schema { .. })
+    )
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -300,8 +358,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             "no database: pass --database-url or set DATABASE_URL",
         ));
     };
+    // Refused, unknown host, no answer, wrong password: said within seconds, in the driver's
+    // own terms (the pool would retry a refused connection, then say only "timed out").
+    connect::probe(&url).await?;
     let mut options = ConnectOptions::new(url);
-    // A server that is down says so within seconds, not after the pool's 30 s.
     options
         .sqlx_logging(false)
         // The dashboard answers a browser's parallel requests (page, script, refreshes).
@@ -310,12 +370,37 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } else {
             2
         })
-        .connect_timeout(std::time::Duration::from_secs(5))
+        .connect_timeout(connect::CONNECT_TIMEOUT)
         .acquire_timeout(std::time::Duration::from_secs(10));
-    let db = Database::connect(options).await?;
+    let db = Database::connect(options)
+        .await
+        .map_err(crate::Error::from)?;
+    match execute(cli.command, cli.json, &db, &config).await {
+        Err(e) if from_database(&e) => {
+            // Say "run outbox migrate" only when the tables are indeed missing or outdated.
+            if crate::schema::check_tables(&db, &config).await.is_err() {
+                Err(Hinted {
+                    error: e,
+                    hint: MISSING_TABLES,
+                }
+                .into())
+            } else {
+                Err(e)
+            }
+        }
+        other => other,
+    }
+}
+
+async fn execute(
+    command: Command,
+    json: bool,
+    db: &sea_orm::DatabaseConnection,
+    config: &OutboxConfig,
+) -> anyhow::Result<ExitCode> {
     let admin = Admin::with_config(db.clone(), config.clone());
-    let out = render::Out { json: cli.json };
-    match cli.command {
+    let out = render::Out { json };
+    match command {
         Command::Status { fail_if } => {
             let status = admin.status().await?;
             out.status(&status)?;
@@ -340,22 +425,25 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             out.list(&admin.list(&f).await?, limit)?;
         }
-        Command::Show { id } => match admin.show(id).await? {
-            Some(m) => out.show(&m)?,
-            None => anyhow::bail!("no outbox message {id}"),
-        },
+        Command::Show { id } => {
+            let id = id.resolve(&admin).await?;
+            match admin.show(id).await? {
+                Some(m) => out.show(&m)?,
+                None => anyhow::bail!("no outbox message {id}"),
+            }
+        }
         Command::Requeue(a) => act(&admin, &out, a, Verb::Requeue).await?,
         Command::Discard(a) => act(&admin, &out, a, Verb::Discard).await?,
         Command::Migrate { check } => {
             if !check {
-                crate::schema::create_tables(&db, &config).await?;
+                crate::schema::create_tables(db, config).await?;
             }
-            crate::schema::check_tables(&db, &config).await?;
+            crate::schema::check_tables(db, config).await?;
             out.note("tables", "the outbox tables are ready")?;
         }
         Command::Relays => out.relays(&admin.relays().await?)?,
         Command::Catalog(_) => unreachable!("`outbox catalog` runs before connecting"),
-        Command::Dashboard(args) => dashboard(db, config, args).await?,
+        Command::Dashboard(args) => dashboard(db.clone(), config.clone(), args).await?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -430,10 +518,31 @@ async fn act(admin: &Admin, out: &render::Out, a: Action, verb: Verb) -> anyhow:
         if !a.filter.is_empty() {
             return Err(usage("give a message id or filters, not both"));
         }
-        match verb {
-            Verb::Requeue => admin.requeue(id).await?,
-            Verb::Discard => admin.discard(id).await?,
+        let id = id.resolve(admin).await?;
+        let done = match verb {
+            Verb::Requeue => admin.requeue(id).await,
+            Verb::Discard => admin.discard(id).await,
+        };
+        if let Err(crate::Error::MessageNotFound { .. }) = done {
+            // Say which: no such message, or one in a state the action does not take.
+            let rule = match verb {
+                Verb::Requeue => "only dead and unhandled messages are requeued",
+                Verb::Discard => {
+                    "only dead and unhandled messages, and pending ones no relay holds, are discarded"
+                }
+            };
+            return Err(match admin.show(id).await? {
+                Some(m) => match &m.summary.locked_by {
+                    Some(relay) => anyhow::anyhow!(
+                        "message {id} is {} and held by relay {relay}: {rule}",
+                        m.summary.status
+                    ),
+                    None => anyhow::anyhow!("message {id} is {}: {rule}", m.summary.status),
+                },
+                None => anyhow::anyhow!("no outbox message {id}"),
+            });
         }
+        done?;
         return out.done(name, 1);
     }
     if a.filter.is_empty() {

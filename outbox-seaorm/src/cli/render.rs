@@ -230,6 +230,12 @@ fn relays_table(relays: &[RelayInfo]) -> Table {
             .iter()
             .map(|(h, e)| format!("{h} ({e})"))
             .chain(r.handles.routes.iter().map(|n| format!("{n} (route)")))
+            .chain(
+                r.handles
+                    .cdc_routes
+                    .iter()
+                    .map(|n| format!("{n} (route published by CDC, not by the relay)")),
+            )
             .collect();
         t.add_row(vec![
             r.id.clone(),

@@ -1,15 +1,16 @@
-//! Requeue and discard every dead letter a filter matches: a confirmation page with the
-//! count, then a `POST` with the CSRF token, running the same `Admin` calls as the command line.
+//! Requeue and discard every dead letter a filter matches (a confirmation page with the
+//! count, then a `POST`), or one message from its page, with a CSRF token and an `Origin`
+//! check, running the same `Admin` calls as the command line.
 
 use axum::extract::rejection::FormRejection;
-use axum::extract::{Form, Query, State};
-use axum::http::StatusCode;
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::html;
 use serde::Deserialize;
 
 use super::Shared;
-use super::auth::same;
+use super::auth::check_origin;
 use super::filter::FilterParams;
 use super::layout::{Ctx, ErrorPage, Nav, page};
 use crate::entity::MessageStatus;
@@ -90,7 +91,7 @@ pub(super) async fn confirm(
             p { "Filter: " code { (p.filter.query(None)) } }
         }
         form method="post" action=(ctx.href(&format!("/dead-letters/{}", verb.name()))) {
-            input type="hidden" name="csrf" value=(ctx.csrf);
+            input type="hidden" name="csrf" value=(ctx.form_token());
             (p.filter.hidden())
             button type="submit" #confirm class=(verb.name()) { (verb.name()) " " (count) }
             " "
@@ -109,26 +110,25 @@ type ActionForm = Result<Form<ActionParams>, FormRejection>;
 pub(super) async fn requeue(
     state: State<Shared>,
     ctx: Ctx,
+    headers: HeaderMap,
     form: ActionForm,
 ) -> Result<Response, ErrorPage> {
-    act(state, ctx, form, Verb::Requeue).await
+    act(state, ctx, headers, form, Verb::Requeue).await
 }
 
 /// `POST /dead-letters/discard`.
 pub(super) async fn discard(
     state: State<Shared>,
     ctx: Ctx,
+    headers: HeaderMap,
     form: ActionForm,
 ) -> Result<Response, ErrorPage> {
-    act(state, ctx, form, Verb::Discard).await
+    act(state, ctx, headers, form, Verb::Discard).await
 }
 
-async fn act(
-    State(dash): State<Shared>,
-    ctx: Ctx,
-    form: ActionForm,
-    verb: Verb,
-) -> Result<Response, ErrorPage> {
+/// What every action checks before it acts, in this order: read-only mode (before the body
+/// is read), the sender's origin, the form's token. Each refusal is logged with who asked.
+fn guard(ctx: &Ctx, headers: &HeaderMap, token: Option<&str>, verb: Verb) -> Result<(), ErrorPage> {
     let who = ctx.who.as_str();
     if ctx.read_only {
         tracing::warn!(
@@ -138,10 +138,18 @@ async fn act(
         );
         return Err(read_only());
     }
-    let Form(mut p) = form.map_err(|e| ErrorPage::new(e.status(), e.body_text()))?;
-    // Every match, as the confirmation counted them (a page's `after` is not part of it).
-    p.filter.whole();
-    if !same(p.csrf.as_bytes(), ctx.csrf.as_bytes()) {
+    let Some(token) = token else {
+        return Ok(());
+    };
+    if let Err(why) = check_origin(headers) {
+        tracing::warn!(
+            who,
+            action = verb.name(),
+            "outbox dashboard: action refused, {why}"
+        );
+        return Err(ErrorPage::new(StatusCode::FORBIDDEN, why));
+    }
+    if !ctx.accepts(token) {
         tracing::warn!(
             who,
             action = verb.name(),
@@ -149,9 +157,26 @@ async fn act(
         );
         return Err(ErrorPage::new(
             StatusCode::FORBIDDEN,
-            "the form's token is missing or stale: reload the page and try again",
+            "the form's token is missing, stale (over an hour old, or from before a restart) or \
+             from another dashboard: reload the page and try again",
         ));
     }
+    Ok(())
+}
+
+async fn act(
+    State(dash): State<Shared>,
+    ctx: Ctx,
+    headers: HeaderMap,
+    form: ActionForm,
+    verb: Verb,
+) -> Result<Response, ErrorPage> {
+    let who = ctx.who.as_str();
+    guard(&ctx, &headers, None, verb)?;
+    let Form(mut p) = form.map_err(|e| ErrorPage::new(e.status(), e.body_text()))?;
+    // Every match, as the confirmation counted them (a page's `after` is not part of it).
+    p.filter.whole();
+    guard(&ctx, &headers, Some(&p.csrf), verb)?;
     // Dead letters only, as the confirmation counted: discard would otherwise take the
     // filter's status.
     let filter = p.filter.filter()?.status(MessageStatus::Dead);
@@ -172,5 +197,98 @@ async fn act(
         query.push('&');
     }
     let to = ctx.href(&format!("/dead-letters?{query}done={}&n={n}", verb.done()));
+    Ok(Redirect::to(&to).into_response())
+}
+
+/// The form of one message's action: the token, and for a discard the box that says "for
+/// good".
+#[derive(Debug, Deserialize)]
+pub(super) struct OneParams {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    sure: String,
+}
+
+type OneForm = Result<Form<OneParams>, FormRejection>;
+
+/// `POST /messages/{id}/requeue`.
+pub(super) async fn requeue_one(
+    state: State<Shared>,
+    ctx: Ctx,
+    headers: HeaderMap,
+    id: Path<String>,
+    form: OneForm,
+) -> Result<Response, ErrorPage> {
+    act_one(state, ctx, headers, id, form, Verb::Requeue).await
+}
+
+/// `POST /messages/{id}/discard`.
+pub(super) async fn discard_one(
+    state: State<Shared>,
+    ctx: Ctx,
+    headers: HeaderMap,
+    id: Path<String>,
+    form: OneForm,
+) -> Result<Response, ErrorPage> {
+    act_one(state, ctx, headers, id, form, Verb::Discard).await
+}
+
+async fn act_one(
+    State(dash): State<Shared>,
+    ctx: Ctx,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    form: OneForm,
+    verb: Verb,
+) -> Result<Response, ErrorPage> {
+    guard(&ctx, &headers, None, verb)?;
+    let Form(p) = form.map_err(|e| ErrorPage::new(e.status(), e.body_text()))?;
+    guard(&ctx, &headers, Some(&p.csrf), verb)?;
+    let id = uuid::Uuid::parse_str(&id).map_err(|_| {
+        ErrorPage::new(
+            StatusCode::BAD_REQUEST,
+            format!("`{id}` is not a message id"),
+        )
+    })?;
+    if matches!(verb, Verb::Discard) && p.sure != "yes" {
+        return Err(ErrorPage::new(
+            StatusCode::BAD_REQUEST,
+            "tick \"delete it for good\" to discard the message",
+        ));
+    }
+    let done = match verb {
+        Verb::Requeue => dash.admin.requeue(id).await,
+        Verb::Discard => dash.admin.discard(id).await,
+    };
+    if let Err(crate::Error::MessageNotFound { .. }) = done {
+        // Say which: gone, or in a state the action does not take (another operator or the
+        // relay got there first).
+        let rule = match verb {
+            Verb::Requeue => "only dead and unhandled messages are requeued",
+            Verb::Discard => {
+                "only dead and unhandled messages, and pending ones no relay holds, are discarded"
+            }
+        };
+        return Err(match dash.admin.show(id).await? {
+            Some(m) => ErrorPage::new(
+                StatusCode::CONFLICT,
+                format!("message {id} is {}: {rule}", m.summary.status),
+            ),
+            None => ErrorPage::new(StatusCode::NOT_FOUND, format!("no outbox message {id}")),
+        });
+    }
+    done?;
+    tracing::info!(
+        who = ctx.who.as_str(),
+        action = verb.name(),
+        message_id = %id,
+        "outbox dashboard: {} message {id}",
+        verb.done()
+    );
+    let to = match verb {
+        Verb::Requeue => ctx.href(&format!("/messages/{id}")),
+        Verb::Discard => ctx.href("/dead-letters?done=discarded&n=1"),
+    };
     Ok(Redirect::to(&to).into_response())
 }

@@ -24,7 +24,7 @@ pub(super) struct Ctx {
     pub(super) base: String,
     pub(super) who: String,
     pub(super) read_only: bool,
-    pub(super) csrf: String,
+    tokens: std::sync::Arc<super::auth::FormTokens>,
 }
 
 impl Ctx {
@@ -35,6 +35,16 @@ impl Ctx {
         } else {
             format!("{}{path}", self.base)
         }
+    }
+
+    /// A fresh CSRF token for a form of the page being rendered.
+    pub(super) fn form_token(&self) -> String {
+        self.tokens.issue()
+    }
+
+    /// Whether a submitted form's token was issued by this dashboard, recently.
+    pub(super) fn accepts(&self, token: &str) -> bool {
+        self.tokens.accepts(token)
     }
 }
 
@@ -60,7 +70,7 @@ impl FromRequestParts<Shared> for Ctx {
                 .get::<Who>()
                 .map_or_else(|| "unknown".to_owned(), |w| w.0.clone()),
             read_only: dash.config.read_only,
-            csrf: dash.csrf.clone(),
+            tokens: dash.tokens.clone(),
         })
     }
 }
@@ -70,6 +80,8 @@ impl FromRequestParts<Shared> for Ctx {
 pub(super) struct ErrorPage {
     pub(super) status: StatusCode,
     pub(super) message: String,
+    /// A database error: [`explain_db_failure`] checks the tables before the page goes out.
+    db_failed: bool,
 }
 
 impl ErrorPage {
@@ -77,32 +89,52 @@ impl ErrorPage {
         Self {
             status,
             message: message.into(),
+            db_failed: false,
         }
     }
 }
+
+const DB_FAILED: &str =
+    "the outbox could not be read: a database error (the details are in the server's log)";
+
+const TABLES_MISSING: &str = "the outbox tables are missing: run `outbox migrate` (or add \
+                              `OutboxMigration` to your migrator)";
 
 impl From<Error> for ErrorPage {
     fn from(e: Error) -> Self {
         let report = e.report();
         tracing::error!(error = %report, "outbox dashboard: query failed");
         // The database's own words (server source lines, schema names) are for the log; the
-        // page says what to do.
-        let message = if !matches!(e, Error::Db(_)) {
-            report
-        } else if ["no such table", "does not exist", "doesn't exist"]
-            .iter()
-            .any(|m| report.contains(m))
-            && report.contains("outbox")
-        {
-            "the outbox tables are missing: run `outbox migrate` (or add `OutboxMigration` to \
-             your migrator)"
-                .to_owned()
+        // page says what to do, once the tables are checked (`explain_db_failure`).
+        if matches!(e, Error::Db(_) | Error::Schema { .. }) {
+            Self {
+                db_failed: true,
+                ..Self::new(StatusCode::INTERNAL_SERVER_ERROR, DB_FAILED)
+            }
         } else {
-            "the outbox could not be read: a database error (the details are in the server's \
-             log)"
-                .to_owned()
-        };
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, message)
+            Self::new(StatusCode::INTERNAL_SERVER_ERROR, report)
+        }
+    }
+}
+
+/// Marks the response of a page that failed on a database error.
+#[derive(Clone, Copy)]
+struct DbFailed;
+
+/// After a page failed on a database error, checks the outbox tables: only when they are
+/// missing or outdated does the page say to run `outbox migrate`.
+pub(super) async fn explain_db_failure(
+    axum::extract::State(dash): axum::extract::State<Shared>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let res = next.run(req).await;
+    if res.extensions().get::<DbFailed>().is_none() {
+        return res;
+    }
+    match crate::schema::check_tables(&dash.db, &dash.config.outbox).await {
+        Err(_) => ErrorPage::new(StatusCode::INTERNAL_SERVER_ERROR, TABLES_MISSING).into_response(),
+        Ok(()) => res,
     }
 }
 
@@ -115,7 +147,11 @@ impl IntoResponse for ErrorPage {
                 body { h1 { (self.status.as_u16()) " " (self.status.canonical_reason().unwrap_or("")) } p.error { (self.message) } }
             }
         };
-        (self.status, body).into_response()
+        let mut res = (self.status, body).into_response();
+        if self.db_failed {
+            res.extensions_mut().insert(DbFailed);
+        }
+        res
     }
 }
 

@@ -16,8 +16,10 @@
 //! Pages are rendered on the server and read fine without JavaScript; one small script,
 //! served from the router (no CDN), refreshes the overview, handlers and relays pages. Every
 //! response carries a Content-Security-Policy that allows scripts and styles from the dashboard
-//! only. Actions are `POST` forms carrying a per-router CSRF token, refused in read-only mode,
-//! and logged (who, what, how many) through `tracing`.
+//! only. Actions (requeue and discard of every dead letter a filter matches, or of one message
+//! from its page) are `POST` forms carrying a CSRF token issued with the page (accepted for an
+//! hour, by the router that issued it), refused when the `Origin` (or `Referer`) is another
+//! site, refused in read-only mode, and logged (who, what, how many) through `tracing`.
 //!
 //! Listings are keyset pages (`after` the last sequence shown), so a page costs the same at any
 //! depth of a large table. The overview and dead-letter pages count the last hour's deliveries
@@ -154,10 +156,12 @@ impl DashboardConfig {
 /// What every page handler shares.
 struct Dashboard {
     admin: Admin,
+    /// For the table check after a database error.
+    db: DatabaseConnection,
     config: DashboardConfig,
-    /// The token every action form carries. One per router: a page rendered by this process
-    /// is the only place a browser can learn it (cross-origin pages cannot read ours).
-    csrf: String,
+    /// The tokens of the action forms, one per rendered page: a page rendered by this router
+    /// is the only place a browser can learn one (cross-origin pages cannot read ours).
+    tokens: Arc<auth::FormTokens>,
 }
 
 type Shared = Arc<Dashboard>;
@@ -167,14 +171,17 @@ type Shared = Arc<Dashboard>;
 /// in `config`.
 pub fn router(db: DatabaseConnection, config: DashboardConfig) -> Router {
     let state = Arc::new(Dashboard {
-        admin: Admin::with_config(db, config.outbox.clone()),
-        csrf: auth::new_token(),
+        admin: Admin::with_config(db.clone(), config.outbox.clone()),
+        db,
+        tokens: Arc::default(),
         config,
     });
     let routes = Router::new()
         .route("/", get(pages::overview))
         .route("/messages", get(pages::messages))
         .route("/messages/{id}", get(pages::message))
+        .route("/messages/{id}/requeue", post(actions::requeue_one))
+        .route("/messages/{id}/discard", post(actions::discard_one))
         .route("/dead-letters", get(pages::dead_letters))
         .route("/dead-letters/confirm", get(actions::confirm))
         .route("/dead-letters/requeue", post(actions::requeue))
@@ -183,6 +190,10 @@ pub fn router(db: DatabaseConnection, config: DashboardConfig) -> Router {
         .route("/relays", get(pages::relays))
         .route("/assets/dashboard.js", get(layout::script))
         .route("/assets/dashboard.css", get(layout::style))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            layout::explain_db_failure,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,
@@ -209,6 +220,19 @@ pub async fn serve(
         .map_err(Error::Serve)?;
     let local = listener.local_addr().map_err(Error::Serve)?;
     tracing::info!(%local, read_only = config.read_only, "outbox dashboard listening");
+    if config.auth.is_none() && !local.ip().is_loopback() {
+        tracing::warn!(
+            %local,
+            read_only = config.read_only,
+            "outbox dashboard: serving WITHOUT authentication on a non-loopback address \
+             (allowed explicitly): anyone who can reach {local} can read every message{}",
+            if config.read_only {
+                ""
+            } else {
+                ", and requeue or discard them"
+            }
+        );
+    }
     let app = router(db, config).into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)

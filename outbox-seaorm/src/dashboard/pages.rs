@@ -209,7 +209,31 @@ pub(super) async fn message(State(dash): State<Shared>, ctx: Ctx, Path(id): Path
         .as_ref()
         .and_then(|template| trace_link(template, &m.headers, id));
     let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).unwrap_or_default();
+    // What the admin calls take: requeue a dead or unhandled message; discard one of those, or a pending one
+    // no relay holds.
+    let can_requeue = s.status == "dead" || s.status == "unhandled";
+    let can_discard = can_requeue || (s.status == "pending" && s.locked_by.is_none());
     let body = html! {
+        @if !ctx.read_only && (can_requeue || can_discard) {
+            @let token = ctx.form_token();
+            div #message-actions {
+                @if can_requeue {
+                    form method="post" action=(ctx.href(&format!("/messages/{id}/requeue"))) {
+                        input type="hidden" name="csrf" value=(token);
+                        button type="submit" #requeue-one class="requeue" { "requeue" }
+                        " its dead deliveries get a fresh retry budget"
+                    }
+                }
+                @if can_discard {
+                    form method="post" action=(ctx.href(&format!("/messages/{id}/discard"))) {
+                        input type="hidden" name="csrf" value=(token);
+                        label { input type="checkbox" name="sure" value="yes" required; " delete it for good" }
+                        " "
+                        button type="submit" #discard-one class="discard" { "discard" }
+                    }
+                }
+            }
+        }
         dl.fields #message-fields {
             dt { "id" } dd { code { (s.message_id) } }
             dt { "sequence" } dd { (s.sequence) }
@@ -342,7 +366,8 @@ pub(super) async fn handlers(State(dash): State<Shared>, ctx: Ctx) -> Page {
     };
     let body = html! {
         p.note {
-            "Counts are of the per-handler delivery rows, which exist only for messages that failed at least once (a message delivered at the first try leaves none). "
+            "\"Delivered, last hour\" counts the messages of the handler's event type delivered in the last hour, at the first try or after failing; a route's is unknown (which messages it takes is not stored). "
+            "The other counts are of the per-handler delivery rows, which exist only for messages that failed at least once (a message delivered at the first try leaves none). "
             "The percentiles are of delivery lag, from the event's recording to the handler's last outcome, over the latest 10 000 rows: the tables store times, not handler run times."
         }
         @if report.handlers.is_empty() {
@@ -350,13 +375,14 @@ pub(super) async fn handlers(State(dash): State<Shared>, ctx: Ctx) -> Page {
         } @else {
             table #handlers {
                 thead { tr {
-                    th { "handler or route" } th.num { "delivered" } th.num { "failed (retrying)" } th.num { "dead" }
+                    th { "handler or route" } th.num { "delivered, last hour" } th.num { "delivered after failing" } th.num { "failed (retrying)" } th.num { "dead" }
                     th.num { "lag p50" } th.num { "p90" } th.num { "p99" } th.num { "max" } th.num { "samples" }
                 } }
                 tbody {
                     @for h in &report.handlers {
                         tr data-handler=(h.handler) {
                             td { a href=(ctx.href(&format!("/messages?handler={}", encode(&h.handler)))) { (h.handler) } }
+                            td.num.delivered-hour { @match h.delivered_last_hour { Some(n) => (n), None => span title="a route: which messages it takes is not stored" { "?" } } }
                             td.num.delivered { (h.delivered) }
                             td.num.failed { (h.failed) }
                             td.num.dead { a href=(ctx.href(&format!("/dead-letters?handler={}", encode(&h.handler)))) { (h.dead) } }
@@ -398,7 +424,17 @@ pub(super) async fn relays(State(dash): State<Shared>, ctx: Ctx) -> Page {
                             td { (time(r.started_at)) }
                             td.num { (age(r.silent_for.as_secs_f64())) " ago" }
                             td.num.held { (r.held) }
-                            td { (r.handles.handlers.len()) " handlers, " (r.handles.routes.len()) " routes" }
+                            td {
+                                (r.handles.handlers.len()) " handlers, " (r.handles.routes.len()) " routes"
+                                @if !r.handles.cdc_routes.is_empty() {
+                                    br;
+                                    "published by CDC, not by the relay: "
+                                    @for (i, n) in r.handles.cdc_routes.iter().enumerate() {
+                                        @if i > 0 { ", " }
+                                        code.cdc-route { (n) }
+                                    }
+                                }
+                            }
                         }
                     }
                 }

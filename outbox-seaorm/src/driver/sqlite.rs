@@ -32,6 +32,7 @@ pub(crate) struct Sqlite {
     messages: String,
     now: String,
     /// See [`Driver::relay_write_gate`]: one per database file.
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
     gates: std::sync::Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -95,6 +96,8 @@ impl Driver for Sqlite {
             .await?)
     }
 
+    // Without `sqlx-sqlite` no SQLite connection can exist, and SeaORM has no pool to ask.
+    #[cfg(feature = "sqlite")]
     async fn relay_write_gate(
         &self,
         db: &DatabaseConnection,

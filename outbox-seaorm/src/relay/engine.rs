@@ -219,6 +219,7 @@ fn relay_row(shared: &Shared) -> RelayRow {
             .map(|h| (h.name().to_owned(), h.event_type().to_owned()))
             .collect(),
         routes: r.routes().map(|h| h.name().to_owned()).collect(),
+        cdc_routes: r.cdc_routes().map(str::to_owned).collect(),
         event_types: r.event_types().map(|(t, _)| t.to_owned()).collect(),
     };
     RelayRow {

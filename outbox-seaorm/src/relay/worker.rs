@@ -145,6 +145,16 @@ async fn run_message(
         return Some(v);
     }
     let entries: Vec<&HandlerEntry> = shared.registry.deliveries_for(envelope).collect();
+    if entries.is_empty() && shared.registry.published_by_cdc(envelope) {
+        // Change data capture publishes it and nothing here runs: complete, as the README's
+        // hand-off says (the relay does not check what the capture did).
+        return Some(decide::decide(
+            Vec::new(),
+            false,
+            prior.is_some_and(|p| !p.is_empty()),
+            &shared.policy,
+        ));
+    }
     if entries.is_empty() {
         bump(&shared.stats.unhandled, 1);
         if shared.first_unhandled(&envelope.event_type) {

@@ -196,16 +196,20 @@ where
 }
 
 /// The server's error number of a MySQL/MariaDB error.
+#[cfg(feature = "mysql")]
 fn mysql_error_number(e: &sea_orm::DbErr) -> Option<u16> {
     use sea_orm::{DbErr, RuntimeErr};
     let (DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e))) = e else {
         return None;
     };
-    let db = e.as_database_error()?;
-    #[cfg(feature = "mysql")]
-    if let Some(my) = db.try_downcast_ref::<sea_orm::sqlx::mysql::MySqlDatabaseError>() {
-        return Some(my.number());
-    }
-    let _ = db;
+    let my = e
+        .as_database_error()?
+        .try_downcast_ref::<sea_orm::sqlx::mysql::MySqlDatabaseError>()?;
+    Some(my.number())
+}
+
+/// Without the `mysql` feature no MySQL error can occur.
+#[cfg(not(feature = "mysql"))]
+fn mysql_error_number(_: &sea_orm::DbErr) -> Option<u16> {
     None
 }
