@@ -94,13 +94,18 @@ pub trait Aggregate {
 /// - **Clones start empty.** A clone of a model does not carry its events, so saving both the
 ///   clone and the original writes each event once. (Equality ignores the buffer for the same
 ///   reason: events are not part of the aggregate's state.)
-/// - **Dropping it with unsaved events is a bug, and is reported.** In debug builds (tests
-///   included) it panics; in release builds it logs an error with `tracing`. This catches an
-///   aggregate saved with a plain SeaORM call (`into_active_model().insert(..)`), which writes
-///   the row but not the events, and events recorded on an aggregate that is never saved. Call
-///   [`discard`](Self::discard) when dropping them is what you mean; change the reaction with
-///   [`on_unsaved_events`](crate::on_unsaved_events). Events given back by a unit of work that
-///   rolled back are not reported: nothing of that unit of work was written.
+/// - **Dropping it with unsaved events is a bug, and is reported**: an `ERROR` log with
+///   `tracing` (target `outbox::unsaved`) and the `outbox.events.dropped` counter, in debug
+///   and release builds alike (a panic in `Drop` would replace the error a function was
+///   returning through `?`; tests may opt in to panicking with
+///   [`on_unsaved_events`](crate::on_unsaved_events)). This catches an aggregate saved with a
+///   plain SeaORM call (`into_active_model().insert(..)`), which writes the row but not the
+///   events, and events recorded on an aggregate that is never saved. Call
+///   [`discard`](Self::discard) when dropping them is what you mean. Events given back by a unit
+///   of work that rolled back (`rollback`, or a failed commit) are not reported: nothing of
+///   that unit of work was written. Events given back by a unit of work dropped without
+///   `commit` or `rollback` are reported then, and again if the aggregate is dropped still
+///   holding them.
 #[derive(Default)]
 pub struct Events {
     buffer: Option<Arc<Mutex<Buffer>>>,
@@ -133,6 +138,9 @@ enum SlotState {
     Staged(u64),
     /// Given back by a unit of work that did not commit.
     RolledBack,
+    /// Given back by a unit of work dropped without `commit` or `rollback` (already reported
+    /// once; reported again if the aggregate is dropped still holding them).
+    Abandoned,
 }
 
 /// The aggregate a buffer belongs to, as far as it is known.
@@ -334,6 +342,26 @@ fn lock(b: &Mutex<Buffer>) -> MutexGuard<'_, Buffer> {
 /// Settles the events a unit of work staged in `buffer`: gone when it committed, back to
 /// unsaved-but-excused when it did not.
 pub(crate) fn settle(buffer: &Mutex<Buffer>, unit: u64, committed: bool) {
+    settle_as(buffer, unit, committed, SlotState::RolledBack);
+}
+
+/// Gives back the events a unit of work that was dropped without ending staged in `buffer`,
+/// marked so that dropping the aggregate still holding them reports them; returns them with
+/// their aggregate.
+pub(crate) fn abandon(buffer: &Mutex<Buffer>, unit: u64) -> Vec<(Option<Owner>, PendingEvent)> {
+    let given_back: Vec<(Option<Owner>, PendingEvent)> = {
+        let b = lock(buffer);
+        b.slots
+            .iter()
+            .filter(|s| s.state == SlotState::Staged(unit))
+            .map(|s| (b.owner.clone(), s.event.clone()))
+            .collect()
+    };
+    settle_as(buffer, unit, false, SlotState::Abandoned);
+    given_back
+}
+
+fn settle_as(buffer: &Mutex<Buffer>, unit: u64, committed: bool, given_back: SlotState) {
     let mut b = lock(buffer);
     if let Some((u, generated)) = b.writer
         && u == unit
@@ -350,7 +378,7 @@ pub(crate) fn settle(buffer: &Mutex<Buffer>, unit: u64, committed: bool) {
     } else {
         for s in b.slots.iter_mut() {
             if s.state == SlotState::Staged(unit) {
-                s.state = SlotState::RolledBack;
+                s.state = given_back;
             }
         }
     }
@@ -386,11 +414,14 @@ impl Drop for Events {
         };
         let b = lock(&buffer);
         // Staged events belong to their unit of work, which settles them; rolled-back ones were
-        // given back by a unit of work that wrote nothing.
+        // given back by a unit of work that wrote nothing. Ones given back by a unit of work
+        // dropped without ending were never saved either: they are reported.
         let unsaved: Vec<&PendingEvent> = b
             .slots
             .iter()
-            .filter(|s| s.state == SlotState::Unsaved && !s.inspected)
+            .filter(|s| {
+                matches!(s.state, SlotState::Unsaved | SlotState::Abandoned) && !s.inspected
+            })
             .map(|s| &s.event)
             .collect();
         if !unsaved.is_empty() {

@@ -102,6 +102,8 @@ pub use self::handler::{
 pub use self::registry::Registry;
 #[doc(inline)]
 pub use self::retry::RetryPolicy;
+#[doc(hidden)]
+pub use self::unsaved::on_unsaved_events_unless_set;
 #[doc(inline)]
 pub use self::unsaved::{UnsavedEvents, on_unsaved_events};
 #[doc(inline)]

@@ -186,13 +186,32 @@ impl Registry {
         )
     }
 
+    /// Whether a handler or a route (one change data capture publishes included) takes
+    /// messages of `event_type` recorded by aggregates of `aggregate_type` (when none does, a
+    /// relay marks them `unhandled`).
+    pub fn takes(&self, event_type: &str, aggregate_type: &str) -> bool {
+        self.handlers_for(event_type).next().is_some()
+            || self
+                .routes
+                .iter()
+                .chain(&self.cdc_routes)
+                .any(|(m, _)| m.matches_types(event_type, aggregate_type))
+    }
+
+    /// Whether a route that change data capture publishes takes `envelope`: with no handler
+    /// and no other route, the relay completes it as delivered (it does not check what the
+    /// capture did), not as unhandled.
+    pub fn published_by_cdc(&self, envelope: &Envelope) -> bool {
+        self.cdc_routes.iter().any(|(m, _)| m.matches(envelope))
+    }
+
     /// The routes, in the order they were added.
     pub fn routes(&self) -> impl Iterator<Item = &HandlerEntry> {
         self.routes.iter().map(|(_, e)| e)
     }
 
     /// Declares an event type this process knows without handling it, so that its messages
-    /// complete at once instead of waiting for a relay that knows the type.
+    /// are marked `unhandled` at once instead of waiting for a relay that knows the type.
     /// [`Registry::from_inventory`] knows every type derived with `DomainEvent` already.
     pub fn with_event<E: crate::DomainEvent>(mut self) -> Self {
         let versions = self

@@ -45,6 +45,9 @@ static NEXT_UNIT: AtomicU64 = AtomicU64::new(1);
 pub struct Unit {
     id: u64,
     buffers: Vec<aggregate::SharedBuffer>,
+    /// Dropped unsettled while holding staged events: report them (see
+    /// [`report_when_dropped`](Unit::report_when_dropped)).
+    report_when_dropped: bool,
 }
 
 /// The events of an aggregate are already held by another unit of work that has not ended.
@@ -58,7 +61,18 @@ impl Unit {
         Self {
             id: NEXT_UNIT.fetch_add(1, Ordering::Relaxed),
             buffers: Vec::new(),
+            report_when_dropped: false,
         }
+    }
+
+    /// Makes a drop without [`settle`](Self::settle) a reported mistake: the events it staged
+    /// go back to their aggregates, are reported as events dropped unsaved (see
+    /// [`on_unsaved_events`](crate::on_unsaved_events)), and are reported again if an
+    /// aggregate is dropped still holding them. For a unit of work the user must end
+    /// explicitly; without it, a dropped unit gives its events back silently, as a rollback.
+    pub fn report_when_dropped(mut self) -> Self {
+        self.report_when_dropped = true;
+        self
     }
 
     /// Stages the aggregate's events that this unit does not hold yet, naming the aggregate as
@@ -122,7 +136,17 @@ impl Unit {
 
 impl Drop for Unit {
     fn drop(&mut self) {
-        self.settle_all(false);
+        if !self.report_when_dropped {
+            self.settle_all(false);
+            return;
+        }
+        let mut given_back = Vec::new();
+        for b in self.buffers.drain(..) {
+            given_back.extend(aggregate::abandon(&b, self.id));
+        }
+        if !given_back.is_empty() {
+            crate::unsaved::report_abandoned(&given_back);
+        }
     }
 }
 

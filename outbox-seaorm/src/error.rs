@@ -113,8 +113,8 @@ pub enum Error {
         reason: &'static str,
     },
 
-    /// No outbox message has this id in a state the operation applies to (only dead
-    /// messages are requeued; dead ones, or pending ones no relay holds, are discarded).
+    /// No outbox message has this id in a state the operation applies to (only dead and
+    /// unhandled messages are requeued; those, or pending ones no relay holds, are discarded).
     #[error(
         "no outbox message {message_id} to {operation}: it does not exist, or it is not {state}"
     )]

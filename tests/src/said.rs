@@ -4,7 +4,7 @@
 
 /// `outbox requeue <id>` of a message that is not dead (here: delivered).
 pub const REQUEUE_NOT_DEAD: &str =
-    "error: message <id> is delivered: only dead messages are requeued";
+    "error: message <id> is delivered: only dead and unhandled messages are requeued";
 
 /// `outbox requeue <id>` / `discard <id>` of an id no message has.
 pub const NO_SUCH_MESSAGE: &str = "error: no outbox message <id>";
@@ -81,7 +81,8 @@ pub const STALE_TOKEN: &str = "the form's token is missing, stale (over an hour 
                                try again";
 
 /// The dashboard's requeue of a message that is no longer dead (here: pending).
-pub const DASHBOARD_NOT_DEAD: &str = "message <id> is pending: only dead messages are requeued";
+pub const DASHBOARD_NOT_DEAD: &str =
+    "message <id> is pending: only dead and unhandled messages are requeued";
 
 /// `outbox dashboard --i-know-it-is-open` off loopback: the WARN line's message.
 pub const OPEN_DASHBOARD: &str = "outbox dashboard: serving WITHOUT authentication on a \

@@ -55,6 +55,7 @@ async fn the_dashboard_in_chromium_shows_the_database_and_requeues_what_is_filte
     let minutes = admin.throughput().await.unwrap();
     assert_eq!(b.number("#count-pending").await, status.pending);
     assert_eq!(b.number("#count-dead").await, status.dead);
+    assert_eq!(b.number("#count-unhandled").await, status.unhandled);
     assert_eq!(
         b.number("#count-delivered-hour").await,
         status.delivered_last_hour

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusBuilder;
 use outbox_seaorm::{HandlerEntry, HandlerError, Registry, Relay, RetryPolicy, UnitOfWork};
-use outbox_tests::fixtures::Numbered;
+use outbox_tests::fixtures::{Numbered, OrderPlaced, order};
 use outbox_tests::{Backend, TestDb};
 
 /// `name{labels} value` lines of a Prometheus text exposition, by name and label text.
@@ -38,7 +38,7 @@ async fn scraped_counters_equal_what_was_delivered_and_what_failed() {
         .expect("the only recorder of this process");
     // One backend after another (the recorder is process-wide): each has its own gauge query,
     // and a different number of dead letters, so a gauge left from the previous one shows.
-    let (mut delivered, mut dead) = (0.0, 0.0);
+    let (mut delivered, mut dead, mut unhandled) = (0.0, 0.0, 0.0);
     for (k, backend) in [Backend::Sqlite, Backend::Postgres, Backend::MySql]
         .into_iter()
         .enumerate()
@@ -50,10 +50,13 @@ async fn scraped_counters_equal_what_was_delivered_and_what_failed() {
         let relay = run(&t, bounced).await;
         delivered += f64::from(10 - bounced);
         dead += f64::from(bounced);
+        unhandled += f64::from(bounced - 1);
         // The gauges are refreshed by the relay's own timer: wait for one refresh after the run.
         outbox_tests::wait_for("the gauges", Duration::from_secs(10), || async {
             let s = scrape(&handle.render());
-            (s.get("outbox_dead_letters") == Some(&f64::from(bounced))).then_some(())
+            (s.get("outbox_dead_letters") == Some(&f64::from(bounced))
+                && s.get("outbox_unhandled") == Some(&f64::from(bounced - 1)))
+            .then_some(())
         })
         .await;
         relay.shutdown().await;
@@ -80,7 +83,12 @@ async fn scraped_counters_equal_what_was_delivered_and_what_failed() {
         "{s:#?}"
     );
     assert_eq!(sum(&s, "outbox_messages", r#"outcome="dead""#), dead);
-    assert_eq!(sum(&s, "outbox_claimed", ""), 10.0 * runs);
+    assert_eq!(
+        sum(&s, "outbox_messages", r#"outcome="unhandled""#),
+        unhandled,
+        "never counted as delivered"
+    );
+    assert_eq!(sum(&s, "outbox_claimed", ""), 10.0 * runs + unhandled);
     assert_eq!(
         sum(
             &s,
@@ -101,10 +109,20 @@ async fn scraped_counters_equal_what_was_delivered_and_what_failed() {
         sum(&s, "outbox_delivery_lag_count", "test.numbered"),
         delivered
     );
+
+    // Events dropped unsaved: an ERROR log and this counter (no panic by default).
+    drop(order::Model::place("ada", 1));
+    let s = scrape(&handle.render());
+    assert_eq!(
+        sum(&s, "outbox_events_dropped", r#"reason="unsaved""#),
+        1.0,
+        "{s:#?}"
+    );
 }
 
-/// Ten events; the `mail` handler bounces the first `bounced` for good. Returns when all are
-/// decided, with the relay still running (its gauges timer too).
+/// Ten events; the `mail` handler bounces the first `bounced` for good; `bounced - 1` more of a
+/// type nothing handles. Returns when all are decided, with the relay still running (its
+/// gauges timer too).
 async fn run(t: &TestDb, bounced: u32) -> outbox_seaorm::RelayHandle {
     let uow = UnitOfWork::begin(&t.db).await.unwrap();
     for i in 0..10 {
@@ -115,6 +133,15 @@ async fn run(t: &TestDb, bounced: u32) -> outbox_seaorm::RelayHandle {
         uow.record("counter", format!("m-{i}"), e, Default::default())
             .unwrap();
     }
+    for _ in 1..bounced {
+        let order_id = uuid::Uuid::now_v7();
+        let e = OrderPlaced {
+            order_id,
+            amount: 1,
+        };
+        uow.record("order", order_id, e, Default::default())
+            .unwrap();
+    }
     uow.commit().await.unwrap();
     let mail = HandlerEntry::new("mail", move |e: Numbered, _ctx| async move {
         if e.n < bounced {
@@ -123,7 +150,7 @@ async fn run(t: &TestDb, bounced: u32) -> outbox_seaorm::RelayHandle {
         Ok(())
     });
     let relay = Relay::builder(t.db.clone())
-        .registry(Registry::new([mail]).unwrap())
+        .registry(Registry::new([mail]).unwrap().with_event::<OrderPlaced>())
         .retry(RetryPolicy::exponential(Duration::from_millis(1)).max_attempts(1))
         .metrics_interval(Some(Duration::from_millis(50)))
         .spawn()
@@ -132,7 +159,8 @@ async fn run(t: &TestDb, bounced: u32) -> outbox_seaorm::RelayHandle {
     let admin = outbox_seaorm::Admin::new(t.db.clone());
     outbox_tests::wait_for("the run", Duration::from_secs(20), || async {
         let c = admin.counts().await.unwrap();
-        (c.pending == 0 && c.delivered + c.dead == 10).then_some(())
+        (c.pending == 0 && c.delivered + c.dead == 10 && c.unhandled == u64::from(bounced - 1))
+            .then_some(())
     })
     .await;
     relay

@@ -24,7 +24,7 @@ backend_tests!(
     panicking_handler_is_caught_and_retried,
     handler_timeout_is_a_retryable_failure,
     unknown_event_type_waits_for_a_relay_that_knows_it,
-    known_type_nothing_handles_completes_at_once_and_stalls_nothing,
+    known_type_nothing_handles_is_unhandled_at_once_and_stalls_nothing,
     corrupt_payload_is_dead_at_once_with_a_deserialize_error,
     dead_delivery_can_be_requeued,
     per_aggregate_order_holds_across_transactions_and_retries,
@@ -362,7 +362,7 @@ async fn unknown_event_type_waits_for_a_relay_that_knows_it(t: TestDb) {
     t.cleanup().await;
 }
 
-async fn known_type_nothing_handles_completes_at_once_and_stalls_nothing(t: TestDb) {
+async fn known_type_nothing_handles_is_unhandled_at_once_and_stalls_nothing(t: TestDb) {
     // An audit-only event before an event that is handled, on one aggregate.
     let uow = UnitOfWork::begin(&t.db).await.unwrap();
     uow.record(
@@ -396,11 +396,11 @@ async fn known_type_nothing_handles_completes_at_once_and_stalls_nothing(t: Test
     assert_eq!((r.delivered, r.unhandled), (1, 1), "{r:?}");
     assert_eq!(seen.all(), [placed]);
     assert_eq!(relay.stats().unhandled, 1);
-    assert!(
-        rows(&t.db)
-            .await
-            .iter()
-            .all(|m| m.status == MessageStatus::Delivered)
+    let statuses: Vec<_> = rows(&t.db).await.iter().map(|m| m.status).collect();
+    assert_eq!(
+        statuses,
+        [MessageStatus::Unhandled, MessageStatus::Delivered],
+        "nothing took the audit event: unhandled, not delivered"
     );
     t.cleanup().await;
 }

@@ -303,8 +303,10 @@ async fn a_message_delayed_past_the_time_limit_is_reported_as_scheduled() {
     let report = harness.settle().await.unwrap();
     assert_eq!(report.scheduled().len(), 1);
     assert_eq!(report.scheduled()[0].summary.event_type, "order.confirmed");
-    // Known and handled by nothing: completed at once.
-    assert_eq!(report.delivered::<OrderPlaced>().len(), 1);
+    // Known and handled by nothing: unhandled at once, not delivered.
+    assert!(report.delivered::<OrderPlaced>().is_empty());
+    assert_eq!(report.unhandled().len(), 1);
+    assert_eq!(report.unhandled()[0].summary.event_type, "order.placed");
 }
 
 #[tokio::test]
@@ -424,8 +426,15 @@ async fn settle_with_a_unit_of_work_still_open_fails_in_time_and_recovers_after_
 
 #[tokio::test]
 async fn a_scheduled_message_is_reported_again_once_delivered() {
+    let confirmed = outbox_tests::fixtures::Recorder::new();
     let harness = Harness::builder()
-        .registry(Registry::new([]).unwrap())
+        .registry(
+            Registry::new([outbox_tests::fixtures::recording::<OrderConfirmed>(
+                "confirmed",
+                confirmed.clone(),
+            )])
+            .unwrap(),
+        )
         .timeout(Duration::from_millis(500))
         .build()
         .await
@@ -449,6 +458,7 @@ async fn a_scheduled_message_is_reported_again_once_delivered() {
         second.delivered::<OrderConfirmed>(),
         [OrderConfirmed { order_id }]
     );
+    assert_eq!(confirmed.all(), [OrderConfirmed { order_id }]);
     assert!(second.scheduled().is_empty());
 }
 

@@ -1,5 +1,5 @@
-//! Events dropped unsaved under the release-build policy (`UnsavedEvents::Log`): reported as one
-//! `tracing` error naming the aggregate and its events, never a panic.
+//! Events dropped unsaved under the default policy (`UnsavedEvents::Log`, in every build):
+//! reported as one `tracing` error naming the aggregate and its events, never a panic.
 //!
 //! Its own test binary, because the policy is process-wide: every test here sets `Log`.
 

@@ -300,6 +300,8 @@ fn assert_names(what: &str, text: &str, needles: &[&str]) {
 // 1. Saving the SeaORM way is caught.
 
 async fn seaorm_way_saves_are_caught(t: TestDb) {
+    // Panicking is opt-in (the default is an ERROR log); these checks read the panic's text.
+    outbox_seaorm::on_unsaved_events(outbox_seaorm::UnsavedEvents::Panic);
     create_entity_table(&t.db, account::Entity).await;
 
     // `model.into_active_model().insert(&uow)`
@@ -448,6 +450,8 @@ async fn rollback_keeps_state_and_events_together(t: TestDb) {
         assert!(messages(&t.db).await.is_empty(), "{after}: no outbox row");
     }
 
+    // Panicking is opt-in (the default is an ERROR log); (b) reads the panic's text.
+    outbox_seaorm::on_unsaved_events(outbox_seaorm::UnsavedEvents::Panic);
     let mut o = order::Model::place("ada", 100);
     o.confirm();
     let recorded = event_ids(&o);
@@ -460,11 +464,24 @@ async fn rollback_keeps_state_and_events_together(t: TestDb) {
     uow.rollback().await.unwrap();
     nothing_written(&t, &o, &recorded, "rollback").await;
 
-    // (b) dropped
+    // (b) dropped without commit or rollback: rolled back, and reported
     {
         let uow = UnitOfWork::begin(&t.db).await.unwrap();
         uow.save(&mut o).await.unwrap();
         assert_eq!(uow.staged(), 2);
+        let text = match std::panic::catch_unwind(AssertUnwindSafe(move || drop(uow))) {
+            Ok(()) => panic!("dropping a unit of work holding staged events did not panic"),
+            Err(p) => panic_text(p),
+        };
+        assert_names(
+            "drop of a unit of work",
+            &text,
+            &[
+                "2 staged event(s) was dropped without `commit` or `rollback`",
+                "order.placed",
+                "order.confirmed",
+            ],
+        );
     }
     nothing_written(&t, &o, &recorded, "drop").await;
 

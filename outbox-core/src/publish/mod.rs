@@ -113,10 +113,15 @@ pub enum Matcher {
 impl Matcher {
     /// Whether `envelope` matches.
     pub fn matches(&self, envelope: &Envelope) -> bool {
+        self.matches_types(&envelope.event_type, &envelope.aggregate_type)
+    }
+
+    /// Whether a message of `event_type` recorded by an aggregate of `aggregate_type` matches.
+    pub fn matches_types(&self, event_type: &str, aggregate_type: &str) -> bool {
         match self {
             Matcher::All => true,
-            Matcher::EventTypes(t) => t.contains(&envelope.event_type),
-            Matcher::AggregateTypes(t) => t.contains(&envelope.aggregate_type),
+            Matcher::EventTypes(t) => t.iter().any(|t| t == event_type),
+            Matcher::AggregateTypes(t) => t.iter().any(|t| t == aggregate_type),
         }
     }
 }

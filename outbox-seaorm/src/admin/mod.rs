@@ -16,8 +16,8 @@ use crate::entity::DeliveryStatus;
 use crate::error::Result;
 use crate::wake;
 
-pub(crate) use query::age;
 pub use query::{Backlog, DeadGroup, MessageDetail, MessageFilter, MessageSummary, Status};
+pub(crate) use query::{age, table};
 pub use stats::{HandlerReport, HandlerStats, Lag, MinuteCounts};
 
 /// Every error kind the relay stores (`last_error_kind` of a message or a delivery): the
@@ -72,6 +72,9 @@ pub struct OutboxCounts {
     pub delivered: u64,
     /// Dead letters.
     pub dead: u64,
+    /// Messages no handler or route took (never counted as delivered): kept until requeued
+    /// or discarded.
+    pub unhandled: u64,
     /// Pending messages whose event type the relays that saw them did not know (written by a
     /// newer version): they wait for a relay that knows the type.
     pub unknown_event_type: u64,
@@ -202,8 +205,8 @@ impl Admin {
         self.driver.counts(&self.db).await
     }
 
-    /// Puts a dead message back in the queue with a fresh retry budget for its dead
-    /// deliveries (deliveries that succeeded are not repeated), releases the messages of its
+    /// Puts a dead or unhandled message back in the queue with a fresh retry budget for its
+    /// dead deliveries (deliveries that succeeded are not repeated), releases the messages of its
     /// aggregate held back behind it, and wakes the relays (this process's at once, others'
     /// through `NOTIFY` when [`OutboxConfig::pg_notify`] is on).
     pub async fn requeue(&self, message_id: Uuid) -> Result<()> {

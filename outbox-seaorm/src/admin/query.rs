@@ -120,7 +120,7 @@ pub struct MessageSummary {
     pub event_type: String,
     /// The event version.
     pub event_version: i32,
-    /// Pending, delivered or dead.
+    /// Pending, delivered, dead or unhandled.
     pub status: String,
     /// Times its handlers ran to an outcome.
     pub attempts: i32,
@@ -189,7 +189,9 @@ pub struct Status {
     pub pending: u64,
     /// Dead letters.
     pub dead: u64,
-    /// Messages delivered in the last hour.
+    /// Messages no handler or route took: not delivered, kept until requeued or discarded.
+    pub unhandled: u64,
+    /// Messages delivered in the last hour (unhandled ones are not).
     pub delivered_last_hour: u64,
     /// Pending messages waiting for a relay that knows their event type.
     pub unknown_event_type: u64,
@@ -203,7 +205,7 @@ pub struct Status {
     pub relays: Vec<RelayInfo>,
 }
 
-fn table(name: &str) -> TableRef {
+pub(crate) fn table(name: &str) -> TableRef {
     match name.split_once('.') {
         Some((schema, t)) => (Alias::new(schema), Alias::new(t)).into_table_ref(),
         None => Alias::new(name).into_table_ref(),
@@ -293,16 +295,22 @@ impl Admin {
     }
 
     /// Requeues every dead message the filter matches (see [`Admin::requeue`]), in batches;
-    /// returns how many. The filter's status is ignored: only dead messages are requeued.
+    /// returns how many. Only dead messages are requeued, or, when the filter's status is
+    /// [`MessageStatus::Unhandled`], only unhandled ones (any other status is ignored).
     pub async fn requeue_matching(&self, filter: &MessageFilter) -> Result<u64> {
-        self.act_on_matching(filter, MessageStatus::Dead, |id| async move {
+        let status = match filter.status {
+            Some(MessageStatus::Unhandled) => MessageStatus::Unhandled,
+            _ => MessageStatus::Dead,
+        };
+        self.act_on_matching(filter, status, |id| async move {
             self.driver.requeue(&self.db, id, None).await
         })
         .await
     }
 
-    /// Discards every message the filter matches that may be discarded (dead, or pending and
-    /// not held by a relay; see [`Admin::discard`]); returns how many.
+    /// Discards every message the filter matches that may be discarded (dead, unhandled, or
+    /// pending and not held by a relay; see [`Admin::discard`]); returns how many. Without a
+    /// status in the filter, dead ones.
     pub async fn discard_matching(&self, filter: &MessageFilter) -> Result<u64> {
         let status = filter.status.unwrap_or(MessageStatus::Dead);
         self.act_on_matching(filter, status, |id| async move {
@@ -364,6 +372,7 @@ impl Admin {
         };
         let pending = self.scalar(&count_where("pending")).await?;
         let dead = self.scalar(&count_where("dead")).await?;
+        let unhandled = self.scalar(&count_where("unhandled")).await?;
         let mut recent = count_where("delivered");
         recent.and_where(col("delivered_at").gt(Utc::now() - chrono::Duration::hours(1)));
         let delivered_last_hour = self.scalar(&recent).await?;
@@ -452,6 +461,7 @@ impl Admin {
         Ok(Status {
             pending,
             dead,
+            unhandled,
             delivered_last_hour,
             unknown_event_type,
             oldest_pending_age_secs,

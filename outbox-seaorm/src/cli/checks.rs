@@ -18,15 +18,17 @@ pub(crate) struct Check {
 enum Metric {
     Pending,
     Dead,
+    Unhandled,
     Unknown,
     OldestPendingAge,
     DeliveredLastHour,
     SilentRelays,
 }
 
-const METRICS: [(&str, Metric); 6] = [
+const METRICS: [(&str, Metric); 7] = [
     ("pending", Metric::Pending),
     ("dead", Metric::Dead),
+    ("unhandled", Metric::Unhandled),
     ("unknown", Metric::Unknown),
     ("oldest_pending_age", Metric::OldestPendingAge),
     ("delivered_last_hour", Metric::DeliveredLastHour),
@@ -85,6 +87,7 @@ impl Check {
         let v = match self.metric {
             Metric::Pending => status.pending as f64,
             Metric::Dead => status.dead as f64,
+            Metric::Unhandled => status.unhandled as f64,
             Metric::Unknown => status.unknown_event_type as f64,
             Metric::OldestPendingAge => status.oldest_pending_age_secs.unwrap_or(0.0),
             Metric::DeliveredLastHour => status.delivered_last_hour as f64,
@@ -125,12 +128,17 @@ mod tests {
     #[test]
     fn parses_checks_and_refuses_the_rest() {
         assert_eq!(parse("dead>0").unwrap().to_string(), "dead>0");
+        assert_eq!(parse("unhandled>0").unwrap().to_string(), "unhandled>0");
         assert_eq!(
             parse("oldest_pending_age >= 300").unwrap().to_string(),
             "oldest_pending_age>=300"
         );
         assert!(parse("dead").is_err());
-        assert!(parse("deaths>0").unwrap_err().contains("pending, dead"));
+        assert!(
+            parse("deaths>0")
+                .unwrap_err()
+                .contains("pending, dead, unhandled")
+        );
         assert!(parse("dead>x").is_err());
         assert_eq!(
             parse("oldest_pending_age>5m").unwrap().to_string(),

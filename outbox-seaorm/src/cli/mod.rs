@@ -4,7 +4,7 @@
 //! program, so a service can also ship it inside its own binary (one `fn main` calling it).
 //!
 //! ```text
-//! outbox --database-url postgres://... status [--fail-if dead>0]
+//! outbox --database-url postgres://... status [--fail-if dead>0] [--fail-if unhandled>0]
 //! outbox list --status dead --handler send-mail --limit 20
 //! outbox show <message id or sequence number>
 //! outbox requeue --handler send-mail --error-kind handler_timed_out --yes
@@ -65,8 +65,9 @@ struct Cli {
 enum Command {
     /// Counts, backlog by aggregate and event type, dead letters by handler and error, relays.
     Status {
-        /// Fail (exit 1) when a check holds: `dead>0`, `pending>=1000`, `oldest_pending_age>300`
-        /// (seconds, or `5m`, `2h`), `unknown>0`, `delivered_last_hour<10`, `silent_relays>0`.
+        /// Fail (exit 1) when a check holds: `dead>0`, `unhandled>0`, `pending>=1000`,
+        /// `oldest_pending_age>300` (seconds, or `5m`, `2h`), `unknown>0`,
+        /// `delivered_last_hour<10`, `silent_relays>0`.
         /// Operators: > >= < <= =. Repeatable.
         #[arg(long = "fail-if", value_parser = checks::parse)]
         fail_if: Vec<checks::Check>,
@@ -87,10 +88,11 @@ enum Command {
         /// The message id, or its sequence number (the `seq` column of `outbox list`).
         id: MessageRef,
     },
-    /// Put dead messages back in the queue: one by id, or every one the filters match.
+    /// Put dead messages back in the queue: one by id, or every one the filters match
+    /// (`--status unhandled`: the unhandled ones instead).
     Requeue(Action),
     /// Delete messages that will never be delivered: one by id, or every one the filters
-    /// match (dead ones, unless `--status pending`).
+    /// match (dead ones, unless `--status pending` or `--status unhandled`).
     Discard(Action),
     /// Create the outbox tables if they do not exist (or, with `--check`, only check them).
     Migrate {
@@ -149,7 +151,7 @@ struct Action {
 
 #[derive(Args, Debug, Default)]
 struct FilterArgs {
-    /// pending, delivered or dead.
+    /// pending, delivered, dead or unhandled.
     #[arg(long, value_parser = parse_status)]
     status: Option<MessageStatus>,
     /// Messages with a delivery state for this handler or route.
@@ -244,7 +246,8 @@ impl MessageRef {
 }
 
 fn parse_status(s: &str) -> Result<MessageStatus, String> {
-    MessageStatus::parse(s).ok_or_else(|| format!("`{s}` is not pending, delivered or dead"))
+    MessageStatus::parse(s)
+        .ok_or_else(|| format!("`{s}` is not pending, delivered, dead or unhandled"))
 }
 
 /// Runs the `outbox` command line with the process's arguments and environment, and returns
@@ -503,8 +506,14 @@ async fn act(admin: &Admin, out: &render::Out, a: Action, verb: Verb) -> anyhow:
         Verb::Requeue => "requeued",
         Verb::Discard => "discarded",
     };
-    if matches!(verb, Verb::Requeue) && a.filter.status.is_some_and(|s| s != MessageStatus::Dead) {
-        return Err(usage("requeue acts on dead messages only: drop --status"));
+    if matches!(verb, Verb::Requeue)
+        && a.filter
+            .status
+            .is_some_and(|s| !matches!(s, MessageStatus::Dead | MessageStatus::Unhandled))
+    {
+        return Err(usage(
+            "requeue acts on dead messages only, or on unhandled ones with --status unhandled",
+        ));
     }
     if let Some(id) = a.id {
         if !a.filter.is_empty() {
@@ -518,9 +527,9 @@ async fn act(admin: &Admin, out: &render::Out, a: Action, verb: Verb) -> anyhow:
         if let Err(crate::Error::MessageNotFound { .. }) = done {
             // Say which: no such message, or one in a state the action does not take.
             let rule = match verb {
-                Verb::Requeue => "only dead messages are requeued",
+                Verb::Requeue => "only dead and unhandled messages are requeued",
                 Verb::Discard => {
-                    "only dead messages, and pending ones no relay holds, are discarded"
+                    "only dead and unhandled messages, and pending ones no relay holds, are discarded"
                 }
             };
             return Err(match admin.show(id).await? {
@@ -543,16 +552,13 @@ async fn act(admin: &Admin, out: &render::Out, a: Action, verb: Verb) -> anyhow:
         ));
     }
     let filter = a.filter.filter();
-    let status = match verb {
-        Verb::Requeue => MessageStatus::Dead,
-        Verb::Discard => a.filter.status.unwrap_or(MessageStatus::Dead),
-    };
+    let status = a.filter.status.unwrap_or(MessageStatus::Dead);
     let matching = admin.count(&filter.clone().status(status)).await?;
     if matching == 0 {
         return out.done(name, 0);
     }
     let question = match verb {
-        Verb::Requeue => format!("Requeue {matching} dead message(s)?"),
+        Verb::Requeue => format!("Requeue {matching} {} message(s)?", status.as_str()),
         Verb::Discard => format!("Discard {matching} {} message(s)?", status.as_str()),
     };
     if !a.yes && !confirm(&question)? {

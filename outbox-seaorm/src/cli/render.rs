@@ -39,6 +39,7 @@ impl Out {
         let mut t = table(&[
             "pending",
             "dead",
+            "unhandled",
             "delivered (last hour)",
             "unknown type",
             "oldest pending",
@@ -46,6 +47,7 @@ impl Out {
         t.add_row(vec![
             s.pending.to_string(),
             s.dead.to_string(),
+            s.unhandled.to_string(),
             s.delivered_last_hour.to_string(),
             s.unknown_event_type.to_string(),
             s.oldest_pending_age_secs

@@ -265,8 +265,10 @@ async fn act_one(
         // Say which: gone, or in a state the action does not take (another operator or the
         // relay got there first).
         let rule = match verb {
-            Verb::Requeue => "only dead messages are requeued",
-            Verb::Discard => "only dead messages, and pending ones no relay holds, are discarded",
+            Verb::Requeue => "only dead and unhandled messages are requeued",
+            Verb::Discard => {
+                "only dead and unhandled messages, and pending ones no relay holds, are discarded"
+            }
         };
         return Err(match dash.admin.show(id).await? {
             Some(m) => ErrorPage::new(

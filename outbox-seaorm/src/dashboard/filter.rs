@@ -69,8 +69,11 @@ impl FilterParams {
         }
         let mut f = MessageFilter::new();
         if let Some(s) = set(&self.status) {
-            let s = MessageStatus::parse(s)
-                .ok_or_else(|| bad(format!("`{s}` is not pending, delivered or dead")))?;
+            let s = MessageStatus::parse(s).ok_or_else(|| {
+                bad(format!(
+                    "`{s}` is not pending, delivered, dead or unhandled"
+                ))
+            })?;
             f = f.status(s);
         }
         if let Some(h) = set(&self.handler) {

@@ -27,6 +27,7 @@ pub(super) async fn overview(State(dash): State<Shared>, ctx: Ctx) -> Page {
         section.cards {
             (card("count-pending", "pending", status.pending.to_string(), &ctx.href("/messages?status=pending")))
             (card("count-dead", "dead", status.dead.to_string(), &ctx.href("/dead-letters")))
+            (card("count-unhandled", "unhandled (no handler took them)", status.unhandled.to_string(), &ctx.href("/messages?status=unhandled")))
             (card("count-delivered-hour", "delivered, last hour", status.delivered_last_hour.to_string(), &ctx.href("/messages?status=delivered&since=1h")))
             (card("count-unknown", "waiting for a relay that knows the type", status.unknown_event_type.to_string(), &ctx.href("/messages?status=pending&error_kind=unknown_event_type")))
             (card("oldest-pending", "oldest pending", status.oldest_pending_age_secs.map_or_else(|| "-".to_owned(), age), &ctx.href("/messages?status=pending")))
@@ -124,7 +125,7 @@ pub(super) async fn messages(
     let body = html! {
         form.filters method="get" action=(ctx.href("/messages")) {
             label { "status " select name="status" {
-                @for s in ["", "pending", "delivered", "dead"] {
+                @for s in ["", "pending", "delivered", "dead", "unhandled"] {
                     option value=(s) selected[params.status == s] { (if s.is_empty() { "any" } else { s }) }
                 }
             } }
@@ -208,9 +209,9 @@ pub(super) async fn message(State(dash): State<Shared>, ctx: Ctx, Path(id): Path
         .as_ref()
         .and_then(|template| trace_link(template, &m.headers, id));
     let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).unwrap_or_default();
-    // What the admin calls take: requeue a dead message; discard a dead one, or a pending one
+    // What the admin calls take: requeue a dead or unhandled message; discard one of those, or a pending one
     // no relay holds.
-    let can_requeue = s.status == "dead";
+    let can_requeue = s.status == "dead" || s.status == "unhandled";
     let can_discard = can_requeue || (s.status == "pending" && s.locked_by.is_none());
     let body = html! {
         @if !ctx.read_only && (can_requeue || can_discard) {
@@ -248,7 +249,9 @@ pub(super) async fn message(State(dash): State<Shared>, ctx: Ctx, Path(id): Path
             @if let Some(link) = &trace_link { dt { "trace" } dd { a #trace-link href=(link) rel="noreferrer" { "open the trace" } } }
         }
         h2 { "Deliveries" }
-        @if m.deliveries.is_empty() {
+        @if s.status == MessageStatus::Unhandled.as_str() {
+            p #unhandled-note { "Not delivered: no handler or route in the relay that ran it takes this event type (is the crate with its handler linked into the relay's binary?). Requeue it once one does." }
+        } @else if m.deliveries.is_empty() {
             p.empty { "No per-handler state: every handler succeeded at the first attempt, or none has run yet." }
         } @else {
             table #deliveries {

@@ -129,6 +129,7 @@ impl dyn Driver {
                 "pending" => c.pending += n,
                 "delivered" => c.delivered += n,
                 "dead" => c.dead += n,
+                "unhandled" => c.unhandled += n,
                 _ => {}
             }
         }
@@ -230,7 +231,7 @@ impl dyn Driver {
             return Err(Error::MessageNotFound {
                 message_id,
                 operation: "requeue",
-                state: "dead",
+                state: "dead or unhandled",
             });
         };
         txn.execute_raw(sql.stmt("requeue", &[("id", message_id.into())]))
@@ -260,7 +261,7 @@ impl dyn Driver {
             return Err(Error::MessageNotFound {
                 message_id,
                 operation: "discard",
-                state: "dead, or pending and held by no relay",
+                state: "dead, unhandled, or pending and held by no relay",
             });
         };
         txn.execute_raw(sql.stmt("delete_deliveries_by_id", &[("id", message_id.into())]))
@@ -337,7 +338,7 @@ impl dyn Driver {
         Ok(())
     }
 
-    /// The relay's gauges: pending, dead and unknown-type counts and the oldest pending
+    /// The relay's gauges: pending, dead, unhandled and unknown-type counts and the oldest pending
     /// message's recording time, from the pending and dead rows only.
     pub(crate) async fn gauges(&self, db: &DatabaseConnection) -> Result<Gauges> {
         let row = db
@@ -350,6 +351,7 @@ impl dyn Driver {
         Ok(Gauges {
             pending: count("pending")?,
             dead: count("dead")?,
+            unhandled: count("unhandled")?,
             unknown: count("unknown")?,
             oldest: row.try_get("", "oldest")?,
         })
@@ -397,6 +399,7 @@ pub(crate) struct RelayRow {
 pub(crate) struct Gauges {
     pub(crate) pending: u64,
     pub(crate) dead: u64,
+    pub(crate) unhandled: u64,
     pub(crate) unknown: u64,
     pub(crate) oldest: Option<chrono::DateTime<chrono::Utc>>,
 }

@@ -212,12 +212,12 @@ FROM {deliveries} d JOIN {messages} m ON m.id = d.message_id
 WHERE m.seq = ANY(:seqs) ORDER BY d.handler
 
 -- name: dead_message
-SELECT aggregate_type, aggregate_id FROM {messages} WHERE id = :id AND status = 'dead' FOR UPDATE
+SELECT aggregate_type, aggregate_id FROM {messages} WHERE id = :id AND status IN ('dead', 'unhandled') FOR UPDATE
 
 -- name: requeue
 UPDATE {messages} SET status = 'pending', available_at = now(), attempts = 0, claims = 0,
   crashes = 0, locked_by = NULL, locked_until = NULL
-WHERE id = :id AND status = 'dead'
+WHERE id = :id AND status IN ('dead', 'unhandled')
 
 -- name: requeue_deliveries
 UPDATE {deliveries} SET status = 'failed', attempts = 0, updated_at = now()
@@ -229,7 +229,7 @@ WHERE message_id = :id AND status = 'dead' AND handler = :handler
 
 -- name: discardable
 SELECT aggregate_type, aggregate_id FROM {messages}
-WHERE id = :id AND (status = 'dead' OR (status = 'pending' AND (locked_until IS NULL OR locked_until < now())))
+WHERE id = :id AND (status IN ('dead', 'unhandled') OR (status = 'pending' AND (locked_until IS NULL OR locked_until < now())))
 FOR UPDATE
 
 -- name: delete_deliveries_by_id
@@ -284,6 +284,7 @@ FROM {relays} ORDER BY started_at
 SELECT
   (SELECT COUNT(*) FROM {messages} WHERE status = 'pending') AS pending,
   (SELECT COUNT(*) FROM {messages} WHERE status = 'dead' AND status <> 'delivered') AS dead,
+  (SELECT COUNT(*) FROM {messages} WHERE status = 'unhandled' AND status <> 'delivered') AS unhandled,
   (SELECT COUNT(*) FROM {messages} WHERE status = 'pending'
      AND last_error_kind = 'unknown_event_type') AS unknown,
   -- The oldest message that is due: a delayed one counts from its `not_before`, not before.

@@ -159,7 +159,7 @@ impl Completion {
 pub(crate) struct Written {
     /// Messages marked delivered (or deleted).
     pub(crate) delivered: u64,
-    /// Messages of a type nothing handled, completed without running anything.
+    /// Messages of a type nothing handled, marked unhandled without running anything.
     pub(crate) unhandled: u64,
     /// Messages scheduled for another attempt.
     pub(crate) retried: u64,
@@ -191,8 +191,8 @@ impl std::ops::AddAssign for Written {
 impl Written {
     pub(crate) fn count(&mut self, o: &OutcomeWrite) {
         match (o.status, o.ran) {
-            (MessageStatus::Delivered, true) => self.delivered += 1,
-            (MessageStatus::Delivered, false) => self.unhandled += 1,
+            (MessageStatus::Delivered, _) => self.delivered += 1,
+            (MessageStatus::Unhandled, _) => self.unhandled += 1,
             (MessageStatus::Dead, _) => self.dead += 1,
             (MessageStatus::Pending, true) => self.retried += 1,
             (MessageStatus::Pending, false) => self.left_for_others += 1,

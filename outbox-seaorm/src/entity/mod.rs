@@ -25,6 +25,11 @@ pub enum MessageStatus {
     /// At least one delivery is dead and none is still being retried; see the deliveries table.
     #[sea_orm(string_value = "dead")]
     Dead,
+    /// Nothing took it: its event type had no handler and no route in the relay that claimed
+    /// it (often the crate with the handler is not linked into that binary). Not delivered;
+    /// kept by retention; `outbox requeue` puts it back in the queue once a handler exists.
+    #[sea_orm(string_value = "unhandled")]
+    Unhandled,
 }
 
 /// Where one handler's delivery of a message stands. Rows exist only for messages that did not
@@ -52,18 +57,28 @@ impl MessageStatus {
             "pending" => Some(MessageStatus::Pending),
             "delivered" => Some(MessageStatus::Delivered),
             "dead" => Some(MessageStatus::Dead),
+            "unhandled" => Some(MessageStatus::Unhandled),
             _ => None,
         }
     }
 
-    /// The stored name (`"pending"`, `"delivered"`, `"dead"`).
+    /// The stored name (`"pending"`, `"delivered"`, `"dead"`, `"unhandled"`).
     pub fn as_str(self) -> &'static str {
         match self {
             MessageStatus::Pending => "pending",
             MessageStatus::Delivered => "delivered",
             MessageStatus::Dead => "dead",
+            MessageStatus::Unhandled => "unhandled",
         }
     }
+
+    /// Every status, in the order a listing offers them.
+    pub const ALL: [MessageStatus; 4] = [
+        MessageStatus::Pending,
+        MessageStatus::Delivered,
+        MessageStatus::Dead,
+        MessageStatus::Unhandled,
+    ];
 }
 
 impl DeliveryStatus {

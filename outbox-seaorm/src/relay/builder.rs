@@ -321,7 +321,7 @@ impl RelayBuilder {
             );
         }
         for event_type in registry.event_types_without_handlers() {
-            tracing::debug!(relay = %id, event_type, "no handler for event type; its messages complete at once");
+            tracing::debug!(relay = %id, event_type, "no handler for event type; its messages are marked unhandled");
         }
         let own = if self.reserve_connections == 0 {
             None
@@ -350,6 +350,7 @@ impl RelayBuilder {
                 }
             }
         };
+        let warned = super::untaken::check(&self.db, &self.config, &registry, &id).await;
         let pool = driver.pool_size(&self.db) as usize;
         if own.is_none() && pool < self.settings.concurrency + 3 {
             // Only handlers that use the database need the extra connections; the relay works
@@ -383,7 +384,7 @@ impl RelayBuilder {
                 policy,
                 stats: Default::default(),
                 held: Default::default(),
-                unhandled_types: Default::default(),
+                unhandled_types: std::sync::Mutex::new(warned),
             }),
         })
     }

@@ -11,7 +11,7 @@
 //! | `outbox.delivery.lag` | histogram | `messaging.destination.name`: from recording to the last handler done |
 //! | `outbox.claim.duration` | histogram | (an empty claim included) |
 //! | `outbox.claimed`, `outbox.batches` | counter | messages claimed; claims that found some |
-//! | `outbox.backlog`, `outbox.dead_letters`, `outbox.unknown_event_type` | gauge | |
+//! | `outbox.backlog`, `outbox.dead_letters`, `outbox.unhandled`, `outbox.unknown_event_type` | gauge | |
 //! | `outbox.oldest_pending_age` | gauge | seconds since the oldest pending message was recorded |
 //!
 //! The gauges come from one cheap query per `metrics_interval`, by one relay at a time (a
@@ -109,6 +109,10 @@ pub(crate) fn register() {
     );
     metrics::describe_gauge!("outbox.dead_letters", "dead outbox messages");
     metrics::describe_gauge!(
+        "outbox.unhandled",
+        "outbox messages no handler or route took (not delivered)"
+    );
+    metrics::describe_gauge!(
         "outbox.unknown_event_type",
         "messages waiting for an event type no relay knows"
     );
@@ -160,6 +164,7 @@ pub(crate) async fn gauges(shared: Arc<Shared>, every: Duration, cancel: Cancell
             Ok(g) => {
                 gauge!("outbox.backlog").set(g.pending as f64);
                 gauge!("outbox.dead_letters").set(g.dead as f64);
+                gauge!("outbox.unhandled").set(g.unhandled as f64);
                 gauge!("outbox.unknown_event_type").set(g.unknown as f64);
                 let age = g.oldest.map_or(0.0, |t| crate::admin::age(Utc::now(), t));
                 gauge!("outbox.oldest_pending_age").set(age);

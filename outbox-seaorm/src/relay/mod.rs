@@ -30,6 +30,7 @@ mod metrics;
 mod policy;
 mod retention;
 mod stats;
+mod untaken;
 mod worker;
 
 use std::fmt;

@@ -13,7 +13,7 @@ use crate::error::Result;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RetentionReport {
-    /// Delivered messages deleted.
+    /// Delivered messages deleted (unhandled ones are kept: see `MessageStatus::Unhandled`).
     pub deleted: usize,
     /// Inbox marks deleted.
     pub inbox_deleted: usize,

@@ -13,8 +13,8 @@ pub struct BatchReport {
     pub claimed: usize,
     /// Messages whose every delivery succeeded.
     pub delivered: usize,
-    /// Messages of a type this process knows that nothing here handles: completed without
-    /// running anything.
+    /// Messages of a type this process knows that nothing here handles: marked `unhandled`
+    /// without running anything (not delivered).
     pub unhandled: usize,
     /// Messages scheduled for another attempt.
     pub retried: usize,
@@ -71,7 +71,7 @@ pub struct RelayStats {
     pub claimed: u64,
     /// Messages delivered.
     pub delivered: u64,
-    /// Messages of a type nothing in this process handles, completed at once.
+    /// Messages of a type nothing in this process handles, marked `unhandled` at once.
     pub unhandled: u64,
     /// Retries scheduled.
     pub retried: u64,

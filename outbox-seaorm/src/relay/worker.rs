@@ -146,13 +146,25 @@ async fn run_message(
         return Some(v);
     }
     let entries: Vec<&HandlerEntry> = shared.registry.deliveries_for(envelope).collect();
+    if entries.is_empty() && shared.registry.published_by_cdc(envelope) {
+        // Change data capture publishes it and nothing here runs: complete, as the README's
+        // hand-off says (the relay does not check what the capture did).
+        return Some(decide::decide(
+            Vec::new(),
+            false,
+            prior.is_some_and(|p| !p.is_empty()),
+            &shared.policy,
+        ));
+    }
     if entries.is_empty() {
         bump(&shared.stats.unhandled, 1);
         if shared.first_unhandled(&envelope.event_type) {
-            tracing::info!(
+            tracing::warn!(
                 relay = %shared.id, event_type = %envelope.event_type,
-                "no handler or route here takes this event type: its messages complete \
-                 without being delivered (logged once per type)"
+                "no handler or route in this relay takes this event type: its messages are \
+                 marked `unhandled`, not delivered (is the crate with its handler linked? a \
+                 crate the binary never names is not: add `use that_crate as _;`; then \
+                 `outbox requeue --status unhandled` delivers them) (logged once per type)"
             );
         }
         return Some(Verdict::Unhandled);
@@ -275,7 +287,7 @@ fn item(shared: &Shared, c: &Claimed, verdict: &Verdict, prior: &Prior) -> Item 
             Vec::new(),
             false,
         ),
-        Verdict::Unhandled => outcome(MessageStatus::Delivered, now, None, Vec::new(), false),
+        Verdict::Unhandled => outcome(MessageStatus::Unhandled, now, None, Vec::new(), false),
         Verdict::Crashed { crashes } => outcome(
             MessageStatus::Dead,
             now,

@@ -329,7 +329,14 @@ impl HarnessBuilder {
     }
 
     /// Connects (when no database was given), creates the tables and builds the relay.
+    ///
+    /// It also makes events dropped unsaved (and units of work dropped with staged events)
+    /// panic, so the mistake fails the test that makes it, unless the process chose a policy
+    /// with [`on_unsaved_events`](crate::on_unsaved_events) before: call
+    /// `on_unsaved_events(UnsavedEvents::Log)` first in a test that checks an error returned
+    /// through `?` past a dropped aggregate.
     pub async fn build(self) -> Result<Harness> {
+        outbox_seaorm_core::on_unsaved_events_unless_set(outbox_seaorm_core::UnsavedEvents::Panic);
         let db = match self.db {
             Some(db) => db,
             None => {

@@ -86,6 +86,12 @@ impl SettleReport {
         self.with_status("dead")
     }
 
+    /// The messages no handler or route took (status `unhandled`, not delivered): their event
+    /// type has no handler in the harness's registry.
+    pub fn unhandled(&self) -> Vec<&MessageDetail> {
+        self.with_status("unhandled")
+    }
+
     /// The messages left pending because they are due after the time limit (a `not_before`).
     pub fn scheduled(&self) -> Vec<&MessageDetail> {
         self.with_status("pending")

@@ -35,7 +35,11 @@ pub(crate) use model::SaveAs;
 ///
 /// When it does not commit (it is dropped, [`rollback`](Self::rollback) is called, or the
 /// commit fails) no row of it exists and **the events are still on their aggregates**: saving
-/// the same instances in a new unit of work writes state and events together.
+/// the same instances in a new unit of work writes state and events together. Dropping it
+/// while it holds staged events, without `commit` or `rollback` (an early `return`, a `?`,
+/// a cancelled request future), is reported as events dropped unsaved are (an `ERROR` log by
+/// default, see [`on_unsaved_events`](outbox_seaorm_core::on_unsaved_events)), and the events
+/// it gave back are reported again if their aggregate is dropped still holding them.
 ///
 /// A plain SeaORM write of an aggregate on `&uow` (`model.into_active_model().insert(&uow)`,
 /// `ActiveModel::save`, `Entity::insert(..).exec(&uow)`) writes the row but not the events;
@@ -113,7 +117,7 @@ impl UnitOfWork {
             txn,
             driver,
             staged: Mutex::new(Vec::new()),
-            unit: Mutex::new(Unit::new()),
+            unit: Mutex::new(Unit::new().report_when_dropped()),
             correlation_id,
             causation_id,
         })
