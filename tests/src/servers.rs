@@ -34,11 +34,17 @@ pub enum Server {
     /// A headless Chromium for the dashboard's browser tests (Debian's `chromium`):
     /// `OUTBOX_TEST_CHROMIUM` is the path of the binary.
     Chromium,
+    /// A Kafka-protocol broker, `OUTBOX_TEST_KAFKA_URL` (its bootstrap servers,
+    /// `127.0.0.1:9092`).
+    Kafka,
+    /// The `tansu` broker binary, to start (and restart) a broker of a test's own with its log
+    /// in PostgreSQL: `OUTBOX_TEST_TANSU` is the path of the binary.
+    Tansu,
 }
 
 impl Server {
     /// Every server, in the order the names are listed in messages.
-    pub const ALL: [Server; 8] = [
+    pub const ALL: [Server; 10] = [
         Server::Postgres,
         Server::MySql,
         Server::Nats,
@@ -47,6 +53,8 @@ impl Server {
         Server::RabbitMqRestart,
         Server::Faketime,
         Server::Chromium,
+        Server::Kafka,
+        Server::Tansu,
     ];
 
     /// Its name in `OUTBOX_TEST_REQUIRE`; `build.rs` sets the cfg `outbox_<name>`.
@@ -60,6 +68,8 @@ impl Server {
             Server::RabbitMqRestart => "rabbitmq_restart",
             Server::Faketime => "faketime",
             Server::Chromium => "chromium",
+            Server::Kafka => "kafka",
+            Server::Tansu => "tansu",
         }
     }
 
@@ -74,6 +84,8 @@ impl Server {
             Server::RabbitMqRestart => "OUTBOX_TEST_RABBITMQ_RESTART",
             Server::Faketime => "OUTBOX_TEST_FAKETIME",
             Server::Chromium => "OUTBOX_TEST_CHROMIUM",
+            Server::Kafka => "OUTBOX_TEST_KAFKA_URL",
+            Server::Tansu => "OUTBOX_TEST_TANSU",
         }
     }
 
@@ -83,6 +95,8 @@ impl Server {
         match self {
             Server::PgRestart => Some(Server::Postgres),
             Server::RabbitMqRestart => Some(Server::Amqp),
+            // Its broker keeps its log in the test PostgreSQL.
+            Server::Tansu => Some(Server::Postgres),
             _ => None,
         }
     }
@@ -99,6 +113,11 @@ impl Server {
             Server::Chromium => {
                 " (install Debian's chromium, `apt-get install -y chromium`, and set it to \
                  /usr/bin/chromium)"
+            }
+            Server::Kafka => " (a Kafka-protocol broker's bootstrap servers: see .ci/run)",
+            Server::Tansu => {
+                " (`cargo install tansu --features dynostore,postgres` and set it to \
+                 ~/.cargo/bin/tansu)"
             }
             _ => "",
         }
@@ -216,7 +235,8 @@ mod tests {
         assert!(e.contains("\"postgrs\""), "{e}");
         assert!(
             e.contains(
-                "postgres, mysql, nats, amqp, pg_restart, rabbitmq_restart, faketime, chromium"
+                "postgres, mysql, nats, amqp, pg_restart, rabbitmq_restart, faketime, chromium, \
+                 kafka, tansu"
             ),
             "{e}"
         );
