@@ -416,13 +416,14 @@ async fn a_topic_name_kafka_refuses_is_dead_at_once() {
     t.cleanup().await;
 }
 
-/// Records through `consume_kafka` into the consumer's inbox: effects as `(key, n)`.
+/// Records through `consume_kafka` into the consumer's inbox; each effect is a row of
+/// `effects` written in the inbox transaction (an in-memory list would count the effect of a
+/// transaction that a restart rolled back).
 fn spawn_inbox_consumer(
     inbox: Inbox,
     bootstrap: &str,
     group: &str,
     topic: &str,
-    effects: outbox_tests::fixtures::Recorder<(String, u32)>,
 ) -> tokio::task::JoinHandle<()> {
     let mut c = config(bootstrap);
     c.set("group.id", group)
@@ -430,11 +431,17 @@ fn spawn_inbox_consumer(
         .set("heartbeat.interval.ms", "500");
     let topic = topic.to_owned();
     tokio::spawn(async move {
-        outbox_seaorm::inbox::consume_kafka(&inbox, "checker", c, &[&topic], |envelope, _uow| {
-            let effects = effects.clone();
+        outbox_seaorm::inbox::consume_kafka(&inbox, "checker", c, &[&topic], |envelope, uow| {
             Box::pin(async move {
+                use sea_orm::ConnectionTrait;
                 let e: Numbered = envelope.decode(&Default::default())?;
-                effects.push((e.key, e.n));
+                uow.execute_raw(sea_orm::Statement::from_sql_and_values(
+                    sea_orm::DbBackend::Sqlite,
+                    "INSERT INTO effects (k, n) VALUES (?, ?)",
+                    [e.key.into(), e.n.into()],
+                ))
+                .await
+                .map_err(outbox_seaorm::HandlerError::retry)?;
                 Ok(())
             })
         })
@@ -443,9 +450,24 @@ fn spawn_inbox_consumer(
     })
 }
 
+/// The effects so far, in the order they committed.
+async fn effects(db: &sea_orm::DatabaseConnection) -> Vec<(String, u32)> {
+    use sea_orm::ConnectionTrait;
+    db.query_all_raw(sea_orm::Statement::from_string(
+        sea_orm::DbBackend::Sqlite,
+        "SELECT k, n FROM effects ORDER BY rowid",
+    ))
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|r| (r.try_get("", "k").unwrap(), r.try_get("", "n").unwrap()))
+    .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(not(outbox_kafka), ignore = "OUTBOX_TEST_KAFKA_URL is not set")]
 async fn inbox_consumer_has_effects_once_across_a_restart_and_a_rebalance() {
+    use sea_orm::ConnectionTrait;
     let Some(bootstrap) = server_url(Server::Kafka) else {
         return;
     };
@@ -461,34 +483,39 @@ async fn inbox_consumer_has_effects_once_across_a_restart_and_a_rebalance() {
     let relay = relay_to(&t.db, route).spawn().await.unwrap();
 
     let consumer_db = TestDb::new(Backend::Sqlite).await.unwrap();
+    consumer_db
+        .db
+        .execute_unprepared("CREATE TABLE effects (k TEXT NOT NULL, n INTEGER NOT NULL)")
+        .await
+        .unwrap();
     let inbox = Inbox::new(consumer_db.db.clone());
-    let effects = outbox_tests::fixtures::Recorder::<(String, u32)>::new();
     let group = format!("inbox-{}", Uuid::new_v4().simple());
-    let first = spawn_inbox_consumer(inbox.clone(), &bootstrap, &group, &topic, effects.clone());
+    let count = || async { effects(&consumer_db.db).await.len() };
+    let first = spawn_inbox_consumer(inbox.clone(), &bootstrap, &group, &topic);
     wait_for("some effects", Duration::from_secs(60), || async {
-        (effects.len() >= 40).then_some(())
+        (count().await >= 40).then_some(())
     })
     .await;
     // A restart: the consumer dies mid-run (its uncommitted records come again).
     first.abort();
     first.await.ok();
-    let second = spawn_inbox_consumer(inbox.clone(), &bootstrap, &group, &topic, effects.clone());
+    let second = spawn_inbox_consumer(inbox.clone(), &bootstrap, &group, &topic);
     wait_for("more effects", Duration::from_secs(60), || async {
-        (effects.len() >= 120).then_some(())
+        (count().await >= 120).then_some(())
     })
     .await;
     // A rebalance: a third member joins, then leaves.
-    let third = spawn_inbox_consumer(inbox.clone(), &bootstrap, &group, &topic, effects.clone());
+    let third = spawn_inbox_consumer(inbox.clone(), &bootstrap, &group, &topic);
     wait_for(
         "effects with three members",
         Duration::from_secs(60),
-        || async { (effects.len() >= 200).then_some(()) },
+        || async { (count().await >= 200).then_some(()) },
     )
     .await;
     third.abort();
     third.await.ok();
     wait_for("every effect", Duration::from_secs(90), || async {
-        (effects.len() >= total).then_some(())
+        (count().await >= total).then_some(())
     })
     .await;
     // Redelivered records settle; none may add an effect.
@@ -496,9 +523,8 @@ async fn inbox_consumer_has_effects_once_across_a_restart_and_a_rebalance() {
     second.abort();
     relay.shutdown().await;
 
-    let got = effects.all();
     let mut by_key: HashMap<String, Vec<u32>> = HashMap::new();
-    for (k, n) in got {
+    for (k, n) in effects(&consumer_db.db).await {
         by_key.entry(k).or_default().push(n);
     }
     assert_eq!(by_key.len(), 6);
