@@ -1,5 +1,6 @@
 //! Sets `--cfg outbox_<name>` (`outbox_postgres`, `outbox_mysql`, `outbox_nats`, `outbox_amqp`,
-//! `outbox_pg_restart`, `outbox_rabbitmq_restart`, `outbox_faketime`, `outbox_chromium`, `outbox_debezium`) for each test server whose variable is set
+//! `outbox_pg_restart`, `outbox_rabbitmq_restart`, `outbox_faketime`, `outbox_chromium`, `outbox_debezium`,
+//! `outbox_kafka`, `outbox_tansu`) for each test server whose variable is set
 //! or which `OUTBOX_TEST_REQUIRE` names. Tests of a server without its cfg are `#[ignore]`d with
 //! the missing variable as the reason, so a default `cargo test` counts them as ignored rather
 //! than passed. An unknown name in `OUTBOX_TEST_REQUIRE` fails the build.

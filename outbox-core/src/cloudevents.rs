@@ -15,9 +15,11 @@
 //!
 //! In **structured** mode the whole event is one JSON document whose `data` is the payload as
 //! stored (embedded, never re-parsed). In **binary** mode the body is the payload and every
-//! attribute is a header (`ce-id`, ... for HTTP and NATS; `cloudEvents:id`, ... for AMQP). Over
+//! attribute is a header (`ce-id`, ... for HTTP and NATS; `cloudEvents:id`, ... for AMQP;
+//! `ce_id`, ... for Kafka). Over
 //! HTTP and NATS header values are percent-encoded as the HTTP binding (3.1.3.2) says: space,
-//! `"`, `%` and everything outside U+0021–U+007E, as UTF-8 bytes; AMQP strings carry UTF-8 as is.
+//! `"`, `%` and everything outside U+0021–U+007E, as UTF-8 bytes; AMQP strings and Kafka header
+//! values carry UTF-8 as is.
 
 use std::collections::BTreeMap;
 
@@ -54,6 +56,8 @@ pub enum Binding {
     Http,
     /// AMQP: `cloudEvents:` application properties, values as UTF-8 strings.
     Amqp,
+    /// Kafka: `ce_` record headers, values as UTF-8 bytes (the Kafka protocol binding, 3.2.3).
+    Kafka,
 }
 
 impl Binding {
@@ -62,6 +66,7 @@ impl Binding {
         match self {
             Binding::Http => "ce-",
             Binding::Amqp => "cloudEvents:",
+            Binding::Kafka => "ce_",
         }
     }
 
@@ -70,7 +75,7 @@ impl Binding {
             Binding::Http => {
                 percent_encoding::utf8_percent_encode(value, HTTP_HEADER_VALUE).to_string()
             }
-            Binding::Amqp => value.to_owned(),
+            Binding::Amqp | Binding::Kafka => value.to_owned(),
         }
     }
 
@@ -80,7 +85,7 @@ impl Binding {
                 .decode_utf8()
                 .map(|v| v.into_owned())
                 .map_err(|e| format!("`{name}` is not UTF-8 once percent-decoded: {e}")),
-            Binding::Amqp => Ok(value),
+            Binding::Amqp | Binding::Kafka => Ok(value),
         }
     }
 }
@@ -381,7 +386,7 @@ mod tests {
     #[test]
     fn binary_round_trips() {
         let e = envelope();
-        for binding in [Binding::Http, Binding::Amqp] {
+        for binding in [Binding::Http, Binding::Amqp, Binding::Kafka] {
             let headers: BTreeMap<String, String> =
                 binary_headers(&e, "/orders", binding).into_iter().collect();
             let back = from_binary(binding, headers.clone(), e.payload.as_bytes()).unwrap();

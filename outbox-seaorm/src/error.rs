@@ -151,6 +151,12 @@ pub enum Error {
         addr: std::net::SocketAddr,
     },
 
+    /// A Kafka consumer could not be created or subscribed (`inbox::consume_kafka`): a bad
+    /// setting, an invalid topic name.
+    #[cfg(feature = "kafka")]
+    #[error("kafka consumer error")]
+    Kafka(#[source] rdkafka::error::KafkaError),
+
     /// The dashboard could not listen or serve.
     #[cfg(feature = "dashboard")]
     #[error("dashboard server error")]

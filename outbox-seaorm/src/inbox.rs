@@ -5,15 +5,15 @@
 //! two connections serialize on the mark's primary key, and only one runs its effects.
 //!
 //! In-process handlers ask for it with [`HandlerContextExt::exactly_once`]; consumers of the
-//! brokers use [`Inbox::process`] directly or the helpers `consume_jetstream` and
-//! `consume_amqp` (features `nats`, `amqp`). Inbox rows are deleted by the relay's retention
+//! brokers use [`Inbox::process`] directly or the helpers `consume_jetstream`,
+//! `consume_amqp` and `consume_kafka` (features `nats`, `amqp`, `kafka`). Inbox rows are deleted by the relay's retention
 //! after [`Retention::inbox_after`](crate::Retention::inbox_after) (30 days by default: keep it
 //! longer than the longest redelivery or replay window of your brokers).
 
 use sea_orm::DatabaseConnection;
 use uuid::Uuid;
 
-#[cfg(any(feature = "nats", feature = "amqp"))]
+#[cfg(any(feature = "nats", feature = "amqp", feature = "kafka"))]
 use outbox_seaorm_core::BoxFuture;
 use outbox_seaorm_core::{BoxError, HandlerContext, HandlerError};
 
@@ -192,7 +192,7 @@ impl HandlerContextExt for HandlerContext {
 }
 
 /// What a broker consumer tells the broker about one delivery.
-#[cfg(any(feature = "nats", feature = "amqp"))]
+#[cfg(any(feature = "nats", feature = "amqp", feature = "kafka"))]
 enum Verdict {
     /// Processed now or before: acknowledge.
     Ack,
@@ -203,7 +203,7 @@ enum Verdict {
 }
 
 /// Runs one parsed delivery through the inbox and says what to tell the broker.
-#[cfg(any(feature = "nats", feature = "amqp"))]
+#[cfg(any(feature = "nats", feature = "amqp", feature = "kafka"))]
 async fn judge<F>(
     inbox: &Inbox,
     consumer: &str,
@@ -373,4 +373,126 @@ where
         }
     }
     Ok(())
+}
+
+/// Consumes Kafka topics (CloudEvents, structured or binary, as `KafkaPublisher` writes them)
+/// through the inbox, in the consumer group `group.id` of `config` (the `consumer` name when
+/// not set): each record runs `handler` once per `consumer` name, and its offset is committed
+/// only after the inbox transaction commits (or when it is a duplicate).
+///
+/// - **Order**: records are handled one at a time, in the order of their partition; a
+///   failing handler is retried in place (back-off from 100 ms to 10 s) before the next
+///   record, so an aggregate's events are never handled out of order.
+/// - **Rebalances**: a partition that moves to another member resumes there at the last
+///   committed offset; a record handled here but not yet committed is handled there as a
+///   duplicate and skipped by the inbox.
+/// - **Not a CloudEvent**: logged and committed (skipped), as the other consumers reject it.
+///
+/// `config` takes librdkafka's consumer settings as they are (`bootstrap.servers`, SASL,
+/// TLS); `enable.auto.commit` and `enable.auto.offset.store` are set to `false` (an automatic
+/// commit could run before the inbox transaction, and a crash then would lose the record), and
+/// `auto.offset.reset` defaults to `earliest`. Fails with [`Error::Kafka`] when the consumer
+/// cannot be created or subscribed; otherwise runs until its future is dropped (abort the
+/// task to stop it: an interrupted record is redelivered and deduplicated).
+#[cfg(feature = "kafka")]
+pub async fn consume_kafka<F>(
+    inbox: &Inbox,
+    consumer: &str,
+    config: rdkafka::ClientConfig,
+    topics: &[&str],
+    handler: F,
+) -> Result<(), Error>
+where
+    F: for<'c> Fn(
+        outbox_seaorm_core::Envelope,
+        &'c UnitOfWork,
+    ) -> BoxFuture<'c, Result<(), HandlerError>>,
+{
+    use rdkafka::Message;
+    use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+    use rdkafka::message::Headers;
+
+    let mut config = config;
+    if config.get("group.id").is_none() {
+        config.set("group.id", consumer);
+    }
+    config
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false");
+    if config.get("auto.offset.reset").is_none() {
+        config.set("auto.offset.reset", "earliest");
+    }
+    let kafka: StreamConsumer = config.create().map_err(Error::Kafka)?;
+    kafka.subscribe(topics).map_err(Error::Kafka)?;
+
+    loop {
+        let msg = match kafka.recv().await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(consumer, error = %e, "Kafka consumer error");
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let header = |name: &str| {
+            msg.headers().and_then(|h| {
+                h.iter()
+                    .find(|h| h.key.eq_ignore_ascii_case(name))
+                    .and_then(|h| h.value)
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+            })
+        };
+        let payload = msg.payload().unwrap_or_default();
+        let structured =
+            header("content-type").is_some_and(|c| c.starts_with("application/cloudevents+json"));
+        let parsed = if structured {
+            outbox_seaorm_core::cloudevents::from_structured(payload)
+        } else {
+            let headers: Vec<(String, String)> = msg
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .filter_map(|h| {
+                            let v = std::str::from_utf8(h.value?).ok()?;
+                            Some((h.key.to_owned(), v.to_owned()))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            outbox_seaorm_core::cloudevents::from_binary(
+                outbox_seaorm_core::cloudevents::Binding::Kafka,
+                headers,
+                payload,
+            )
+        };
+        let mut backoff = std::time::Duration::from_millis(100);
+        loop {
+            match judge(inbox, consumer, parsed_clone(&parsed), &handler).await {
+                Verdict::Ack | Verdict::Reject => break,
+                Verdict::Retry => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(10));
+                }
+            }
+        }
+        // A commit refused after a rebalance (this member lost the partition) is harmless:
+        // the new owner handles the record again and the inbox skips it.
+        if let Err(e) = kafka.commit_message(&msg, CommitMode::Async) {
+            tracing::warn!(consumer, topic = msg.topic(), partition = msg.partition(), offset = msg.offset(), error = %e, "could not commit a Kafka offset");
+        }
+    }
+}
+
+/// A parsed delivery once more, for a retry in place.
+#[cfg(feature = "kafka")]
+fn parsed_clone(
+    parsed: &outbox_seaorm_core::Result<outbox_seaorm_core::Envelope>,
+) -> outbox_seaorm_core::Result<outbox_seaorm_core::Envelope> {
+    match parsed {
+        Ok(e) => Ok(e.clone()),
+        Err(e) => Err(outbox_seaorm_core::Error::Deserialize {
+            event_type: "cloudevent".into(),
+            source: serde::de::Error::custom(e.to_string()),
+        }),
+    }
 }

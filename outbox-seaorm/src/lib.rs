@@ -159,6 +159,9 @@ pub mod publish {
     #[cfg(feature = "amqp")]
     #[doc(no_inline)]
     pub use outbox_seaorm_core::publish::amqp;
+    #[cfg(feature = "kafka")]
+    #[doc(no_inline)]
+    pub use outbox_seaorm_core::publish::kafka;
     #[cfg(feature = "nats")]
     #[doc(no_inline)]
     pub use outbox_seaorm_core::publish::nats;

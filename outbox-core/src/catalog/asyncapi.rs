@@ -6,7 +6,8 @@
 //!   outbox table, not a broker).
 //! - **Operations**: `send` per route channel, `receive` per in-process handler.
 //! - **Messages**: one per event version and CloudEvents form, since the form decides what the
-//!   body is: the payload with `ce-*` (HTTP, NATS) or `cloudEvents:*` (AMQP) headers in binary
+//!   body is: the payload with `ce-*` (HTTP, NATS), `cloudEvents:*` (AMQP) or `ce_*` (Kafka)
+//!   headers in binary
 //!   mode, the CloudEvents JSON with the payload as `data` in structured mode, the bare payload
 //!   in process.
 //! - **Schemas**: each payload schema under `components/schemas/{event}.v{n}`, its
@@ -56,6 +57,8 @@ enum Form {
     BinaryHttp,
     /// CloudEvents binary mode with `cloudEvents:` headers (AMQP).
     BinaryAmqp,
+    /// CloudEvents binary mode with `ce_` headers (Kafka).
+    BinaryKafka,
     /// CloudEvents structured mode: the payload is `data`.
     Structured,
 }
@@ -69,6 +72,7 @@ impl Form {
             (None, _) => Form::Plain,
             (Some(Mode::Structured), _) => Form::Structured,
             (Some(Mode::Binary), "amqp") => Form::BinaryAmqp,
+            (Some(Mode::Binary), "kafka") => Form::BinaryKafka,
             (Some(Mode::Binary), _) => Form::BinaryHttp,
         }
     }
@@ -78,6 +82,7 @@ impl Form {
             Form::Plain => "",
             Form::BinaryHttp => ".ce-binary",
             Form::BinaryAmqp => ".ce-amqp-binary",
+            Form::BinaryKafka => ".ce-kafka-binary",
             Form::Structured => ".ce-structured",
         }
     }
@@ -145,11 +150,11 @@ impl Doc {
                     message["payload"] = p;
                 }
             }
-            Form::BinaryHttp | Form::BinaryAmqp => {
-                let prefix = if form == Form::BinaryAmqp {
-                    "cloudEvents:"
-                } else {
-                    "ce-"
+            Form::BinaryHttp | Form::BinaryAmqp | Form::BinaryKafka => {
+                let prefix = match form {
+                    Form::BinaryAmqp => "cloudEvents:",
+                    Form::BinaryKafka => "ce_",
+                    _ => "ce-",
                 };
                 message["headers"] = attributes(prefix, event);
                 if let Some(p) = payload {
@@ -208,6 +213,19 @@ impl Doc {
                     "exchange": { "name": exchange },
                     "bindingVersion": "0.3.0",
                 }});
+            }
+            if route.transport.protocol == "kafka" {
+                // The key is not a channel field of the Kafka binding: an `x-` extension, and
+                // said in the description.
+                let record_key = route.transport.key.clone().unwrap_or_else(|| "none".into());
+                channel["bindings"] = json!({ "kafka": {
+                    "topic": address,
+                    "x-key": record_key,
+                    "bindingVersion": "0.5.0",
+                }});
+                if let Some(d) = channel["description"].as_str() {
+                    channel["description"] = json!(format!("{d} Record key: {record_key}."));
+                }
             }
             let mut operation = json!({
                 "action": "send",

@@ -11,6 +11,8 @@ use std::sync::Arc;
 
 #[cfg(feature = "amqp")]
 pub mod amqp;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 #[cfg(feature = "nats")]
 pub mod nats;
 #[cfg(feature = "webhook")]
@@ -47,9 +49,13 @@ pub trait Publisher: Send + Sync + 'static {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub struct Transport {
-    /// `nats`, `amqp`, `http` (webhooks), or a custom publisher's own word. The AsyncAPI
+    /// `nats`, `amqp`, `kafka`, `http` (webhooks), or a custom publisher's own word. The AsyncAPI
     /// document uses it as the channel's protocol.
     pub protocol: String,
+    /// The Kafka record key (`aggregate_id`, `aggregate_type/aggregate_id`, `none`); `None`
+    /// elsewhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
     /// The AMQP exchange (a template, as the publisher was given it); `None` elsewhere.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exchange: Option<String>,
@@ -66,6 +72,7 @@ impl Transport {
     pub fn new(protocol: impl Into<String>) -> Self {
         Self {
             protocol: protocol.into(),
+            key: None,
             exchange: None,
             source: None,
             cloudevents: None,
@@ -80,6 +87,12 @@ impl Transport {
     ) -> Self {
         self.cloudevents = Some(mode);
         self.source = Some(source.into());
+        self
+    }
+
+    /// Keys records this way (Kafka).
+    pub fn key(mut self, key: impl Into<String>) -> Self {
+        self.key = Some(key.into());
         self
     }
 

@@ -14,6 +14,9 @@
 //! - `order`: ordered vs unordered drain at 10, 1 000 and 100 000 aggregates.
 //! - `big`: the drain of 1M pending rows vs 100k with `DeliveredRows::Delete`.
 //! - `dashboard`: each dashboard page's response time with `BENCH_BIG` delivered rows.
+//! - `kafka`: relay → Kafka vs a plain producer loop sending the same records to the same
+//!   broker (`OUTBOX_TEST_KAFKA_URL`; `BENCH_KAFKA_EVENTS`, default 20000, over
+//!   `BENCH_KAFKA_AGGREGATES`, default 1000).
 //!
 //! Servers come from `OUTBOX_TEST_POSTGRES_URL` / `OUTBOX_TEST_MYSQL_URL`; without backends
 //! the suite runs on SQLite and PostgreSQL. Knobs: `BENCH_SECS` (seconds per measured write
@@ -34,6 +37,8 @@ mod backlog;
 mod big;
 #[path = "outbox-bench/dashboard.rs"]
 mod dashboard;
+#[path = "outbox-bench/kafka.rs"]
+mod kafka;
 #[path = "outbox-bench/latency.rs"]
 mod latency;
 #[path = "outbox-bench/order.rs"]
@@ -49,7 +54,7 @@ use chrono::Utc;
 use outbox_tests::{Backend, TestDb};
 use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
 
-const USAGE: &str = "usage: outbox-bench <write|relay|latency|scale|order|big|dashboard> [sqlite] [postgres] [mariadb]";
+const USAGE: &str = "usage: outbox-bench <write|relay|latency|scale|order|big|dashboard|kafka> [sqlite] [postgres] [mariadb]";
 
 const SUITES: [&str; 7] = [
     "write",
@@ -128,6 +133,7 @@ async fn main() -> anyhow::Result<()> {
             "order" => order::suite(backend).await?,
             "big" => big::suite(backend).await?,
             "dashboard" => dashboard::suite(backend).await?,
+            "kafka" => kafka::suite(backend).await?,
             other => anyhow::bail!("unknown suite {other}\n{USAGE}"),
         }
     }

@@ -5,6 +5,7 @@
 //!     delivers `test.numbered` events to a handler that appends them to `relay_log`
 //! relay-worker <database url> <relay id> <lease ms> <delay ms> nats <nats url> <subject template>
 //! relay-worker <database url> <relay id> <lease ms> <delay ms> amqp <amqp uri> <exchange> <routing key template>
+//! relay-worker <database url> <relay id> <lease ms> <delay ms> kafka <bootstrap servers> <topic template>
 //!     publishes every event to the broker instead
 //! ```
 //!
@@ -15,6 +16,8 @@
 use std::time::Duration;
 
 use outbox_seaorm::publish::amqp::AmqpPublisher;
+use outbox_seaorm::publish::kafka::KafkaPublisher;
+use outbox_seaorm::publish::kafka::rdkafka::ClientConfig;
 use outbox_seaorm::publish::nats::JetStreamPublisher;
 use outbox_seaorm::{
     HandlerContext, HandlerContextExt, HandlerEntry, Registry, Relay, RetryPolicy, Route,
@@ -73,6 +76,14 @@ async fn main() -> anyhow::Result<()> {
             let publisher = AmqpPublisher::new(uri.clone(), exchange, "/relay-worker")?;
             Registry::new([])?
                 .with_route(Route::new("to-rabbitmq", publisher).destination(routing_key)?)?
+        }
+        [kind, bootstrap, topic] if kind == "kafka" => {
+            let mut config = ClientConfig::new();
+            config
+                .set("bootstrap.servers", bootstrap)
+                .set("message.timeout.ms", "5000");
+            let publisher = KafkaPublisher::new(config, "/relay-worker")?;
+            Registry::new([])?.with_route(Route::new("to-kafka", publisher).destination(topic)?)?
         }
         _ => anyhow::bail!("unknown broker arguments: {broker:?}"),
     };
