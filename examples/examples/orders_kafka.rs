@@ -16,13 +16,13 @@
 use std::time::Duration;
 
 use outbox_seaorm::cloudevents::Mode;
+use outbox_seaorm::inbox::{Inbox, consume_kafka};
 use outbox_seaorm::publish::kafka::rdkafka::ClientConfig;
 use outbox_seaorm::publish::kafka::rdkafka::admin::{
     AdminClient, AdminOptions, NewTopic, TopicReplication,
 };
 use outbox_seaorm::publish::kafka::rdkafka::client::DefaultClientContext;
 use outbox_seaorm::publish::kafka::{KafkaPublisher, Key};
-use outbox_seaorm::inbox::{Inbox, consume_kafka};
 use outbox_seaorm::{Admin, DomainEvent, Events, Registry, Relay, Route, UnitOfWork};
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection};
 use serde::{Deserialize, Serialize};
@@ -60,7 +60,7 @@ async fn open(path: &str) -> anyhow::Result<DatabaseConnection> {
     let mut options = ConnectOptions::new(format!("sqlite://{path}?mode=rwc"));
     options.sqlx_logging(false);
     let db = Database::connect(options).await?;
-    outbox_seaorm::schema::create_tables(&db, &Default::default()).await?;
+    outbox_seaorm::schema::create_tables(&db).await?;
     Ok(db)
 }
 

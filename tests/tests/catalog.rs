@@ -6,9 +6,9 @@ use std::collections::BTreeSet;
 
 use outbox_seaorm::catalog::{BreakingChange, Catalog, EventDescription};
 use outbox_seaorm::cloudevents::Mode;
-use outbox_seaorm::publish::kafka::KafkaPublisher;
 use outbox_seaorm::entity::message;
 use outbox_seaorm::publish::amqp::AmqpPublisher;
+use outbox_seaorm::publish::kafka::KafkaPublisher;
 use outbox_seaorm::publish::webhook::{WebhookPublisher, WebhookSecret};
 use outbox_seaorm::{
     DomainEvent, Envelope, HandlerEntry, HandlerError, Registry, Route, UnitOfWork,

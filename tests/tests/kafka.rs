@@ -142,6 +142,7 @@ async fn binary_and_structured_records_read_with_the_cloudevents_sdk() {
                     assert_eq!(content_type, "application/cloudevents+json");
                     assert_eq!(header(m, "ce_specversion"), None);
                 }
+                other => panic!("a mode this test does not know: {other:?}"),
             }
             subjects.push(subject);
         }

@@ -141,18 +141,12 @@ async fn plain_round(
     let producer: FutureProducer = c.create()?;
     let records: Vec<(String, Vec<u8>, String)> = (1..=n)
         .map(|i| {
-            let envelope = outbox_seaorm::Envelope {
-                message_id: uuid::Uuid::now_v7(),
-                sequence: i as i64,
-                position: (i / aggregates + 1) as i64,
-                aggregate_type: "bench".into(),
-                aggregate_id: (i % aggregates).to_string(),
-                event_type: "bench.noop".into(),
-                event_version: 1,
-                payload: r#"{"n":1}"#.into(),
-                headers: Default::default(),
-                occurred_at: chrono::Utc::now(),
-            };
+            let mut envelope =
+                outbox_seaorm::Envelope::new(uuid::Uuid::now_v7(), "bench.noop", 1, r#"{"n":1}"#);
+            envelope.sequence = i as i64;
+            envelope.position = (i / aggregates + 1) as i64;
+            envelope.aggregate_type = "bench".into();
+            envelope.aggregate_id = (i % aggregates).to_string();
             let value = cloudevents::to_structured(&envelope, "/bench").expect("JSON payload");
             (
                 envelope.aggregate_id,
