@@ -97,10 +97,10 @@ async fn binary_and_structured_records_read_with_the_cloudevents_sdk() {
     let Some(bootstrap) = server_url(Server::Kafka) else {
         return;
     };
-    let t = TestDb::new(Backend::Sqlite).await.unwrap();
-    commit_awkward(&t.db, &AWKWARD_IDS).await;
     let n = AWKWARD_IDS.len();
     for mode in [Mode::Binary, Mode::Structured] {
+        let t = TestDb::new(Backend::Sqlite).await.unwrap();
+        commit_awkward(&t.db, &AWKWARD_IDS).await;
         let topic = topic(&bootstrap, 3).await;
         let publisher = KafkaPublisher::new(config(&bootstrap), "/orders")
             .unwrap()
@@ -149,8 +149,8 @@ async fn binary_and_structured_records_read_with_the_cloudevents_sdk() {
         let mut want: Vec<String> = AWKWARD_IDS.iter().map(|s| s.to_string()).collect();
         want.sort();
         assert_eq!(subjects, want, "each awkward id once");
+        t.cleanup().await;
     }
-    t.cleanup().await;
 }
 
 fn spawn_worker(db_url: &str, name: &str, bootstrap: &str, topic: &str) -> Child {
