@@ -41,8 +41,8 @@ pub enum Server {
     /// A Kafka-protocol broker, `OUTBOX_TEST_KAFKA_URL` (its bootstrap servers,
     /// `127.0.0.1:9092`).
     Kafka,
-    /// The `tansu` broker binary, to start (and restart) a broker of a test's own with its log
-    /// in PostgreSQL: `OUTBOX_TEST_TANSU` is the path of the binary.
+    /// The `tansu` broker binary, to start (and restart) a broker of a test's own:
+    /// `OUTBOX_TEST_TANSU` is the path of the binary.
     Tansu,
 }
 
@@ -102,8 +102,6 @@ impl Server {
         match self {
             Server::PgRestart => Some(Server::Postgres),
             Server::RabbitMqRestart => Some(Server::Amqp),
-            // Its broker keeps its log in the test PostgreSQL.
-            Server::Tansu => Some(Server::Postgres),
             _ => None,
         }
     }
@@ -127,8 +125,7 @@ impl Server {
             }
             Server::Kafka => " (a Kafka-protocol broker's bootstrap servers: see .ci/run)",
             Server::Tansu => {
-                " (`cargo install tansu --features dynostore,postgres` and set it to \
-                 ~/.cargo/bin/tansu)"
+                " (`cargo install tansu --features dynostore` and set it to ~/.cargo/bin/tansu)"
             }
             _ => "",
         }

@@ -368,6 +368,28 @@ impl KafkaPublisher {
     }
 }
 
+/// Whether the cluster lists `topic` (its metadata within 2 s); `None` when the cluster does not
+/// answer.
+async fn topic_exists(producer: &FutureProducer, topic: &str) -> Option<bool> {
+    let producer = producer.clone();
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let metadata = producer
+            .client()
+            .fetch_metadata(None, Duration::from_secs(2))
+            .ok()?;
+        Some(
+            metadata
+                .topics()
+                .iter()
+                .any(|t| t.name() == topic && t.error().is_none()),
+        )
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
 /// Whether `topic` is a name Kafka accepts; the reason when not.
 pub fn check_topic(topic: &str) -> Result<(), &'static str> {
     if topic.is_empty() {
@@ -474,7 +496,15 @@ impl Publisher for KafkaPublisher {
             Ok(_) => Ok(()),
             Err((e, _)) => {
                 self.renew_if_fatal(&producer);
-                let e = KafkaPublishError::classify(topic, value.len(), e);
+                let mut e = KafkaPublishError::classify(topic, value.len(), e);
+                // librdkafka waits for a topic missing from the metadata until the record
+                // times out, and then says only that: ask the cluster whether the topic exists.
+                if let KafkaPublishError::Unreachable { topic, source } = e {
+                    e = match topic_exists(&producer, &topic).await {
+                        Some(false) => KafkaPublishError::UnknownTopic { topic, source },
+                        _ => KafkaPublishError::Unreachable { topic, source },
+                    };
+                }
                 Err(e.into())
             }
         }
