@@ -313,12 +313,22 @@ fn usage(msg: impl Into<String>) -> anyhow::Error {
 /// The error and its causes, each said once: SeaORM's errors repeat their source in their
 /// own message.
 fn chain(e: &anyhow::Error) -> String {
-    let mut text = e.to_string();
-    for cause in e.chain().skip(1) {
-        let c = cause.to_string();
+    let mut text = String::new();
+    for cause in e.chain() {
+        // The library's error reports its own sources (`Error::report`: a database error's
+        // message already holds what the database said), so the walk stops there.
+        let (c, ours) = match cause.downcast_ref::<crate::Error>() {
+            Some(ours) => (ours.report(), true),
+            None => (cause.to_string(), false),
+        };
         if !text.contains(&c) {
-            text.push_str(": ");
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
             text.push_str(&c);
+        }
+        if ours {
+            break;
         }
     }
     text
