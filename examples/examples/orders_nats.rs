@@ -15,7 +15,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull, stream};
-use outbox_seaorm::inbox::{Inbox, consume_jetstream};
+use outbox_seaorm::{Inbox, consume_jetstream};
 use outbox_seaorm::publish::nats::JetStreamPublisher;
 use outbox_seaorm::{Admin, DomainEvent, Events, Registry, Relay, Route, UnitOfWork};
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection};
