@@ -115,14 +115,14 @@ pub use self::admin::{
 pub use self::config::OutboxConfig;
 #[doc(inline)]
 pub use self::error::{Error, Result};
-#[doc(inline)]
-pub use self::inbox::{HandlerContextExt, Inbox, Processed};
 #[cfg(feature = "amqp")]
 #[doc(inline)]
 pub use self::inbox::consume_amqp;
 #[cfg(feature = "nats")]
 #[doc(inline)]
 pub use self::inbox::consume_jetstream;
+#[doc(inline)]
+pub use self::inbox::{HandlerContextExt, Inbox, Processed};
 #[doc(inline)]
 pub use self::relay::{
     BatchReport, DeliveredRows, DeliveryOrder, OnFailure, Relay, RelayBuilder, RelayHandle,
