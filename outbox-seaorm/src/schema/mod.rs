@@ -9,8 +9,8 @@ use crate::error::Result;
 /// Creates the outbox tables and their indexes, with the default names, if they do not exist
 /// (idempotent).
 ///
-/// Prefer [`OutboxMigration`] in an application that uses `sea-orm-migration`; this is for
-/// the others, for tests and for examples.
+/// Prefer [`OutboxMigration`](crate::OutboxMigration) in an application that uses
+/// `sea-orm-migration`; this is for the others, for tests and for examples.
 pub async fn create_tables(db: &impl ConnectionTrait) -> Result<()> {
     create_tables_with(db, &OutboxConfig::default()).await
 }
