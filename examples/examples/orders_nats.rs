@@ -15,9 +15,9 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull, stream};
-use outbox_seaorm::inbox::{Inbox, consume_jetstream};
 use outbox_seaorm::publish::nats::JetStreamPublisher;
 use outbox_seaorm::{Admin, DomainEvent, Events, Registry, Relay, Route, UnitOfWork};
+use outbox_seaorm::{Inbox, consume_jetstream};
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;

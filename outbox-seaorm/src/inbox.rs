@@ -40,7 +40,18 @@ impl<T> Processed<T> {
     }
 }
 
-/// The inbox of one database.
+/// The inbox of one database: exactly-once effects for consumers under at-least-once
+/// delivery.
+///
+/// A consumer's changes and the mark "consumer C processed message M" are written in one
+/// transaction. A second delivery of M finds the mark and is skipped; two deliveries racing on
+/// two connections serialize on the mark's primary key, and only one runs its effects.
+///
+/// In-process handlers ask for it with [`HandlerContextExt::exactly_once`]; consumers of the
+/// brokers use [`Inbox::process`] directly or the helpers `consume_jetstream` and
+/// `consume_amqp` (features `nats`, `amqp`). Inbox rows are deleted by the relay's retention
+/// after [`Retention::inbox_after`](crate::Retention::inbox_after) (30 days by default: keep it
+/// longer than the longest redelivery or replay window of your brokers).
 #[derive(Debug, Clone)]
 pub struct Inbox {
     db: DatabaseConnection,
@@ -68,7 +79,7 @@ impl Inbox {
     ///
     /// ```no_run
     /// # async fn f(db: sea_orm::DatabaseConnection, id: uuid::Uuid) -> Result<(), outbox_seaorm::Error> {
-    /// use outbox_seaorm::inbox::{Inbox, Processed};
+    /// use outbox_seaorm::{Inbox, Processed};
     /// use sea_orm::ConnectionTrait;
     ///
     /// let outcome = Inbox::new(db)

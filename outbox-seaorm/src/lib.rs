@@ -71,7 +71,7 @@
 //!   one that does not leaves neither, and the events stay on their aggregates for the next
 //!   attempt ([`UnitOfWork`], [`Events`]). Events dropped unsaved are reported.
 //! - Delivery is at least once: a handler may see a message twice (after a crash or an expired
-//!   lease). Deduplicate on [`HandlerContext::message_id`], or use the [`inbox`].
+//!   lease). Deduplicate on [`HandlerContext::message_id`], or use the [`Inbox`].
 //! - By default the messages of one aggregate reach each handler in the order of their
 //!   positions, which follow commit order even with concurrent writers
 //!   ([`DeliveryOrder::PerAggregate`]).
@@ -95,7 +95,7 @@ pub mod dashboard;
 mod driver;
 pub mod entity;
 mod error;
-pub mod inbox;
+mod inbox;
 mod listen;
 mod relay;
 pub mod schema;
@@ -117,6 +117,12 @@ pub use self::config::OutboxConfig;
 pub use self::driver::MAX_ERROR_BYTES;
 #[doc(inline)]
 pub use self::error::{Error, Result};
+#[cfg(feature = "amqp")]
+#[doc(inline)]
+pub use self::inbox::consume_amqp;
+#[cfg(feature = "nats")]
+#[doc(inline)]
+pub use self::inbox::consume_jetstream;
 #[doc(inline)]
 pub use self::inbox::{HandlerContextExt, Inbox, Processed};
 #[doc(inline)]
@@ -126,7 +132,7 @@ pub use self::relay::{
 };
 #[cfg(feature = "migration")]
 #[doc(inline)]
-pub use self::schema::OutboxMigration;
+pub use self::schema::migration::OutboxMigration;
 #[doc(inline)]
 pub use self::uow::{
     UnitOfWork, Written, save_aggregate, save_aggregate_with, stage_aggregate, stage_aggregate_with,

@@ -318,7 +318,7 @@ async fn rabbitmq_consumer_with_inbox_has_effects_once_in_order_after_relay_kill
     let consumer = {
         let effects = effects.clone();
         tokio::spawn(async move {
-            outbox_seaorm::inbox::consume_amqp(&inbox, "checker", deliveries, |envelope, _uow| {
+            outbox_seaorm::consume_amqp(&inbox, "checker", deliveries, |envelope, _uow| {
                 let effects = effects.clone();
                 Box::pin(async move {
                     let e: Numbered = envelope.decode(&Default::default())?;

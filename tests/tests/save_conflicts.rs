@@ -80,7 +80,11 @@ async fn a_new_row_whose_unique_key_is_taken_fails_and_leaves_the_other_row_alon
     let uow = UnitOfWork::begin(&t.db).await.unwrap();
     let err = uow.save(&mut mallory).await.unwrap_err();
     assert!(matches!(err, Error::Db(_)), "{err}");
-    assert!(err.to_string().to_lowercase().contains("unique"), "{err}");
+    assert!(
+        err.report().to_lowercase().contains("unique"),
+        "{}",
+        err.report()
+    );
     drop(uow);
     let rows = customer::Entity::find()
         .order_by_asc(customer::Column::Id)

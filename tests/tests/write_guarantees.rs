@@ -1052,7 +1052,7 @@ async fn invalid_aggregate_ids_are_rejected_when_recorded(t: TestDb) {
 
 async fn relay_without_outbox_tables_fails_to_start_naming_the_table(t: TestDb) {
     fn check(err: Error, table: &str) {
-        let shown = err.to_string();
+        let shown = err.report();
         match &err {
             Error::Schema { table: named, .. } => assert_eq!(named, table, "{shown}"),
             other => panic!("expected Error::Schema for {table}, got {other:?}"),

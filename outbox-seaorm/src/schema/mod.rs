@@ -9,8 +9,8 @@ use crate::error::Result;
 /// Creates the outbox tables and their indexes, with the default names, if they do not exist
 /// (idempotent).
 ///
-/// Prefer [`OutboxMigration`] in an application that uses `sea-orm-migration`; this is for
-/// the others, for tests and for examples.
+/// Prefer [`OutboxMigration`](crate::OutboxMigration) in an application that uses
+/// `sea-orm-migration`; this is for the others, for tests and for examples.
 pub async fn create_tables(db: &impl ConnectionTrait) -> Result<()> {
     create_tables_with(db, &OutboxConfig::default()).await
 }
@@ -78,75 +78,6 @@ pub fn statements_with(backend: DbBackend, config: &OutboxConfig) -> Vec<String>
     driver::for_backend(backend, config).create_statements()
 }
 
-/// A `sea-orm-migration` migration that creates the outbox tables; add it to your `Migrator`.
-///
-/// Its name is stable (`m20261130_000001_create_outbox_tables`), so it is applied once.
-///
-/// ```
-/// use outbox_seaorm::OutboxMigration;
-/// use sea_orm_migration::prelude::*;
-///
-/// pub struct Migrator;
-///
-/// #[async_trait::async_trait]
-/// impl MigratorTrait for Migrator {
-///     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-///         vec![
-///             // your own migrations ...
-///             Box::new(OutboxMigration::default()),
-///         ]
-///     }
-/// }
-/// ```
+/// `OutboxMigration` lives here and is public at the crate root only.
 #[cfg(feature = "migration")]
-#[derive(Debug, Clone, Default)]
-pub struct OutboxMigration {
-    config: OutboxConfig,
-}
-
-#[cfg(feature = "migration")]
-impl OutboxMigration {
-    /// The migration for tables with the names of `config` (`default()` for the default ones).
-    pub fn new_with(config: &OutboxConfig) -> Self {
-        Self {
-            config: config.clone(),
-        }
-    }
-}
-
-#[cfg(feature = "migration")]
-impl sea_orm_migration::MigrationName for OutboxMigration {
-    fn name(&self) -> &str {
-        "m20261130_000001_create_outbox_tables"
-    }
-}
-
-#[cfg(feature = "migration")]
-#[async_trait::async_trait]
-impl sea_orm_migration::MigrationTrait for OutboxMigration {
-    async fn up(
-        &self,
-        manager: &sea_orm_migration::SchemaManager,
-    ) -> Result<(), sea_orm_migration::DbErr> {
-        create_tables_with(manager.get_connection(), &self.config)
-            .await
-            .map_err(into_db_err)
-    }
-
-    async fn down(
-        &self,
-        manager: &sea_orm_migration::SchemaManager,
-    ) -> Result<(), sea_orm_migration::DbErr> {
-        drop_tables_with(manager.get_connection(), &self.config)
-            .await
-            .map_err(into_db_err)
-    }
-}
-
-#[cfg(feature = "migration")]
-fn into_db_err(e: crate::Error) -> sea_orm::DbErr {
-    match e {
-        crate::Error::Db(e) => e,
-        other => sea_orm::DbErr::Migration(other.to_string()),
-    }
-}
+pub(crate) mod migration;
