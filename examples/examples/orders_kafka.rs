@@ -16,7 +16,6 @@
 use std::time::Duration;
 
 use outbox_seaorm::cloudevents::Mode;
-use outbox_seaorm::inbox::{Inbox, consume_kafka};
 use outbox_seaorm::publish::kafka::rdkafka::ClientConfig;
 use outbox_seaorm::publish::kafka::rdkafka::admin::{
     AdminClient, AdminOptions, NewTopic, TopicReplication,
@@ -24,6 +23,7 @@ use outbox_seaorm::publish::kafka::rdkafka::admin::{
 use outbox_seaorm::publish::kafka::rdkafka::client::DefaultClientContext;
 use outbox_seaorm::publish::kafka::{KafkaPublisher, Key};
 use outbox_seaorm::{Admin, DomainEvent, Events, Registry, Relay, Route, UnitOfWork};
+use outbox_seaorm::{Inbox, consume_kafka};
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;

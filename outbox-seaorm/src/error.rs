@@ -151,7 +151,7 @@ pub enum Error {
         addr: std::net::SocketAddr,
     },
 
-    /// A Kafka consumer could not be created or subscribed (`inbox::consume_kafka`): a bad
+    /// A Kafka consumer could not be created or subscribed (`consume_kafka`): a bad
     /// setting, an invalid topic name.
     #[cfg(feature = "kafka")]
     #[error("kafka consumer error")]

@@ -123,6 +123,9 @@ pub use self::inbox::consume_amqp;
 #[cfg(feature = "nats")]
 #[doc(inline)]
 pub use self::inbox::consume_jetstream;
+#[cfg(feature = "kafka")]
+#[doc(inline)]
+pub use self::inbox::consume_kafka;
 #[doc(inline)]
 pub use self::inbox::{HandlerContextExt, Inbox, Processed};
 #[doc(inline)]

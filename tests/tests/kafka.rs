@@ -432,7 +432,7 @@ fn spawn_inbox_consumer(
         .set("heartbeat.interval.ms", "500");
     let topic = topic.to_owned();
     tokio::spawn(async move {
-        outbox_seaorm::inbox::consume_kafka(&inbox, "checker", c, &[&topic], |envelope, uow| {
+        outbox_seaorm::consume_kafka(&inbox, "checker", c, &[&topic], |envelope, uow| {
             Box::pin(async move {
                 use sea_orm::ConnectionTrait;
                 let e: Numbered = envelope.decode(&Default::default())?;

@@ -6,7 +6,7 @@
 //! delivery report, so each partition holds an aggregate's events in order. A relay retry of a
 //! message that reached the log before the relay crashed is a second record with the same `id`
 //! header and `ce_id`: consumers deduplicate on it (the inbox does, see
-//! `outbox_seaorm::inbox::consume_kafka`).
+//! `outbox_seaorm::consume_kafka`).
 //!
 //! Records follow the CloudEvents Kafka protocol binding: in [`Mode::Binary`] the value is the
 //! payload, `content-type` is `application/json` and every attribute (ours included:
