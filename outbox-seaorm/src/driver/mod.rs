@@ -245,8 +245,9 @@ pub(crate) trait Driver: Send + Sync + fmt::Debug {
         if n as usize == seq_list.len() {
             return Ok(seq_list.to_vec());
         }
+        // Which are still ours: the same rows and tokens, without the lease it did not extend.
         let rows = db
-            .query_all_raw(self.sql().stmt("still_held", &args))
+            .query_all_raw(self.sql().stmt("still_held", &args[..3]))
             .await?;
         rows.iter()
             .map(|r| Ok(r.try_get::<i64>("", "seq")?))
