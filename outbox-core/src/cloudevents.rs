@@ -211,7 +211,7 @@ fn extensions(envelope: &Envelope) -> BTreeMap<&str, &str> {
         .headers
         .extra
         .iter()
-        .filter(|(k, _)| crate::aggregate::is_extension_name(k))
+        .filter(|(k, _)| crate::extension_name::is_extension_name(k))
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect()
 }
@@ -278,7 +278,7 @@ fn envelope_from(attrs: BTreeMap<String, String>, payload: String) -> Result<Env
     let attr = |name: &str| attrs.get(name).cloned();
     let extra = attrs
         .iter()
-        .filter(|(k, _)| crate::aggregate::is_extension_name(k))
+        .filter(|(k, _)| crate::extension_name::is_extension_name(k))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     let missing = |name: &str| Error::Deserialize {

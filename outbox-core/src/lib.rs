@@ -72,6 +72,7 @@ pub mod dispatch;
 mod envelope;
 mod error;
 mod event;
+mod extension_name;
 mod handler;
 pub mod publish;
 mod registry;

@@ -1,8 +1,12 @@
 //! Operating the outbox: counts, status, listings, dead letters, relays, requeue and discard
 //! (one message or every one a filter matches).
 
+mod bulk;
+mod filter;
+mod listing;
 mod query;
 mod stats;
+mod status;
 
 use std::sync::Arc;
 
@@ -16,9 +20,11 @@ use crate::entity::DeliveryStatus;
 use crate::error::Result;
 use crate::wake;
 
-pub use query::{Backlog, DeadGroup, MessageDetail, MessageFilter, MessageSummary, Status};
+pub use filter::MessageFilter;
+pub use listing::{MessageDetail, MessageSummary};
 pub(crate) use query::{age, table};
 pub use stats::{HandlerReport, HandlerStats, Lag, MinuteCounts};
+pub use status::{Backlog, DeadGroup, Status};
 
 /// Every error kind the relay stores (`last_error_kind` of a message or a delivery): the
 /// kinds of the core's errors (`outbox_seaorm_core::Error::kind`), and the relay's own
