@@ -80,7 +80,10 @@ pub async fn invoke(
         Ok(Ok(Ok(Ok(())))) => Ok(()),
     };
     if let Err(e) = &result {
-        span.in_scope(|| tracing::warn!(error = %e.report(), kind = e.kind(), "handler failed"));
+        // What a handler says is data: NUL bytes and megabytes of text are cleaned and capped
+        // here as they are where the relay stores them.
+        let error = crate::error_text::ErrorText::new(&e.report());
+        span.in_scope(|| tracing::warn!(error = %error, kind = e.kind(), "handler failed"));
     }
     result
 }

@@ -71,6 +71,7 @@ pub mod context;
 pub mod dispatch;
 mod envelope;
 mod error;
+mod error_text;
 mod event;
 mod extension_name;
 mod handler;
@@ -92,6 +93,8 @@ pub use self::aggregate::{
 pub use self::envelope::{Envelope, Headers};
 #[doc(inline)]
 pub use self::error::{BoxError, Error, Result, check_name};
+#[doc(inline)]
+pub use self::error_text::MAX_ERROR_BYTES;
 #[doc(inline)]
 pub use self::event::{DomainEvent, EventTypeRegistration, registered_event_types};
 #[doc(inline)]
@@ -133,5 +136,6 @@ pub mod __private {
     }
 
     pub use crate::catalog::schema::{NoSchema, SchemaProbe, WithSchema, require_schema};
+    pub use crate::error_text::ErrorText;
     pub use serde_json;
 }

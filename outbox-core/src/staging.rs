@@ -48,6 +48,9 @@ pub struct Unit {
     /// Dropped unsettled while holding staged events: report them (see
     /// [`report_when_dropped`](Unit::report_when_dropped)).
     report_when_dropped: bool,
+    /// Events recorded on the unit of work itself (no aggregate holds them), listed for the
+    /// report of a unit dropped without ending.
+    recorded: Vec<String>,
 }
 
 /// The events of an aggregate are already held by another unit of work that has not ended.
@@ -62,6 +65,7 @@ impl Unit {
             id: NEXT_UNIT.fetch_add(1, Ordering::Relaxed),
             buffers: Vec::new(),
             report_when_dropped: false,
+            recorded: Vec::new(),
         }
     }
 
@@ -73,6 +77,21 @@ impl Unit {
     pub fn report_when_dropped(mut self) -> Self {
         self.report_when_dropped = true;
         self
+    }
+
+    /// Notes an event recorded on the unit of work itself, which no aggregate holds: a unit
+    /// dropped without [`settle`](Self::settle) (and made to [report it](Self::report_when_dropped))
+    /// names it among what it lost.
+    pub fn note_recorded(
+        &mut self,
+        event_type: &str,
+        message_id: uuid::Uuid,
+        aggregate_type: &str,
+        aggregate_id: &str,
+    ) {
+        self.recorded.push(format!(
+            "{event_type} ({message_id}) for `{aggregate_type}` `{aggregate_id}`"
+        ));
     }
 
     /// Stages the aggregate's events that this unit does not hold yet, naming the aggregate as
@@ -128,6 +147,7 @@ impl Unit {
     }
 
     fn settle_all(&mut self, committed: bool) {
+        self.recorded.clear();
         for b in self.buffers.drain(..) {
             aggregate::settle(&b, self.id, committed);
         }
@@ -144,8 +164,9 @@ impl Drop for Unit {
         for b in self.buffers.drain(..) {
             given_back.extend(aggregate::abandon(&b, self.id));
         }
-        if !given_back.is_empty() {
-            crate::unsaved::report_abandoned(&given_back);
+        let recorded = std::mem::take(&mut self.recorded);
+        if !given_back.is_empty() || !recorded.is_empty() {
+            crate::unsaved::report_abandoned(&given_back, &recorded);
         }
     }
 }

@@ -95,7 +95,7 @@ pub(crate) fn report(owner: Option<&Owner>, events: &[&PendingEvent]) {
 
 /// Reports a unit of work dropped without `commit` or `rollback` while it held `events`
 /// (each with its aggregate, as far as known), per the policy.
-pub(crate) fn report_abandoned(events: &[(Option<Owner>, PendingEvent)]) {
+pub(crate) fn report_abandoned(events: &[(Option<Owner>, PendingEvent)], recorded: &[String]) {
     let listed: Vec<String> = events
         .iter()
         .map(|(owner, e)| match owner {
@@ -105,18 +105,33 @@ pub(crate) fn report_abandoned(events: &[(Option<Owner>, PendingEvent)]) {
             ),
             None => format!("{} ({})", e.event_type, e.message_id),
         })
+        .chain(recorded.iter().cloned())
         .collect();
+    let mut fates = Vec::new();
+    if !events.is_empty() {
+        fates.push(format!(
+            "{} went back to their aggregates (dropping an aggregate that still holds them \
+             reports them again)",
+            events.len()
+        ));
+    }
+    if !recorded.is_empty() {
+        fates.push(format!(
+            "{} recorded on the unit of work itself are lost",
+            recorded.len()
+        ));
+    }
     let message = format!(
         "a unit of work holding {n} staged event(s) was dropped without `commit` or \
-         `rollback`: it rolled back, nothing of it was written, and the events went back to \
-         their aggregates: {list}. Call `uow.commit().await` to write them, or \
-         `uow.rollback().await` when dropping the work is intended; dropping an aggregate that \
-         still holds them reports them again.",
-        n = events.len(),
+         `rollback`: it rolled back, nothing of it was written; of its events, {fates}: {list}. \
+         Call `uow.commit().await` to write them, or `uow.rollback().await` when dropping the \
+         work is intended.",
+        n = listed.len(),
+        fates = fates.join(", and "),
         list = listed.join(", "),
     );
     metrics::counter!("outbox.events.dropped", "reason" => "unit_of_work_dropped")
-        .increment(events.len() as u64);
+        .increment(listed.len() as u64);
     match policy() {
         UnsavedEvents::Panic if !std::thread::panicking() => panic!("{message}"),
         _ => tracing::error!(

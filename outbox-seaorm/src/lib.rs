@@ -143,41 +143,41 @@ pub use self::uow::{
 
 /// The error of recording, decoding or handling an event (`outbox_seaorm_core::Error`), which
 /// [`Error::Event`] carries.
-#[doc(no_inline)]
+#[doc(inline)]
 pub use outbox_seaorm_core::Error as EventError;
 /// The event catalog: events, handlers and routes as JSON and AsyncAPI 3.0, and the check of a
 /// committed catalog against the current one. It needs no database, so it lives in
 /// `outbox-seaorm-core` (beside the registry it reads) and is re-exported here.
 #[doc(inline)]
 pub use outbox_seaorm_core::catalog;
-#[doc(no_inline)]
+#[doc(inline)]
 pub use outbox_seaorm_core::publish::{Publisher, Route};
-#[doc(no_inline)]
+#[doc(inline)]
 pub use outbox_seaorm_core::{
     Aggregate, BoxError, BoxFuture, DomainEvent, DomainEvents, Envelope, Events, Extensions,
     Handler, HandlerContext, HandlerEntry, HandlerError, Headers, IntoHandlerResult, Owner,
     PendingEvent, RecordOptions, Registry, RetryPolicy, SerializeFailure, UnsavedEvents, Upcasters,
     event_handler, on_unsaved_events, upcaster,
 };
-#[doc(no_inline)]
+#[doc(inline)]
 pub use outbox_seaorm_core::{cloudevents, context, dispatch, staging, trace};
 
 /// Publishing messages to brokers besides (or instead of) handlers: the transports behind their
 /// features, and the pieces of a [`Route`]. [`Publisher`] and [`Route`] are at the crate root.
 pub mod publish {
     #[cfg(feature = "amqp")]
-    #[doc(no_inline)]
+    #[doc(inline)]
     pub use outbox_seaorm_core::publish::amqp;
     #[cfg(feature = "kafka")]
-    #[doc(no_inline)]
+    #[doc(inline)]
     pub use outbox_seaorm_core::publish::kafka;
     #[cfg(feature = "nats")]
-    #[doc(no_inline)]
+    #[doc(inline)]
     pub use outbox_seaorm_core::publish::nats;
     #[cfg(feature = "webhook")]
-    #[doc(no_inline)]
+    #[doc(inline)]
     pub use outbox_seaorm_core::publish::webhook;
-    #[doc(no_inline)]
+    #[doc(inline)]
     pub use outbox_seaorm_core::publish::{Matcher, Template, TemplateError, Transport};
 }
 

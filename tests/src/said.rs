@@ -49,7 +49,7 @@ pub const ERROR_KINDS: &str = "  [possible values: handler_failed, handler_timed
                                handler_panicked, deserialize, unknown_version, \
                                unknown_event_type, upcast, missing_state, serialize, \
                                invalid_name, duplicate_handler, duplicate_event_type, \
-                               catalog_format, delivery_dead, crashed]";
+                               catalog_format, delivery_dead, crashed, outcome_unwritable]";
 
 /// `outbox catalog` in a binary that links no event.
 pub const NO_EVENTS: &str = "error: this binary knows no event types, so it has no catalog to \

@@ -200,6 +200,32 @@ async fn a_dropped_unit_of_work_is_reported_and_so_are_the_events_it_gave_back(
     uow.commit().await.unwrap();
     drop(order);
 
+    // An event recorded on the unit of work itself (no aggregate holds it) is named as lost.
+    let uow = UnitOfWork::begin(&t.db).await.unwrap();
+    let id = uow
+        .record(
+            "audit",
+            7,
+            OrderConfirmed {
+                order_id: uuid::Uuid::now_v7(),
+            },
+            RecordOptions::new(),
+        )
+        .unwrap();
+    drop(uow);
+    let reports = capture.take(UNSAVED);
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    for needle in [
+        "a unit of work holding 1 staged event(s) was dropped without `commit` or `rollback`",
+        "recorded on the unit of work itself are lost",
+        &id.to_string(),
+    ] {
+        assert!(
+            reports[0].message().contains(needle),
+            "{needle:?} in {reports:?}"
+        );
+    }
+
     // Rolled back explicitly, or with nothing staged: nothing reported, now or later.
     let mut order = order::Model::place("di", 5);
     let uow = UnitOfWork::begin(&t.db).await.unwrap();

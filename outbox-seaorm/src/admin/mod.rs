@@ -28,9 +28,9 @@ pub use status::{Backlog, DeadGroup, Status};
 
 /// Every error kind the relay stores (`last_error_kind` of a message or a delivery): the
 /// kinds of the core's errors (`outbox_seaorm_core::Error::kind`), and the relay's own
-/// (`delivery_dead`, `crashed`). Filters refuse any other value, which could match nothing.
+/// (`delivery_dead`, `crashed`, `outcome_unwritable`). Filters refuse any other value, which could match nothing.
 #[cfg_attr(not(feature = "cli"), allow(dead_code))]
-pub(crate) const ERROR_KINDS: [&str; 15] = [
+pub(crate) const ERROR_KINDS: [&str; 16] = [
     "handler_failed",
     "handler_timed_out",
     "handler_panicked",
@@ -46,6 +46,7 @@ pub(crate) const ERROR_KINDS: [&str; 15] = [
     "catalog_format",
     "delivery_dead",
     "crashed",
+    "outcome_unwritable",
 ];
 
 /// Operations on an outbox for operators and dashboards.

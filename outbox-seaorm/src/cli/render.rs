@@ -18,6 +18,26 @@ fn table(header: &[&str]) -> Table {
     t
 }
 
+/// The most characters of an error shown in a table cell: a cell sets its column's width, and
+/// an 8 KiB error padded every row of the table to it. Longer errors are printed whole below.
+const ERROR_CELL_CHARS: usize = 160;
+
+/// `kind: error` for a table cell, cut to [`ERROR_CELL_CHARS`], and whether it was cut.
+fn error_cell(kind: &Option<String>, error: &Option<String>) -> (String, bool) {
+    match (kind, error) {
+        (Some(k), Some(e)) => {
+            let full = format!("{k}: {e}");
+            if full.chars().count() <= ERROR_CELL_CHARS {
+                (full, false)
+            } else {
+                let cut: String = full.chars().take(ERROR_CELL_CHARS).collect();
+                (format!("{cut}... (whole text below)"), true)
+            }
+        }
+        _ => ("-".into(), false),
+    }
+}
+
 fn time(t: &DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
 }
@@ -128,6 +148,18 @@ impl Out {
             return self.json(m);
         }
         let s = &m.summary;
+        let mut long_errors: Vec<(String, String)> = Vec::new();
+        let (last_error, cut) = error_cell(&s.last_error_kind, &s.last_error);
+        if cut {
+            long_errors.push((
+                "message".into(),
+                format!(
+                    "{}: {}",
+                    or_dash(s.last_error_kind.as_deref()),
+                    or_dash(s.last_error.as_deref())
+                ),
+            ));
+        }
         let mut t = table(&["field", "value"]);
         let rows: [(&str, String); 12] = [
             ("message id", s.message_id.to_string()),
@@ -147,13 +179,7 @@ impl Out {
                 s.delivered_at.as_ref().map_or("-".into(), time),
             ),
             ("held by", or_dash(s.locked_by.as_deref())),
-            (
-                "last error",
-                match (&s.last_error_kind, &s.last_error) {
-                    (Some(k), Some(e)) => format!("{k}: {e}"),
-                    _ => "-".into(),
-                },
-            ),
+            ("last error", last_error),
         ];
         for (k, v) in rows {
             t.add_row(vec![k.to_owned(), v]);
@@ -164,17 +190,28 @@ impl Out {
         if !m.deliveries.is_empty() {
             let mut t = table(&["handler", "status", "attempts", "last error"]);
             for d in &m.deliveries {
+                let (error, cut) = error_cell(&d.last_error_kind, &d.last_error);
+                if cut {
+                    long_errors.push((
+                        format!("delivery {}", d.handler),
+                        format!(
+                            "{}: {}",
+                            or_dash(d.last_error_kind.as_deref()),
+                            or_dash(d.last_error.as_deref())
+                        ),
+                    ));
+                }
                 t.add_row(vec![
                     d.handler.clone(),
                     d.status.as_str().to_owned(),
                     d.attempts.to_string(),
-                    match (&d.last_error_kind, &d.last_error) {
-                        (Some(k), Some(e)) => format!("{k}: {e}"),
-                        _ => "-".into(),
-                    },
+                    error,
                 ]);
             }
             println!("deliveries\n{t}");
+        }
+        for (whose, text) in long_errors {
+            println!("last error of the {whose}, whole\n{text}");
         }
         Ok(())
     }
@@ -248,4 +285,21 @@ fn relays_table(relays: &[RelayInfo]) -> Table {
         ]);
     }
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_error_is_cut_in_its_cell_and_a_short_one_kept() {
+        let kind = Some("handler_failed".to_owned());
+        let (cell, cut) = error_cell(&kind, &Some("boom".to_owned()));
+        assert_eq!((cell.as_str(), cut), ("handler_failed: boom", false));
+        let (cell, cut) = error_cell(&kind, &Some("é".repeat(10_000)));
+        assert!(cut);
+        assert!(cell.chars().count() < ERROR_CELL_CHARS + 30, "{cell}");
+        assert!(cell.ends_with("... (whole text below)"));
+        assert_eq!(error_cell(&None, &None), ("-".to_owned(), false));
+    }
 }

@@ -12,7 +12,6 @@
 //! from the process: a relay whose clock runs ahead cannot take over live leases.
 
 mod completion;
-mod error_text;
 mod maintenance;
 mod mysql;
 mod postgres;
@@ -42,9 +41,9 @@ use crate::entity::DeliveryStatus;
 use crate::error::{Error, Result};
 use sql::{Arg, Catalog, seqs};
 
-pub(crate) use error_text::ErrorText;
-pub use error_text::MAX_ERROR_BYTES;
 pub(crate) use maintenance::RelayRow;
+pub(crate) use outbox_seaorm_core::__private::ErrorText;
+pub use outbox_seaorm_core::MAX_ERROR_BYTES;
 pub(crate) use stats::Series;
 pub(crate) use types::{
     BlockWrite, ClaimOrder, ClaimSpec, Claimed, Completion, DeliveryState, DeliveryWrite, Hold,
@@ -247,8 +246,13 @@ pub(crate) trait Driver: Send + Sync + fmt::Debug {
             return Ok(seq_list.to_vec());
         }
         // Which are still ours: the same rows and tokens, without the lease it did not extend.
+        let held = [
+            ("seqs", seqs(seq_list)),
+            ("tokens", seqs(tokens)),
+            ("relay", relay.into()),
+        ];
         let rows = db
-            .query_all_raw(self.sql().stmt("still_held", &args[..3]))
+            .query_all_raw(self.sql().stmt("still_held", &held))
             .await?;
         rows.iter()
             .map(|r| Ok(r.try_get::<i64>("", "seq")?))

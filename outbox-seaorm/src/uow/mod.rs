@@ -274,6 +274,9 @@ impl UnitOfWork {
         let event = PendingEvent::new(event, options);
         check_event(&event)?;
         let id = event.message_id;
+        // No aggregate holds it: the unit names it if it is dropped without ending.
+        self.lock_unit()
+            .note_recorded(event.event_type, id, aggregate_type, &aggregate_id);
         let rows = self.rows(aggregate_type, &aggregate_id, vec![event]);
         self.lock_staged().extend(rows);
         Ok(id)

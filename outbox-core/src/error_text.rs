@@ -1,5 +1,5 @@
 //! Error text is data: the one place where what a handler (or a database) says becomes text
-//! the outbox stores and logs.
+//! the outbox stores and logs (the relay's stored errors, the dispatcher's log lines).
 //!
 //! A handler's error can say anything: a NUL byte (PostgreSQL's `text` refuses it), 200 KB
 //! (more than a MariaDB `TEXT` holds), a chain of a hundred causes. Stored as is, such an
@@ -24,16 +24,16 @@ const SEPARATOR: &str = ": ";
 
 /// Error text fit to store: no NUL, at most [`MAX_ERROR_BYTES`] bytes of UTF-8.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct ErrorText(String);
+pub struct ErrorText(String);
 
 impl ErrorText {
     /// `text` made fit to store.
-    pub(crate) fn new(text: &str) -> Self {
+    pub fn new(text: &str) -> Self {
         Self::chain([text])
     }
 
     /// The error and its causes, joined by `": "`, made fit to store.
-    pub(crate) fn from_error(e: &(dyn std::error::Error + 'static)) -> Self {
+    pub fn from_error(e: &(dyn std::error::Error + 'static)) -> Self {
         let mut parts = vec![e.to_string()];
         let mut source = e.source();
         while let Some(s) = source {
@@ -46,7 +46,7 @@ impl ErrorText {
     /// A chain of messages (the error first, then its causes), joined by `": "`: when the
     /// whole is too long, each part gets an equal share of the room left by the shorter ones
     /// and is cut at a character boundary, with a mark saying how much was cut.
-    pub(crate) fn chain<'a>(parts: impl IntoIterator<Item = &'a str>) -> Self {
+    pub fn chain<'a>(parts: impl IntoIterator<Item = &'a str>) -> Self {
         let mut parts: Vec<String> = parts.into_iter().map(clean).collect();
         if parts.len() > MAX_CAUSES {
             let more = parts.len() - MAX_CAUSES + 1;
@@ -75,7 +75,7 @@ impl ErrorText {
     }
 
     /// The text.
-    pub(crate) fn as_str(&self) -> &str {
+    pub fn as_str(&self) -> &str {
         &self.0
     }
 }
