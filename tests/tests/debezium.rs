@@ -256,42 +256,34 @@ impl Cdc {
         {
             engine.kill().await.ok();
         }
-        let admin = connect(&self.admin_url, None).await;
-        let query = format!(
-            "SELECT 1 FROM pg_replication_slots WHERE slot_name = '{}' AND active",
-            self.slot
-        );
-        wait_until("the engine to release its slot", || async {
-            admin
-                .query_all_raw(sea_orm::Statement::from_string(
-                    sea_orm::DbBackend::Postgres,
-                    query.clone(),
-                ))
-                .await
-                .expect("read slots")
-                .is_empty()
-        })
-        .await;
-        admin.close().await.ok();
+        self.wait_slot(false, "the engine to release its slot")
+            .await;
     }
 
     /// Until the engine holds its slot: rows committed before that would not be read
     /// (`snapshot.mode=no_data`). Starting a JVM on two busy cores takes a while.
     async fn wait_streaming(&self) {
+        self.wait_slot(true, "Debezium's engine to open its replication slot")
+            .await;
+    }
+
+    /// Until the slot is held by an engine (`active`) or by none.
+    async fn wait_slot(&self, active: bool, what: &str) {
         let admin = connect(&self.admin_url, None).await;
         let query = format!(
             "SELECT 1 FROM pg_replication_slots WHERE slot_name = '{}' AND active",
             self.slot
         );
-        wait_until("Debezium's engine to open its replication slot", || async {
-            !admin
+        wait_until(what, || async {
+            let held = !admin
                 .query_all_raw(sea_orm::Statement::from_string(
                     sea_orm::DbBackend::Postgres,
                     query.clone(),
                 ))
                 .await
                 .expect("read slots")
-                .is_empty()
+                .is_empty();
+            held == active
         })
         .await;
         admin.close().await.ok();
