@@ -185,6 +185,12 @@ pub mod publish {
 #[doc(hidden)]
 pub use outbox_seaorm_core as __core;
 
+/// Not public API: the relay's stage probe, for the latency benchmark's breakdown.
+#[doc(hidden)]
+pub mod __bench {
+    pub use crate::relay::probe::{Stage, install};
+}
+
 /// The README's examples, compiled as doc tests so they cannot drift from the API.
 #[doc = include_str!("../../README.md")]
 #[cfg(doctest)]

@@ -127,13 +127,23 @@ pub(crate) trait Driver: Send + Sync + fmt::Debug {
     /// A pool of its own for the relay's writes (claims, outcomes, lease renewals), of up to
     /// `connections`, on the same database and tables as `db`: handlers that hold every
     /// connection of the application's pool cannot make the relay's own writes wait. `None`
-    /// when the driver cannot open one that is sure to see the same tables.
+    /// when the driver cannot open one that is sure to see the same tables. Where the server
+    /// can bound every statement of a session (PostgreSQL's `statement_timeout`), the pool's
+    /// connections are bounded by `statement_timeout` and the driver says so with
+    /// [`Driver::reserved_bounds_statements`]; claims on it then need no transaction of their
+    /// own to bound them.
     async fn reserve(
         &self,
         _db: &DatabaseConnection,
         _connections: u32,
+        _statement_timeout: Duration,
     ) -> Result<Option<DatabaseConnection>> {
         Ok(None)
+    }
+
+    /// Whether the pools [`Driver::reserve`] opens bound each statement by its timeout.
+    fn reserved_bounds_statements(&self) -> bool {
+        false
     }
 
     /// The PostgreSQL channel relays `LISTEN` on, when commits notify.
@@ -494,6 +504,7 @@ mod tests {
             order: ClaimOrder::Any,
             window: 10,
             timeout: Duration::from_secs(5),
+            bounded: false,
             token: 7,
             held: &[],
         };

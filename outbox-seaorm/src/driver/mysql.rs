@@ -260,6 +260,7 @@ impl Driver for MySql {
         &self,
         db: &DatabaseConnection,
         connections: u32,
+        _statement_timeout: std::time::Duration,
     ) -> Result<Option<DatabaseConnection>> {
         use sea_orm::sqlx::mysql::MySqlPoolOptions;
         let main = db.get_mysql_connection_pool();

@@ -76,6 +76,7 @@ impl Driver for Postgres {
         &self,
         db: &DatabaseConnection,
         connections: u32,
+        statement_timeout: Duration,
     ) -> Result<Option<DatabaseConnection>> {
         use sea_orm::sqlx::Executor;
         use sea_orm::sqlx::postgres::PgPoolOptions;
@@ -103,10 +104,21 @@ impl Driver for Postgres {
                         .map(|_| ())
                 })
             })
-            .connect_lazy_with((*main.connect_options()).clone());
+            // In the startup packet, so it costs no round trip: every statement of the relay
+            // is bounded on the server (a claim left running by a client that died must not
+            // go on for minutes and then lease rows to nobody).
+            .connect_lazy_with(
+                (*main.connect_options())
+                    .clone()
+                    .options([("statement_timeout", statement_timeout.as_millis().max(1))]),
+            );
         Ok(Some(
             sea_orm::SqlxPostgresConnector::from_sqlx_postgres_pool(pool),
         ))
+    }
+
+    fn reserved_bounds_statements(&self) -> bool {
+        true
     }
 
     fn listen_channel(&self) -> Option<String> {
@@ -159,16 +171,23 @@ impl Driver for Postgres {
                 "claim_ordered"
             }
         };
-        // A transaction only to bound the statement on the server: a claim left running by a
-        // client that died must not go on for minutes and then lease rows to nobody.
-        let txn = db.begin().await?;
-        txn.execute_unprepared(&format!(
-            "SET LOCAL statement_timeout = {}",
-            spec.timeout.as_millis().max(1)
-        ))
-        .await?;
-        let rows = txn.query_all_raw(self.sql.stmt(query, &args)).await?;
-        txn.commit().await?;
+        // The statement must be bounded on the server: a claim left running by a client that
+        // died must not go on for minutes and then lease rows to nobody. The relay's own pool
+        // bounds every statement (`reserve`): one round trip. Otherwise a transaction only
+        // to set the bound: four.
+        let rows = if spec.bounded {
+            db.query_all_raw(self.sql.stmt(query, &args)).await?
+        } else {
+            let txn = db.begin().await?;
+            txn.execute_unprepared(&format!(
+                "SET LOCAL statement_timeout = {}",
+                spec.timeout.as_millis().max(1)
+            ))
+            .await?;
+            let rows = txn.query_all_raw(self.sql.stmt(query, &args)).await?;
+            txn.commit().await?;
+            rows
+        };
         let mut claimed = rows.iter().map(read_claimed).collect::<Result<Vec<_>>>()?;
         for c in &mut claimed {
             c.token = spec.token;

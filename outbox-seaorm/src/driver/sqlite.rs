@@ -77,6 +77,7 @@ impl Driver for Sqlite {
         &self,
         db: &DatabaseConnection,
         connections: u32,
+        _statement_timeout: std::time::Duration,
     ) -> Result<Option<DatabaseConnection>> {
         use sea_orm::sqlx::sqlite::SqlitePoolOptions;
         let main = db.get_sqlite_connection_pool();

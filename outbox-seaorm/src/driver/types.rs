@@ -46,6 +46,9 @@ pub(crate) struct ClaimSpec<'a> {
     pub(crate) window: u32,
     /// The server-side time limit of each claim statement.
     pub(crate) timeout: Duration,
+    /// The connection bounds every statement by `timeout` already (the relay's own pool, where
+    /// [`Driver::reserved_bounds_statements`](super::Driver::reserved_bounds_statements)).
+    pub(crate) bounded: bool,
     /// Written on every row claimed; every later write of the relay about them must match it.
     pub(crate) token: i64,
     /// Rows the relay still holds or runs: never claimed again by it, even if their lease

@@ -327,7 +327,10 @@ impl RelayBuilder {
             None
         } else {
             let n = self.reserve_connections + u32::from(driver.listen_channel().is_some());
-            match driver.reserve(&self.db, n).await {
+            match driver
+                .reserve(&self.db, n, self.settings.claim_timeout)
+                .await
+            {
                 // Checked: it sees the same tables.
                 Ok(Some(own)) => match driver.check_schema(&own).await {
                     Ok(()) => Some(own),
@@ -367,6 +370,7 @@ impl RelayBuilder {
             unknown_type_delay: self.unknown_type_delay,
             order: self.order,
         };
+        let bounded = own.is_some() && driver.reserved_bounds_statements();
         let host = Arc::new(RelayHost {
             db: self.db.clone(),
             config: self.config.clone(),
@@ -375,6 +379,7 @@ impl RelayBuilder {
         Ok(Relay {
             shared: Arc::new(Shared {
                 db: own.unwrap_or(self.db),
+                bounded,
                 driver,
                 registry,
                 extensions: Arc::new(self.extensions),

@@ -164,6 +164,7 @@ async fn write(shared: &Shared, batches: &mut [Batch]) -> Written {
     }
     shared.stats.written(&total);
     super::metrics::written(&total);
+    super::probe::mark(super::probe::Stage::Written, &seqs);
     shared.held.written(seqs);
     total
 }

@@ -9,6 +9,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::completer::{Completer, Item};
+use super::probe::{self, Stage};
 use super::stats::{BatchReport, bump};
 use super::worker::{self, Mode, Prior};
 use super::{Shared, lease};
@@ -37,12 +38,18 @@ pub(crate) async fn claim(shared: &Shared, limit: u32) -> Result<Vec<Claimed>> {
         order,
         window: s.window.max(limit),
         timeout: s.claim_timeout,
+        bounded: shared.bounded,
         token: new_token(),
         held: &held,
     };
     let started = std::time::Instant::now();
+    probe::mark(Stage::ClaimStart, &[]);
     let batch = shared.driver.claim(&shared.db, &spec).await?;
     super::metrics::claimed(started.elapsed(), batch.len());
+    if !batch.is_empty() {
+        let seqs: Vec<i64> = batch.iter().map(|c| c.envelope.sequence).collect();
+        probe::mark(Stage::ClaimEnd, &seqs);
+    }
     if !batch.is_empty() {
         bump(&shared.stats.batches, 1);
         bump(&shared.stats.claimed, batch.len() as u64);
@@ -104,6 +111,7 @@ pub(crate) async fn dispatch(
                     return;
                 };
                 let seqs: Vec<i64> = group.iter().map(|c| c.envelope.sequence).collect();
+                probe::mark(Stage::GroupStart, &seqs);
                 let run = worker::run_group(&shared, group, &prior, &out, Mode::Normal);
                 guarded(&shared, &seqs, &out, run).await;
             });

@@ -28,6 +28,7 @@ mod engine;
 mod lease;
 mod metrics;
 mod policy;
+pub(crate) mod probe;
 mod retention;
 mod stats;
 mod untaken;
@@ -67,6 +68,9 @@ pub struct Relay {
 /// What the relay's tasks share.
 pub(crate) struct Shared {
     pub(crate) db: DatabaseConnection,
+    /// `db` bounds each statement on the server by the claim timeout (the relay's own pool on
+    /// PostgreSQL): claims need no transaction to bound them.
+    pub(crate) bounded: bool,
     pub(crate) driver: Arc<dyn Driver>,
     pub(crate) registry: Registry,
     pub(crate) extensions: Arc<Extensions>,

@@ -99,6 +99,7 @@ pub(crate) async fn run_group(
             shared.held.decided(released);
         }
         shared.held.decided([seq]);
+        super::probe::mark(super::probe::Stage::Decided, &[seq]);
         match mode {
             Mode::Normal => out.send(items),
             Mode::Careful => out.send_and_wait(items).await,
