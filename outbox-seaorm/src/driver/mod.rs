@@ -507,6 +507,7 @@ mod tests {
             bounded: false,
             token: 7,
             held: &[],
+            passable: &[],
         };
         let claimed = d.claim(&db, &spec).await.unwrap();
         assert_eq!(claimed.len(), 2);

@@ -138,14 +138,24 @@ impl MySql {
             }
             let _ = write!(
                 sql,
-                ") AND not_before IS NULL AND (status = 'pending'{}) \
-                 GROUP BY aggregate_type, aggregate_id",
+                ") AND not_before IS NULL AND (status = 'pending'{})",
                 if dead_blocks {
                     " OR status = 'dead'"
                 } else {
                     ""
                 }
             );
+            // Rows this relay runs in the aggregate's chain do not hold the run back: it is
+            // queued behind them (see the relay's `chain`).
+            if !spec.passable.is_empty() {
+                sql.push_str(" AND seq NOT IN (");
+                for (i, s) in spec.passable.iter().enumerate() {
+                    sql.push_str(if i > 0 { ", ?" } else { "?" });
+                    values.push((*s).into());
+                }
+                sql.push(')');
+            }
+            sql.push_str(" GROUP BY aggregate_type, aggregate_id");
             let stmt = Statement::from_sql_and_values(DbBackend::MySql, sql, values);
             for r in txn.query_all_raw(bounded(stmt, spec.timeout)).await? {
                 let key = (

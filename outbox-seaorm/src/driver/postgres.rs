@@ -168,6 +168,7 @@ impl Driver for Postgres {
             ClaimOrder::PerAggregate { dead_blocks } => {
                 args.push(("window", i64::from(spec.window.max(spec.limit)).into()));
                 args.push(("block", dead_blocks.into()));
+                args.push(("passable", sql::held(spec.passable)));
                 "claim_ordered"
             }
         };

@@ -37,7 +37,8 @@ RETURNING o.seq, o.id, o.aggregate_type, o.aggregate_id, o.position, o.event_typ
 --   runs   per aggregate, `position - rank` is the same for a run without gaps;
 --   heads  the first row of each aggregate in the window...
 --   ok     ...that nothing earlier in its aggregate holds back (a pending row, leased or
---          waiting for a retry, or a dead one when dead messages block);
+--          waiting for a retry, or a dead one when dead messages block), but for rows this
+--          relay runs in the aggregate's chain (:passable: the run is queued behind them);
 --   pick   the runs that start at such a head, and delayed rows (outside the order).
 -- name: claim_ordered
 WITH w AS MATERIALIZED (
@@ -60,7 +61,8 @@ WITH w AS MATERIALIZED (
     SELECT 1 FROM {messages} b
     WHERE b.aggregate_type = h.aggregate_type AND b.aggregate_id = h.aggregate_id
       AND b.position < h.first AND b.status <> 'delivered' AND b.not_before IS NULL
-      AND (b.status = 'pending' OR (:block AND b.status = 'dead')))
+      AND (b.status = 'pending' OR (:block AND b.status = 'dead'))
+      AND NOT (b.seq = ANY(:passable)))
 ), pick AS (
   SELECT r.seq FROM runs r JOIN ok ON ok.aggregate_type = r.aggregate_type
     AND ok.aggregate_id = r.aggregate_id AND r.base = ok.first - 1

@@ -54,7 +54,8 @@ WHERE seq IN (
       SELECT 1 FROM {messages} b
       WHERE b.aggregate_type = h.aggregate_type AND b.aggregate_id = h.aggregate_id
         AND b.position < h.first AND b.status <> 'delivered' AND b.not_before IS NULL
-        AND (b.status = 'pending' OR (:block AND b.status = 'dead')))
+        AND (b.status = 'pending' OR (:block AND b.status = 'dead'))
+        AND b.seq NOT IN (:passable))
   )
   SELECT seq FROM (
     SELECT r.seq FROM runs r JOIN ok ON ok.aggregate_type = r.aggregate_type

@@ -54,6 +54,9 @@ pub(crate) struct ClaimSpec<'a> {
     /// Rows the relay still holds or runs: never claimed again by it, even if their lease
     /// lapsed (a relay never runs one message twice at once).
     pub(crate) held: &'a [i64],
+    /// Held rows that do not hold their aggregate's next run back (per-aggregate order): they
+    /// run in one of the relay's aggregate chains, which the next run will be queued on.
+    pub(crate) passable: &'a [i64],
 }
 
 /// A row a relay claimed.

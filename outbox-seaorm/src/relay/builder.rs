@@ -389,6 +389,7 @@ impl RelayBuilder {
                 policy,
                 stats: Default::default(),
                 held: Default::default(),
+                chains: Default::default(),
                 unhandled_types: std::sync::Mutex::new(warned),
             }),
         })

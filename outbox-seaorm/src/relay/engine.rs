@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::completer::{Completer, Item};
 use super::probe::{self, Stage};
 use super::stats::{BatchReport, bump};
+use super::chain::{self, Admit, Next, Run, Snapshot};
 use super::worker::{self, Mode, Prior};
 use super::{Shared, lease};
 use crate::admin::Handles;
@@ -19,8 +20,14 @@ use crate::error::Result;
 use crate::relay::policy::{DeliveryOrder, OnFailure};
 use crate::wake;
 
+/// A claimed batch, with the aggregate chains that were live when its claim started.
+pub(crate) struct Batch {
+    rows: Vec<Claimed>,
+    chains: Snapshot,
+}
+
 /// Claims one batch for `shared`'s relay.
-pub(crate) async fn claim(shared: &Shared, limit: u32) -> Result<Vec<Claimed>> {
+pub(crate) async fn claim(shared: &Shared, limit: u32) -> Result<Batch> {
     bump(&shared.stats.polls, 1);
     let s = &shared.settings;
     let order = match shared.policy.order {
@@ -31,6 +38,11 @@ pub(crate) async fn claim(shared: &Shared, limit: u32) -> Result<Vec<Claimed>> {
     };
     // Never claim again what this relay still holds or runs, even if its lease lapsed.
     let held = shared.held.all();
+    // In per-aggregate order, the chains first, then what runs in them (see `chain`).
+    let (chains, passable) = match order {
+        ClaimOrder::Any => (Snapshot::new(), Vec::new()),
+        ClaimOrder::PerAggregate { .. } => (shared.chains.snapshot(), shared.held.passable()),
+    };
     let spec = ClaimSpec {
         relay: &shared.id,
         limit,
@@ -41,6 +53,7 @@ pub(crate) async fn claim(shared: &Shared, limit: u32) -> Result<Vec<Claimed>> {
         bounded: shared.bounded,
         token: new_token(),
         held: &held,
+        passable: &passable,
     };
     let started = std::time::Instant::now();
     probe::mark(Stage::ClaimStart, &[]);
@@ -57,7 +70,10 @@ pub(crate) async fn claim(shared: &Shared, limit: u32) -> Result<Vec<Claimed>> {
             .held
             .claimed(batch.iter().map(|c| c.envelope.sequence), spec.token);
     }
-    Ok(batch)
+    Ok(Batch {
+        rows: batch,
+        chains,
+    })
 }
 
 /// A fresh claim token: random, so no two claims (of any relay, any process) share one.
@@ -85,11 +101,15 @@ async fn prior(shared: &Shared, batch: &[Claimed]) -> Result<Prior> {
 /// finished (see [`Mode::Careful`]).
 pub(crate) async fn dispatch(
     shared: &Arc<Shared>,
-    batch: Vec<Claimed>,
+    batch: Batch,
     out: &Completer,
     permits: &Arc<Semaphore>,
     running: &mut JoinSet<()>,
 ) -> Result<()> {
+    let Batch {
+        rows: batch,
+        chains,
+    } = batch;
     let prior = match prior(shared, &batch).await {
         Ok(p) => Arc::new(p),
         Err(e) => {
@@ -102,19 +122,33 @@ pub(crate) async fn dispatch(
     };
     let suspects = batch.iter().filter(|c| c.claims > 1).count();
     let groups = worker::groups(batch, shared.policy.order);
+    let ordered = matches!(shared.policy.order, DeliveryOrder::PerAggregate(_));
+    if suspects == 0 && ordered {
+        for group in groups {
+            if group.first().is_none_or(|c| c.delayed) {
+                spawn_group(shared, group, &prior, out, permits, running);
+                continue;
+            }
+            let key = chain::key_of(&group[0]);
+            let seqs: Vec<i64> = group.iter().map(|c| c.envelope.sequence).collect();
+            let run = Run {
+                group,
+                prior: prior.clone(),
+            };
+            match shared.chains.admit(key.clone(), run, &chains) {
+                Admit::Start(id, run) => {
+                    shared.held.chained(seqs);
+                    spawn_chain(shared, key, id, run, out, permits, running);
+                }
+                Admit::Queued => shared.held.chained(seqs),
+                Admit::GiveBack(run) => give_back(shared, out, &run.group),
+            }
+        }
+        return Ok(());
+    }
     if suspects == 0 {
         for group in groups {
-            let (shared, out, permits, prior) =
-                (shared.clone(), out.clone(), permits.clone(), prior.clone());
-            running.spawn(async move {
-                let Ok(_permit) = permits.acquire_owned().await else {
-                    return;
-                };
-                let seqs: Vec<i64> = group.iter().map(|c| c.envelope.sequence).collect();
-                probe::mark(Stage::GroupStart, &seqs);
-                let run = worker::run_group(&shared, group, &prior, &out, Mode::Normal);
-                guarded(&shared, &seqs, &out, run).await;
-            });
+            spawn_group(shared, group, &prior, out, permits, running);
         }
         return Ok(());
     }
@@ -123,6 +157,15 @@ pub(crate) async fn dispatch(
         relay = %shared.id, suspects,
         "a relay died or hung holding some of these messages: running the batch one message at a time"
     );
+    // A run claimed behind one of this relay's chains would run before the chain's own runs
+    // (which wait for permits like any group): give it back, the chain's writes free it.
+    let (groups, behind): (Vec<_>, Vec<_>) = groups.into_iter().partition(|g| {
+        g.first()
+            .is_none_or(|c| c.delayed || !chains.contains_key(&chain::key_of(c)))
+    });
+    for group in behind {
+        give_back(shared, out, &group);
+    }
     // On a task of its own, under the relay's shutdown like any group. Nothing else of this
     // relay may run meanwhile, or a crash would be blamed on the wrong message: it takes every
     // permit (groups already running finish first, later ones wait).
@@ -142,18 +185,91 @@ pub(crate) async fn dispatch(
     Ok(())
 }
 
+/// Runs `group` on a task of its own under the concurrency limit.
+fn spawn_group(
+    shared: &Arc<Shared>,
+    group: Vec<Claimed>,
+    prior: &Arc<Prior>,
+    out: &Completer,
+    permits: &Arc<Semaphore>,
+    running: &mut JoinSet<()>,
+) {
+    let (shared, out, permits, prior) =
+        (shared.clone(), out.clone(), permits.clone(), prior.clone());
+    running.spawn(async move {
+        let Ok(_permit) = permits.acquire_owned().await else {
+            return;
+        };
+        let seqs: Vec<i64> = group.iter().map(|c| c.envelope.sequence).collect();
+        probe::mark(Stage::GroupStart, &seqs);
+        let run = worker::run_group(&shared, group, &prior, &out, Mode::Normal);
+        guarded(&shared, &seqs, &out, run).await;
+    });
+}
+
+/// Runs chain `id` of aggregate `key` on a task of its own: `first`, then each run queued
+/// behind it, each under the concurrency limit, until none is queued or one holds the
+/// aggregate back (then the queued ones are given back).
+fn spawn_chain(
+    shared: &Arc<Shared>,
+    key: chain::Key,
+    id: u64,
+    first: Run,
+    out: &Completer,
+    permits: &Arc<Semaphore>,
+    running: &mut JoinSet<()>,
+) {
+    let (shared, out, permits) = (shared.clone(), out.clone(), permits.clone());
+    running.spawn(async move {
+        let mut next = first;
+        loop {
+            let clean = {
+                let Ok(_permit) = permits.acquire().await else {
+                    return;
+                };
+                let seqs: Vec<i64> = next.group.iter().map(|c| c.envelope.sequence).collect();
+                probe::mark(Stage::GroupStart, &seqs);
+                let run = worker::run_group(&shared, next.group, &next.prior, &out, Mode::Normal);
+                guarded(&shared, &seqs, &out, run).await.unwrap_or(false)
+            };
+            match shared.chains.after_run(&key, id, clean) {
+                Next::Run(run) => next = run,
+                Next::Done => return,
+                Next::GiveBack(runs) => {
+                    for run in runs {
+                        give_back(&shared, &out, &run.group);
+                    }
+                    return;
+                }
+            }
+        }
+    });
+}
+
+/// Gives `group` back without running it.
+fn give_back(shared: &Shared, out: &Completer, group: &[Claimed]) {
+    let seqs: Vec<i64> = group.iter().map(|c| c.envelope.sequence).collect();
+    if seqs.is_empty() {
+        return;
+    }
+    bump(&shared.stats.chain_given_back, seqs.len() as u64);
+    shared.held.decided(seqs.iter().copied());
+    out.send(vec![Item::Release(seqs)]);
+}
+
 /// Runs a group's future; if it panics (a bug, or user code the relay calls outside a
 /// handler's own task: a metrics recorder, a tracing layer), its messages not decided yet are
 /// given back, counted and logged at ERROR, and the relay goes on.
-async fn guarded(
+async fn guarded<T>(
     shared: &Shared,
     seqs: &[i64],
     out: &Completer,
-    run: impl std::future::Future<Output = ()>,
-) {
+    run: impl std::future::Future<Output = T>,
+) -> Option<T> {
     use futures_util::FutureExt;
-    let Err(panic) = std::panic::AssertUnwindSafe(run).catch_unwind().await else {
-        return;
+    let panic = match std::panic::AssertUnwindSafe(run).catch_unwind().await {
+        Ok(v) => return Some(v),
+        Err(panic) => panic,
     };
     let message = panic
         .downcast_ref::<&str>()
@@ -176,6 +292,7 @@ async fn guarded(
         shared.held.decided(open.iter().copied());
         out.send(vec![Item::Release(open)]);
     }
+    None
 }
 
 /// The background relay: claims while fewer than half a batch of its messages are undecided,
@@ -217,9 +334,9 @@ pub(crate) async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
         written.borrow_and_update();
         let room = batch_size;
         let result = match claim(&shared, room).await {
-            Ok(batch) if batch.is_empty() => Ok(0),
+            Ok(batch) if batch.rows.is_empty() => Ok(0),
             Ok(batch) => {
-                let n = batch.len();
+                let n = batch.rows.len();
                 dispatch(&shared, batch, &out, &permits, &mut running)
                     .await
                     .map(|()| n)
@@ -326,14 +443,17 @@ async fn finish(shared: &Shared, mut running: JoinSet<()>, out: &Completer) {
 /// One batch, in the foreground: claim, run every group, write everything, report.
 pub(crate) async fn run_once(shared: &Arc<Shared>) -> Result<BatchReport> {
     let batch = claim(shared, shared.settings.batch_size).await?;
-    if batch.is_empty() {
+    if batch.rows.is_empty() {
         return Ok(BatchReport::default());
     }
-    let claimed = batch.len();
+    let claimed = batch.rows.len();
     // If this future is dropped half-way (a timeout, a cancelled task), the relay forgets the
     // batch and stops renewing its leases, as if it had died: the messages go back to the
     // pool when the leases expire.
-    let _forget = Forget(shared, batch.iter().map(|c| c.envelope.sequence).collect());
+    let _forget = Forget(
+        shared,
+        batch.rows.iter().map(|c| c.envelope.sequence).collect(),
+    );
     let (out, completer) = Completer::spawn(shared.clone());
     let stop = CancellationToken::new();
     let _stop_on_drop = stop.clone().drop_guard();

@@ -30,6 +30,9 @@ struct Entry {
     token: i64,
     /// Cancels its handler calls, while they run.
     cancel: Option<CancellationToken>,
+    /// Runs in an aggregate chain of this relay ([`super::chain`]) and has not held its
+    /// aggregate back (so far): a later run of its aggregate may be claimed behind it.
+    passable: bool,
 }
 
 /// The messages a relay holds: claimed and not yet written.
@@ -66,6 +69,7 @@ impl Held {
                     state: State::Open,
                     token,
                     cancel: None,
+                    passable: false,
                 },
             )
         }));
@@ -103,7 +107,32 @@ impl Held {
         running
     }
 
+    /// These messages run in an aggregate chain: until one of them holds its aggregate back,
+    /// a claim may take the next run of their aggregates (see [`Held::passable`]).
+    pub(crate) fn chained(&self, seqs: impl IntoIterator<Item = i64>) {
+        let mut m = self.lock();
+        for s in seqs {
+            if let Some(e) = m.get_mut(&s)
+                && e.state == State::Open
+            {
+                e.passable = true;
+            }
+        }
+    }
+
+    /// Their fates are decided, and they hold their aggregates back (a retry, a dead message,
+    /// a release) or run outside any chain.
     pub(crate) fn decided(&self, seqs: impl IntoIterator<Item = i64>) {
+        self.decide(seqs, false);
+    }
+
+    /// Their fates are decided and leave their aggregates free (delivered, unhandled): a
+    /// chained one stays passable until written.
+    pub(crate) fn decided_free(&self, seqs: impl IntoIterator<Item = i64>) {
+        self.decide(seqs, true);
+    }
+
+    fn decide(&self, seqs: impl IntoIterator<Item = i64>, free: bool) {
         {
             let mut m = self.lock();
             for s in seqs {
@@ -112,10 +141,26 @@ impl Held {
                 {
                     e.state = State::Decided;
                     e.cancel = None;
+                    e.passable &= free;
                 }
             }
         }
         self.decided.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Held messages a claim may treat as no obstacle to the next run of their aggregate:
+    /// running in a chain, or decided without holding their aggregate back, and not lost.
+    /// What a claim returns behind them is queued on their chain, or given back if the chain
+    /// broke meanwhile ([`super::chain::Chains::admit`]).
+    pub(crate) fn passable(&self) -> Vec<i64> {
+        let mut v: Vec<i64> = self
+            .lock()
+            .iter()
+            .filter(|(_, e)| e.passable && e.state != State::Lost)
+            .map(|(s, _)| *s)
+            .collect();
+        v.sort_unstable();
+        v
     }
 
     pub(crate) fn written(&self, seqs: impl IntoIterator<Item = i64>) {

@@ -22,6 +22,7 @@
 //!   that really kills its process is parked.
 
 mod builder;
+mod chain;
 mod completer;
 mod decide;
 mod engine;
@@ -80,6 +81,8 @@ pub(crate) struct Shared {
     pub(crate) policy: decide::Policy,
     pub(crate) stats: stats::Stats,
     pub(crate) held: lease::Held,
+    /// The aggregate chains running (per-aggregate order).
+    pub(crate) chains: chain::Chains,
     /// Event types already reported as handled by nothing here.
     pub(crate) unhandled_types: std::sync::Mutex<std::collections::HashSet<String>>,
 }

@@ -92,6 +92,11 @@ pub struct RelayStats {
     pub cancelled: u64,
     /// Group tasks that panicked; their messages were given back.
     pub group_panics: u64,
+    /// Messages claimed behind earlier ones of their aggregate that this relay was still
+    /// running (per-aggregate order), given back unrun because an earlier one held the
+    /// aggregate back (a retry, a dead message, a lost lease) or a relay's crash was being
+    /// sorted out.
+    pub chain_given_back: u64,
     /// Claims retried at once after a deadlock (MariaDB).
     pub conflicts_retried: u64,
     /// Database errors the relay recovered from.
@@ -115,6 +120,7 @@ pub(crate) struct Stats {
     pub(crate) unwritable: AtomicU64,
     pub(crate) cancelled: AtomicU64,
     pub(crate) group_panics: AtomicU64,
+    pub(crate) chain_given_back: AtomicU64,
     pub(crate) errors: AtomicU64,
 }
 
@@ -150,6 +156,7 @@ impl Stats {
             unwritable: get(&self.unwritable),
             cancelled: get(&self.cancelled),
             group_panics: get(&self.group_panics),
+            chain_given_back: get(&self.chain_given_back),
             conflicts_retried,
             errors: get(&self.errors),
         }

@@ -66,13 +66,15 @@ pub(crate) enum Mode {
 
 /// Runs a group's messages one after the other. When one holds its aggregate back (a retry,
 /// a dead message that blocks, an unknown type), the rest of the group is given back.
+/// Returns whether every message left its aggregate free (none held it back or was lost).
 pub(crate) async fn run_group(
     shared: &Arc<Shared>,
     group: Vec<Claimed>,
     prior: &Prior,
     out: &Completer,
     mode: Mode,
-) {
+) -> bool {
+    let mut clean = true;
     let mut rest = group.into_iter();
     while let Some(c) = rest.next() {
         let seq = c.envelope.sequence;
@@ -81,6 +83,7 @@ pub(crate) async fn run_group(
             // The lease is gone (another relay holds the message now): nothing to write, and
             // the handler calls, if any ran, have ended.
             shared.held.written([seq]);
+            clean = false;
             continue;
         };
         let mut items = vec![item(shared, &c, &verdict, prior)];
@@ -98,13 +101,19 @@ pub(crate) async fn run_group(
             }));
             shared.held.decided(released);
         }
-        shared.held.decided([seq]);
+        if hold.is_some() {
+            clean = false;
+            shared.held.decided([seq]);
+        } else {
+            shared.held.decided_free([seq]);
+        }
         super::probe::mark(super::probe::Stage::Decided, &[seq]);
         match mode {
             Mode::Normal => out.send(items),
             Mode::Careful => out.send_and_wait(items).await,
         }
     }
+    clean
 }
 
 /// Decides one message: runs the handlers that have not succeeded yet (each on its own task)
