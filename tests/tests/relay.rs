@@ -28,6 +28,7 @@ backend_tests!(
     corrupt_payload_is_dead_at_once_with_a_deserialize_error,
     dead_delivery_can_be_requeued,
     per_aggregate_order_holds_across_transactions_and_retries,
+    runs_claimed_behind_running_ones_keep_order_through_failures,
     park_mode_lets_an_aggregate_go_on_after_a_dead_message,
     a_blocked_backlog_larger_than_the_claim_window_does_not_starve_others,
     a_follower_behind_a_row_leased_by_another_relay_is_not_claimed,
@@ -553,6 +554,56 @@ async fn per_aggregate_order_holds_across_transactions_and_retries(t: TestDb) {
     };
     assert_eq!(per("a"), [1, 2, 3]);
     assert_eq!(per("b"), [1, 2, 3]);
+    t.cleanup().await;
+}
+
+/// A relay claims an aggregate's next run while it still runs the earlier one (the run is
+/// queued on the aggregate's chain). Failures in the middle of such chains (a retry) give back
+/// what was queued behind them, and still every event reaches the handler, each aggregate's
+/// first deliveries in order.
+async fn runs_claimed_behind_running_ones_keep_order_through_failures(t: TestDb) {
+    let received = Recorder::<(String, String, u32, String)>::new();
+    let failed = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+    let handler = {
+        let received = received.clone();
+        HandlerEntry::new("chained", move |e: Numbered, ctx: HandlerContext| {
+            let received = received.clone();
+            let failed = failed.clone();
+            async move {
+                // Slow enough that the next claim comes while runs are still going.
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                if e.n % 7 == 3 && failed.lock().unwrap().insert((e.key.clone(), e.n)) {
+                    anyhow::bail!("fails once");
+                }
+                received.push((ctx.message_id().to_string(), e.key, e.n, String::new()));
+                Ok(())
+            }
+        })
+    };
+    let total = outbox_tests::fixtures::commit_numbered(&t.db, 3, 40).await;
+    let relay = outbox_seaorm::Relay::builder(t.db.clone())
+        .registry(Registry::new([handler]).unwrap())
+        .retry(fast_retry(5))
+        .batch_size(6)
+        .poll_interval(Duration::from_millis(10))
+        .spawn()
+        .await
+        .unwrap();
+    wait_for("every event", Duration::from_secs(60), || async {
+        let ids: std::collections::HashSet<String> =
+            received.all().into_iter().map(|(id, ..)| id).collect();
+        (ids.len() == total).then_some(())
+    })
+    .await;
+    let stats = relay.stats();
+    relay.shutdown().await;
+    let log = received.all();
+    assert_eq!(
+        outbox_tests::fixtures::order_violations(&log),
+        0,
+        "first deliveries out of order ({stats:?}): {log:?}"
+    );
+    assert_eq!(stats.retried, 3 * 6, "{stats:?}");
     t.cleanup().await;
 }
 

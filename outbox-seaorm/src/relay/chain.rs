@@ -91,11 +91,7 @@ impl Chains {
     pub(crate) fn snapshot(&self) -> Snapshot {
         let mut inner = self.lock();
         inner.ended_clean.clear();
-        inner
-            .live
-            .iter()
-            .map(|(k, c)| (k.clone(), c.id))
-            .collect()
+        inner.live.iter().map(|(k, c)| (k.clone(), c.id)).collect()
     }
 
     /// Admits `run` of aggregate `key`, returned by a claim that started with `snapshot`.

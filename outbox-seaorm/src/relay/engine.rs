@@ -8,10 +8,10 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::chain::{self, Admit, Next, Run, Snapshot};
 use super::completer::{Completer, Item};
 use super::probe::{self, Stage};
 use super::stats::{BatchReport, bump};
-use super::chain::{self, Admit, Next, Run, Snapshot};
 use super::worker::{self, Mode, Prior};
 use super::{Shared, lease};
 use crate::admin::Handles;
