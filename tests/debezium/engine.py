@@ -17,7 +17,7 @@ that, one per record Kafka has.
 
     python engine.py --properties FILE (--url postgres://U@H:P/D | --host H --port P --user U
         --dbname D) --slot S --offsets FILE [--publication P] [--table S.T] [--max-records N]
-        [--set KEY=VALUE ...] [--kafka BOOTSTRAP]
+        [--set KEY=VALUE ...] [--kafka BOOTSTRAP [--kafka-timeout-ms MS]]
 """
 
 import argparse
@@ -62,10 +62,11 @@ def connect_text(json_text):
 class KafkaSink:
     """An idempotent producer (acks=all) that delivers a batch and waits for every report."""
 
-    def __init__(self, bootstrap):
+    def __init__(self, bootstrap, timeout_ms):
         # Imported here: only --kafka needs the package (confluent-kafka, librdkafka inside).
         from confluent_kafka import Producer
 
+        self.timeout_s = timeout_ms / 1000
         self.producer = Producer(
             {
                 "bootstrap.servers": bootstrap,
@@ -75,7 +76,8 @@ class KafkaSink:
                 # partition it would land in there.
                 "partitioner": "murmur2_random",
                 "linger.ms": 5,
-                "message.timeout.ms": 30000,
+                # How long a record may wait for the broker before its delivery fails.
+                "message.timeout.ms": timeout_ms,
             }
         )
 
@@ -101,7 +103,7 @@ class KafkaSink:
                 except BufferError:
                     # librdkafka's local queue is full: let deliveries drain it.
                     self.producer.poll(0.1)
-        left = self.producer.flush(60)
+        left = self.producer.flush(self.timeout_s + 30)
         if left or failures:
             raise RuntimeError(
                 "Kafka did not take %d of %d records: %s"
@@ -134,6 +136,7 @@ def main():
         help="a property over the file's (e.g. transforms.outbox.route.topic.replacement=T)",
     )
     parser.add_argument("--kafka", default=None, metavar="BOOTSTRAP", help="produce to this broker")
+    parser.add_argument("--kafka-timeout-ms", type=int, default=30000, metavar="MS")
     args = parser.parse_args()
     if args.url:
         from urllib.parse import unquote, urlsplit
@@ -177,7 +180,7 @@ def main():
         if not sep:
             parser.error("--set takes KEY=VALUE, not %r" % setting)
         props[key.strip()] = value.strip()
-    kafka = KafkaSink(args.kafka) if args.kafka else None
+    kafka = KafkaSink(args.kafka, args.kafka_timeout_ms) if args.kafka else None
 
     # Imported late: starting the JVM takes a while and needs the arguments checked first.
     from pydbzengine import BasePythonChangeHandler, DebeziumEngine

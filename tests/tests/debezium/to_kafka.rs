@@ -2,7 +2,9 @@
 //! CloudEvent in binary mode) to one topic, Debezium's outbox event router (the payload with the
 //! row's columns as headers, produced by `engine.py --kafka` as Kafka Connect would) to another.
 //! The same consumer code reads both topics; each record is mapped to the same fields
-//! ([`Seen`]) from its own encoding, and the two are compared event by event.
+//! ([`Seen`]) from its own encoding, and the two are compared event by event. And the engine
+//! hands a batch back to Debezium only once Kafka has it: a batch the broker never took is
+//! routed again after a restart.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -20,9 +22,10 @@ use outbox_seaorm::publish::kafka::rdkafka::consumer::{Consumer, StreamConsumer}
 use outbox_seaorm::publish::kafka::rdkafka::message::{Headers as _, Message, OwnedMessage};
 use outbox_seaorm::{Headers, Registry, Relay, Route};
 use outbox_tests::{Server, server_url};
+use sea_orm::ConnectionTrait;
 use uuid::Uuid;
 
-use super::{Cdc, install_tracing, save_traced_orders};
+use super::{Cdc, install_tracing, save_orders, save_traced_orders};
 
 fn config(bootstrap: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
@@ -85,7 +88,7 @@ struct Seen {
     occurred_at: chrono::DateTime<chrono::Utc>,
     /// The record's value: the payload text on both paths (binary mode; the router with
     /// `table.expand.json.payload=false`).
-    value: Vec<u8>,
+    value: String,
     /// The payload as JSON: the CloudEvent's `data`, or the value parsed.
     payload: serde_json::Value,
     traceparent: Option<String>,
@@ -133,7 +136,7 @@ impl Seen {
                 .parse()
                 .unwrap(),
             occurred_at: *event.time().expect("time"),
-            value: m.payload().expect("a value").to_vec(),
+            value: String::from_utf8(m.payload().expect("a value").to_vec()).unwrap(),
             payload,
             traceparent: ext("traceparent"),
             tracestate: ext("tracestate"),
@@ -151,7 +154,7 @@ impl Seen {
     /// headers (as Kafka Connect's `SimpleHeaderConverter` writes them: text, numbers in
     /// decimal), our headers column one header holding its JSON text.
     fn from_router(m: &OwnedMessage) -> Self {
-        let value = m.payload().expect("a value").to_vec();
+        let value = String::from_utf8(m.payload().expect("a value").to_vec()).unwrap();
         let headers: Headers =
             serde_json::from_str(&header(m, "headers")).expect("our headers column as JSON");
         let occurred_at = header(m, "occurred_at");
@@ -165,7 +168,7 @@ impl Seen {
             occurred_at: chrono::DateTime::parse_from_rfc3339(&occurred_at)
                 .unwrap_or_else(|e| panic!("occurred_at {occurred_at}: {e}"))
                 .to_utc(),
-            payload: serde_json::from_slice(&value).expect("a JSON payload"),
+            payload: serde_json::from_str(&value).expect("a JSON payload"),
             value,
             traceparent: headers.traceparent,
             tracestate: headers.tracestate,
@@ -174,6 +177,21 @@ impl Seen {
             extra: headers.extra,
         }
     }
+}
+
+/// A consumer of `topics` from their beginning, in a group of its own.
+fn reader(bootstrap: &str, topics: &[&str]) -> StreamConsumer {
+    let consumer: StreamConsumer = config(bootstrap)
+        .set(
+            "group.id",
+            format!("dbz-reader-{}", Uuid::new_v4().simple()),
+        )
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(topics).unwrap();
+    consumer
 }
 
 /// Per key, the positions in arrival order must be 1, 2, 3, ... with each event once.
@@ -231,18 +249,7 @@ async fn the_relay_and_debezium_to_kafka_read_by_one_consumer_match_event_by_eve
     assert_eq!(report.delivered, expected, "{report:?}");
 
     // One consumer, one code path, both topics.
-    let consumer: StreamConsumer = config(&bootstrap)
-        .set(
-            "group.id",
-            format!("dbz-reader-{}", Uuid::new_v4().simple()),
-        )
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    consumer
-        .subscribe(&[relay_topic.as_str(), debezium_topic.as_str()])
-        .unwrap();
+    let consumer = reader(&bootstrap, &[&relay_topic, &debezium_topic]);
     let records = read(&consumer, 2 * expected).await;
     let (mut by_relay, mut by_debezium) = (Vec::new(), Vec::new());
     for m in &records {
@@ -289,5 +296,89 @@ async fn the_relay_and_debezium_to_kafka_read_by_one_consumer_match_event_by_eve
     assert_eq!(awkward, expected / 4);
 
     drop(relay);
+    cdc.stop().await;
+}
+
+impl Cdc {
+    /// Waits for the engine to stop by itself (`engine.py` exits 3 when the engine stopped on
+    /// an error) and returns how many records it printed, that is, handed over as delivered.
+    async fn wait_engine_failed(&mut self) -> usize {
+        let mut engine = self.engine.take().expect("a running engine");
+        // Kept open: `wait` would close it, which asks the engine to stop.
+        let _stdin = engine.stdin.take();
+        let status = tokio::time::timeout(Duration::from_secs(180), engine.wait())
+            .await
+            .expect("the engine to stop by itself within 180 s")
+            .expect("the engine's exit status");
+        assert_eq!(status.code(), Some(3), "the engine stopped on its error");
+        let mut printed = 0;
+        while self.records.recv().await.is_some() {
+            printed += 1;
+        }
+        printed
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(all(outbox_debezium, outbox_kafka)),
+    ignore = "OUTBOX_TEST_DEBEZIUM_URL or OUTBOX_TEST_KAFKA_URL is not set"
+)]
+async fn records_kafka_did_not_take_are_routed_again_when_the_engine_restarts() {
+    let Some(url) = server_url(Server::Debezium) else {
+        return;
+    };
+    let Some(bootstrap) = server_url(Server::Kafka) else {
+        return;
+    };
+    let debezium_topic = topic(&bootstrap).await;
+    let route_to = format!("transforms.outbox.route.topic.replacement={debezium_topic}");
+
+    // The engine producing to a broker that is not there (port 1): its first batch is never
+    // delivered, so the engine stops without committing that batch's offsets.
+    let mut cdc = Cdc::prepare(url).await;
+    cdc.engine_args = vec![
+        "--kafka".into(),
+        "127.0.0.1:1".into(),
+        "--kafka-timeout-ms".into(),
+        "2000".into(),
+        "--set".into(),
+        route_to.clone(),
+    ];
+    cdc.start_engine().await;
+    save_orders(&cdc.db, 2).await;
+    assert_eq!(
+        cdc.wait_engine_failed().await,
+        0,
+        "records shown as delivered"
+    );
+    cdc.wait_slot(false, "the failed engine to release its slot")
+        .await;
+
+    // Started again with the broker: it reads the same rows again, from its committed offsets.
+    cdc.engine_args = vec![
+        "--kafka".into(),
+        bootstrap.clone(),
+        "--set".into(),
+        route_to,
+    ];
+    cdc.start_engine().await;
+    let records = read(&reader(&bootstrap, &[&debezium_topic]), 4).await;
+    let seen: Vec<Seen> = records.iter().map(Seen::from_router).collect();
+    let last = assert_in_order("Debezium", &seen);
+    assert_eq!(last.len(), 2);
+    assert!(last.values().all(|&p| p == 2), "{last:?}");
+    let mut ids: Vec<String> = seen.iter().map(|s| s.id.to_string()).collect();
+    ids.sort();
+    let rows = cdc
+        .db
+        .query_all_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT id::text AS id FROM outbox_messages ORDER BY id",
+        ))
+        .await
+        .unwrap();
+    let saved: Vec<String> = rows.iter().map(|r| r.try_get("", "id").unwrap()).collect();
+    assert_eq!(ids, saved, "every saved event on Kafka once");
     cdc.stop().await;
 }
