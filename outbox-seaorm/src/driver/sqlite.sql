@@ -17,12 +17,15 @@ SELECT consumer, message_id, processed_at FROM {inbox} WHERE 1 = 0
 -- name: check_locks
 SELECT name, holder, locked_until FROM {locks} WHERE 1 = 0
 
+-- The pending index is named: SQLite's planner, once the table has statistics (`ANALYZE`,
+-- `PRAGMA optimize`), prefers a scan in rowid order that stops after :limit rows, which steps
+-- over every delivered row kept at the front of the table (BENCHMARKS.md, SQLite).
 -- name: claim_any
 UPDATE {messages}
 SET locked_by = :relay, claim_token = :token, locked_until = strftime({ts}, 'now', '+' || :lease || ' seconds'),
   claims = claims + 1
 WHERE seq IN (
-  SELECT seq FROM {messages}
+  SELECT seq FROM {messages} INDEXED BY {messages_base}_pending
   WHERE status = 'pending' AND available_at <= {now} AND (locked_until IS NULL OR locked_until < {now})
     AND seq NOT IN (:held)
   ORDER BY seq LIMIT :limit)
@@ -37,7 +40,7 @@ SET locked_by = :relay, claim_token = :token, locked_until = strftime({ts}, 'now
 WHERE seq IN (
   WITH w AS (
     SELECT seq, aggregate_type, aggregate_id, position, not_before IS NOT NULL AS delayed
-    FROM {messages}
+    FROM {messages} INDEXED BY {messages_base}_pending
     WHERE status = 'pending' AND available_at <= {now} AND (locked_until IS NULL OR locked_until < {now})
     AND seq NOT IN (:held)
     ORDER BY seq LIMIT :window
