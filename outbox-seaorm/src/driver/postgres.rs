@@ -104,14 +104,19 @@ impl Driver for Postgres {
                         .map(|_| ())
                 })
             })
-            // In the startup packet, so it costs no round trip: every statement of the relay
+            // In the startup packet, so they cost no round trip. Every statement of the relay
             // is bounded on the server (a claim left running by a client that died must not
-            // go on for minutes and then lease rows to nobody).
-            .connect_lazy_with(
-                (*main.connect_options())
-                    .clone()
-                    .options([("statement_timeout", statement_timeout.as_millis().max(1))]),
-            );
+            // go on for minutes and then lease rows to nobody). Commits do not wait for the
+            // WAL flush: what a server crash makes the relay forget (a claim, an outcome) is
+            // claimed and delivered again, at least once, and every later write is fenced by
+            // the claim's token.
+            .connect_lazy_with((*main.connect_options()).clone().options([
+                (
+                    "statement_timeout",
+                    statement_timeout.as_millis().max(1).to_string(),
+                ),
+                ("synchronous_commit", "off".to_owned()),
+            ]));
         Ok(Some(
             sea_orm::SqlxPostgresConnector::from_sqlx_postgres_pool(pool),
         ))

@@ -167,6 +167,14 @@ impl RelayBuilder {
     /// database with the application pool's options (and, on PostgreSQL, its search path); an
     /// in-memory SQLite database is shared through the application's pool. `0`: the relay
     /// uses the application's pool for everything; size it `concurrency + 3` or more.
+    ///
+    /// On PostgreSQL the pool's sessions bound each statement by the
+    /// [`claim_timeout`](Self::claim_timeout) (so a claim is a single statement) and commit
+    /// asynchronously (`synchronous_commit = off`: no wait for the WAL flush). Nothing the
+    /// relay writes needs to survive a crash of the database server: a claim it forgets leaves
+    /// the message to be claimed again, a forgotten outcome gets the message delivered again
+    /// (at least once, as after a relay crash), and each later write of a relay is fenced by
+    /// its claim's token. Your unit of work's commits, on your pool, stay synchronous.
     pub fn reserve_connections(mut self, n: u32) -> Self {
         self.reserve_connections = n;
         self

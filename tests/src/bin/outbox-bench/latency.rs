@@ -208,7 +208,7 @@ pub(crate) async fn relay_child(args: &[String]) -> anyhow::Result<()> {
     wait_for(&seen, count).await;
     report_errors(&relay.stats());
     relay.shutdown().await;
-    for (id, t, seq) in seen.lock().unwrap().iter() {
+    for (id, seq, t) in seen.lock().unwrap().iter() {
         println!("{id} {t} {seq}");
     }
     for (stage, t, seqs) in take_stages() {
