@@ -19,10 +19,12 @@
 //!   `BENCH_KAFKA_AGGREGATES`, default 1000).
 //! - `nats`: relay → NATS JetStream vs a plain async-nats loop publishing the same messages,
 //!   acks one by one and `BENCH_NATS_WINDOW` (default 100) in flight (`OUTBOX_TEST_NATS_URL`;
-//!   `BENCH_NATS_EVENTS`, default 20000, over `BENCH_NATS_AGGREGATES`, default 1000).
+//!   `BENCH_NATS_EVENTS`, default 20000, over `BENCH_NATS_AGGREGATES`, default 1000; the
+//!   relays' batch size `BENCH_NATS_BATCH`, default 100).
 //! - `amqp`: relay → RabbitMQ vs a plain lapin loop publishing the same messages, publisher
 //!   confirms one by one and `BENCH_AMQP_WINDOW` (default 100) in flight
-//!   (`OUTBOX_TEST_AMQP_URL`; `BENCH_AMQP_EVENTS`, default 20000, `BENCH_AMQP_AGGREGATES`).
+//!   (`OUTBOX_TEST_AMQP_URL`; `BENCH_AMQP_EVENTS`, default 20000, `BENCH_AMQP_AGGREGATES`,
+//!   `BENCH_AMQP_BATCH`).
 //!
 //! Servers come from `OUTBOX_TEST_POSTGRES_URL` / `OUTBOX_TEST_MYSQL_URL`; without backends
 //! the suite runs on SQLite and PostgreSQL. Knobs: `BENCH_SECS` (seconds per measured write
@@ -104,7 +106,8 @@ knobs (environment): BENCH_SECS, BENCH_ROUNDS, BENCH_WRITERS, BENCH_EVENTS, BENC
   BENCH_LATENCY_EVENTS, BENCH_LATENCY_RATE, BENCH_ORDER_EVENTS, BENCH_ORDER_ROUNDS,
   BENCH_HISTORY, BENCH_SCALE_PENDING, BENCH_BIG, BENCH_BIG_VACUUM, BENCH_POLL_MS,
   BENCH_KAFKA_EVENTS, BENCH_KAFKA_AGGREGATES, BENCH_NATS_EVENTS, BENCH_NATS_AGGREGATES,
-  BENCH_NATS_WINDOW, BENCH_AMQP_EVENTS, BENCH_AMQP_AGGREGATES, BENCH_AMQP_WINDOW
+  BENCH_NATS_WINDOW, BENCH_NATS_BATCH, BENCH_AMQP_EVENTS, BENCH_AMQP_AGGREGATES,
+  BENCH_AMQP_WINDOW, BENCH_AMQP_BATCH
   (see the doc comment of tests/src/bin/outbox-bench.rs for their defaults)";
 
 fn env_num(var: &str, default: f64) -> f64 {

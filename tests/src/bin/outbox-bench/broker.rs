@@ -109,12 +109,14 @@ impl Variant {
     }
 }
 
-/// Knobs of a suite, read from `BENCH_<PREFIX>_EVENTS`, `_AGGREGATES`, `_WINDOW` and
-/// `BENCH_ROUNDS`.
+/// Knobs of a suite, read from `BENCH_<PREFIX>_EVENTS`, `_AGGREGATES`, `_WINDOW`, `_BATCH`
+/// and `BENCH_ROUNDS`.
 struct Knobs {
     n: u64,
     aggregates: u64,
     window: usize,
+    /// The relays' batch size.
+    batch: u32,
     rounds: usize,
 }
 
@@ -128,6 +130,7 @@ pub(crate) async fn suite<B: Broker>(
         n: env_num(&format!("BENCH_{knobs_prefix}_EVENTS"), 20_000.0) as u64,
         aggregates: env_num(&format!("BENCH_{knobs_prefix}_AGGREGATES"), 1000.0) as u64,
         window: env_num(&format!("BENCH_{knobs_prefix}_WINDOW"), 100.0).max(1.0) as usize,
+        batch: env_num(&format!("BENCH_{knobs_prefix}_BATCH"), 100.0).max(1.0) as u32,
         rounds: env_num("BENCH_ROUNDS", 3.0).max(1.0) as usize,
     };
     let t = fresh(backend).await?;
@@ -136,6 +139,7 @@ pub(crate) async fn suite<B: Broker>(
         broker,
         n: knobs.n,
         aggregates: knobs.aggregates,
+        batch: knobs.batch,
     };
     let w = knobs.window;
     let mut variants = vec![
@@ -154,12 +158,13 @@ pub(crate) async fn suite<B: Broker>(
     }
     println!(
         "\n## relay → {} vs a plain publish loop, {backend:?} ({}), {} events over {} \
-         aggregates, destination per aggregate, structured CloudEvents, batch 100, rows deleted, \
+         aggregates, destination per aggregate, structured CloudEvents, batch {}, rows deleted, \
          {} alternating rounds",
         broker.name(),
         server_version(&t.db).await,
         knobs.n,
         knobs.aggregates,
+        knobs.batch,
         knobs.rounds,
     );
     let mut secs = vec![0.0; variants.len()];
@@ -218,6 +223,7 @@ struct Bench<'a, B> {
     broker: &'a B,
     n: u64,
     aggregates: u64,
+    batch: u32,
 }
 
 impl<B: Broker> Bench<'_, B> {
@@ -307,7 +313,7 @@ impl<B: Broker> Bench<'_, B> {
         let relay = Relay::builder(self.t.connect_again().await)
             .id("bench-broker")
             .registry(registry)
-            .batch_size(100)
+            .batch_size(self.batch)
             .concurrency(concurrency)
             .ordering(order.delivery())
             .delivered_rows(DeliveredRows::Delete)
