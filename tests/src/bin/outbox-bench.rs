@@ -20,7 +20,8 @@
 //! - `nats`: relay → NATS JetStream vs a plain async-nats loop publishing the same messages,
 //!   acks one by one and `BENCH_NATS_WINDOW` (default 100) in flight (`OUTBOX_TEST_NATS_URL`;
 //!   `BENCH_NATS_EVENTS`, default 20000, over `BENCH_NATS_AGGREGATES`, default 1000; the
-//!   relays' batch size `BENCH_NATS_BATCH`, default 100).
+//!   relays' batch size `BENCH_NATS_BATCH`, default 100; `BENCH_ONLY=<part of a row's name>`
+//!   runs only the rows whose name holds it, to profile one).
 //! - `amqp`: relay → RabbitMQ vs a plain lapin loop publishing the same messages, publisher
 //!   confirms one by one and `BENCH_AMQP_WINDOW` (default 100) in flight
 //!   (`OUTBOX_TEST_AMQP_URL`; `BENCH_AMQP_EVENTS`, default 20000, `BENCH_AMQP_AGGREGATES`,
@@ -107,7 +108,7 @@ knobs (environment): BENCH_SECS, BENCH_ROUNDS, BENCH_WRITERS, BENCH_EVENTS, BENC
   BENCH_HISTORY, BENCH_SCALE_PENDING, BENCH_BIG, BENCH_BIG_VACUUM, BENCH_POLL_MS,
   BENCH_KAFKA_EVENTS, BENCH_KAFKA_AGGREGATES, BENCH_NATS_EVENTS, BENCH_NATS_AGGREGATES,
   BENCH_NATS_WINDOW, BENCH_NATS_BATCH, BENCH_AMQP_EVENTS, BENCH_AMQP_AGGREGATES,
-  BENCH_AMQP_WINDOW, BENCH_AMQP_BATCH
+  BENCH_AMQP_WINDOW, BENCH_AMQP_BATCH, BENCH_ONLY
   (see the doc comment of tests/src/bin/outbox-bench.rs for their defaults)";
 
 fn env_num(var: &str, default: f64) -> f64 {
