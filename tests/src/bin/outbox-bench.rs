@@ -17,6 +17,15 @@
 //! - `kafka`: relay → Kafka vs a plain producer loop sending the same records to the same
 //!   broker (`OUTBOX_TEST_KAFKA_URL`; `BENCH_KAFKA_EVENTS`, default 20000, over
 //!   `BENCH_KAFKA_AGGREGATES`, default 1000).
+//! - `nats`: relay → NATS JetStream vs a plain async-nats loop publishing the same messages,
+//!   acks one by one and `BENCH_NATS_WINDOW` (default 100) in flight (`OUTBOX_TEST_NATS_URL`;
+//!   `BENCH_NATS_EVENTS`, default 20000, over `BENCH_NATS_AGGREGATES`, default 1000; the
+//!   relays' batch size `BENCH_NATS_BATCH`, default 100; `BENCH_ONLY=<part of a row's name>`
+//!   runs only the rows whose name holds it, to profile one).
+//! - `amqp`: relay → RabbitMQ vs a plain lapin loop publishing the same messages, publisher
+//!   confirms one by one and `BENCH_AMQP_WINDOW` (default 100) in flight
+//!   (`OUTBOX_TEST_AMQP_URL`; `BENCH_AMQP_EVENTS`, default 20000, `BENCH_AMQP_AGGREGATES`,
+//!   `BENCH_AMQP_BATCH`).
 //!
 //! Servers come from `OUTBOX_TEST_POSTGRES_URL` / `OUTBOX_TEST_MYSQL_URL`; without backends
 //! the suite runs on SQLite and PostgreSQL. Knobs: `BENCH_SECS` (seconds per measured write
@@ -31,16 +40,24 @@
 //! compare ratios measured in one run, where variants alternate round by round so drift
 //! cancels out.
 
+#[path = "outbox-bench/amqp.rs"]
+mod amqp;
 #[path = "outbox-bench/backlog.rs"]
 mod backlog;
 #[path = "outbox-bench/big.rs"]
 mod big;
+#[path = "outbox-bench/broker.rs"]
+mod broker;
+#[path = "outbox-bench/cpu.rs"]
+mod cpu;
 #[path = "outbox-bench/dashboard.rs"]
 mod dashboard;
 #[path = "outbox-bench/kafka.rs"]
 mod kafka;
 #[path = "outbox-bench/latency.rs"]
 mod latency;
+#[path = "outbox-bench/nats.rs"]
+mod nats;
 #[path = "outbox-bench/order.rs"]
 mod order;
 #[path = "outbox-bench/relay.rs"]
@@ -54,9 +71,9 @@ use chrono::Utc;
 use outbox_tests::{Backend, TestDb};
 use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
 
-const USAGE: &str = "usage: outbox-bench <write|relay|latency|scale|order|big|dashboard|kafka> [sqlite] [postgres] [mariadb]";
+const USAGE: &str = "usage: outbox-bench <write|relay|latency|scale|order|big|dashboard|kafka|nats|amqp> [sqlite] [postgres] [mariadb]";
 
-const SUITES: [&str; 7] = [
+const SUITES: [&str; 10] = [
     "write",
     "relay",
     "latency",
@@ -64,6 +81,9 @@ const SUITES: [&str; 7] = [
     "order",
     "big",
     "dashboard",
+    "kafka",
+    "nats",
+    "amqp",
 ];
 
 const HELP: &str = "
@@ -77,11 +97,18 @@ suites:
   order      ordered vs unordered drain at 10, 1 000 and 100 000 aggregates
   big        the drain of a large pending backlog
   dashboard  each dashboard page's response time
+  kafka      relay → Kafka vs a plain producer loop (OUTBOX_TEST_KAFKA_URL)
+  nats       relay → NATS JetStream vs a plain publish loop (OUTBOX_TEST_NATS_URL)
+  amqp       relay → RabbitMQ vs a plain publish loop (OUTBOX_TEST_AMQP_URL)
 
-servers: OUTBOX_TEST_POSTGRES_URL, OUTBOX_TEST_MYSQL_URL
+servers: OUTBOX_TEST_POSTGRES_URL, OUTBOX_TEST_MYSQL_URL, OUTBOX_TEST_KAFKA_URL,
+  OUTBOX_TEST_NATS_URL, OUTBOX_TEST_AMQP_URL
 knobs (environment): BENCH_SECS, BENCH_ROUNDS, BENCH_WRITERS, BENCH_EVENTS, BENCH_RELAYS,
   BENCH_LATENCY_EVENTS, BENCH_LATENCY_RATE, BENCH_ORDER_EVENTS, BENCH_ORDER_ROUNDS,
-  BENCH_HISTORY, BENCH_SCALE_PENDING, BENCH_BIG, BENCH_BIG_VACUUM, BENCH_POLL_MS
+  BENCH_HISTORY, BENCH_SCALE_PENDING, BENCH_BIG, BENCH_BIG_VACUUM, BENCH_POLL_MS,
+  BENCH_KAFKA_EVENTS, BENCH_KAFKA_AGGREGATES, BENCH_NATS_EVENTS, BENCH_NATS_AGGREGATES,
+  BENCH_NATS_WINDOW, BENCH_NATS_BATCH, BENCH_AMQP_EVENTS, BENCH_AMQP_AGGREGATES,
+  BENCH_AMQP_WINDOW, BENCH_AMQP_BATCH, BENCH_ONLY
   (see the doc comment of tests/src/bin/outbox-bench.rs for their defaults)";
 
 fn env_num(var: &str, default: f64) -> f64 {
@@ -134,6 +161,8 @@ async fn main() -> anyhow::Result<()> {
             "big" => big::suite(backend).await?,
             "dashboard" => dashboard::suite(backend).await?,
             "kafka" => kafka::suite(backend).await?,
+            "nats" => nats::suite(backend).await?,
+            "amqp" => amqp::suite(backend).await?,
             other => anyhow::bail!("unknown suite {other}\n{USAGE}"),
         }
     }
