@@ -55,7 +55,7 @@ WITH w AS MATERIALIZED (
 ), heads AS (
   SELECT aggregate_type, aggregate_id, min(position) AS first FROM runs
   GROUP BY aggregate_type, aggregate_id
-), ok AS (
+), ok AS MATERIALIZED (
   SELECT h.aggregate_type, h.aggregate_id, h.first FROM heads h
   WHERE NOT EXISTS (
     SELECT 1 FROM {messages} b

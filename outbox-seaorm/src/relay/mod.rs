@@ -5,6 +5,9 @@
 //! - **Claim** ([`engine`]): batches under a lease, in per-aggregate order runs of messages
 //!   that start at their aggregate's head; a new claim as soon as fewer than half a batch of
 //!   the relay's messages are still undecided.
+//! - **Chain** ([`chain`]): in per-aggregate order, a claim may take an aggregate's next run
+//!   while this relay still runs the earlier one; it is queued on the aggregate's chain and
+//!   starts only if the earlier ones left the aggregate free, or is given back.
 //! - **Run** ([`worker`]): each group (an aggregate's run, or one message) on a task of its
 //!   own, each handler call on a task of its own with its timeout measured from outside; a
 //!   slow or blocking handler holds only its own message.
