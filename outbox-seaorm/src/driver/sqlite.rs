@@ -94,11 +94,19 @@ impl Driver for Sqlite {
         {
             return Ok(None);
         }
+        // `synchronous = NORMAL` (the file is in WAL mode while a relay runs): the relay's
+        // commits do not wait for an fsync. A power loss may forget its last claims and
+        // outcomes, which are then claimed and delivered again, at least once, as after a relay
+        // crash; the application's own connections keep their setting.
         let pool = SqlitePoolOptions::new()
             .max_connections(connections)
             .min_connections(0)
             .acquire_timeout(main.options().get_acquire_timeout())
-            .connect_lazy_with((*main.connect_options()).clone());
+            .connect_lazy_with(
+                (*main.connect_options())
+                    .clone()
+                    .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal),
+            );
         Ok(Some(sea_orm::SqlxSqliteConnector::from_sqlx_sqlite_pool(
             pool,
         )))

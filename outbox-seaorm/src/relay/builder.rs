@@ -174,7 +174,9 @@ impl RelayBuilder {
     /// relay writes needs to survive a crash of the database server: a claim it forgets leaves
     /// the message to be claimed again, a forgotten outcome gets the message delivered again
     /// (at least once, as after a relay crash), and each later write of a relay is fenced by
-    /// its claim's token. Your unit of work's commits, on your pool, stay synchronous.
+    /// its claim's token. Your unit of work's commits, on your pool, stay synchronous. On
+    /// SQLite the pool's connections use `synchronous = NORMAL` for the same reason (the file
+    /// is in WAL mode: a power loss, not a process crash, may forget the relay's last writes).
     pub fn reserve_connections(mut self, n: u32) -> Self {
         self.reserve_connections = n;
         self

@@ -189,7 +189,7 @@ async fn raw_loop_once(db: &DatabaseConnection, me: &str, delete: bool) -> anyho
                     "UPDATE outbox_messages SET locked_by = ?, \
                      locked_until = strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now', '+60 seconds'), \
                      claims = claims + 1 WHERE seq IN (SELECT seq FROM outbox_messages \
-                     WHERE status = 'pending' \
+                     INDEXED BY outbox_messages_pending WHERE status = 'pending' \
                      AND available_at <= strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now') \
                      AND (locked_until IS NULL \
                      OR locked_until < strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now')) \
