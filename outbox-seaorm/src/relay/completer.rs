@@ -30,6 +30,15 @@ pub(crate) enum Item {
 }
 
 impl Item {
+    /// How many messages it is about (without allocating: the gathering loop counts each item).
+    fn len(&self) -> usize {
+        match self {
+            Item::Delivered(_) | Item::Outcome(_) => 1,
+            Item::Block(_) => 0,
+            Item::Release(v) => v.len(),
+        }
+    }
+
     fn seqs(&self) -> Vec<i64> {
         match self {
             Item::Delivered(s) => vec![*s],
@@ -86,13 +95,17 @@ async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Batch>) -> Wri
     let mut total = Written::default();
     let limit = shared.settings.batch_size as usize;
     while let Some(first) = rx.recv().await {
+        let mut n = count(&first);
         let mut batches = vec![first];
         let deadline = tokio::time::sleep(shared.settings.flush_after);
         tokio::pin!(deadline);
-        while count(&batches) < limit {
+        while n < limit {
             tokio::select! {
                 next = rx.recv() => match next {
-                    Some(b) => batches.push(b),
+                    Some(b) => {
+                        n += count(&b);
+                        batches.push(b);
+                    }
                     None => break,
                 },
                 () = &mut deadline => break,
@@ -109,12 +122,8 @@ async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Batch>) -> Wri
     total
 }
 
-fn count(batches: &[Batch]) -> usize {
-    batches
-        .iter()
-        .flat_map(|b| &b.items)
-        .map(|i| i.seqs().len())
-        .sum()
+fn count(batch: &Batch) -> usize {
+    batch.items.iter().map(Item::len).sum()
 }
 
 /// Writes the batches: all in one transaction; when the database refuses it, split until the
