@@ -29,6 +29,7 @@ backend_tests!(
     dead_delivery_can_be_requeued,
     per_aggregate_order_holds_across_transactions_and_retries,
     runs_claimed_behind_running_ones_keep_order_through_failures,
+    a_foreground_batch_dropped_half_way_leaves_no_aggregate_stuck,
     park_mode_lets_an_aggregate_go_on_after_a_dead_message,
     a_blocked_backlog_larger_than_the_claim_window_does_not_starve_others,
     a_follower_behind_a_row_leased_by_another_relay_is_not_claimed,
@@ -604,6 +605,45 @@ async fn runs_claimed_behind_running_ones_keep_order_through_failures(t: TestDb)
         "first deliveries out of order ({stats:?}): {log:?}"
     );
     assert_eq!(stats.retried, 3 * 6, "{stats:?}");
+    t.cleanup().await;
+}
+
+/// A foreground batch (`run_once`) dropped while its handlers run, as a request timeout would:
+/// its aggregates' chains end with it, so once the leases lapse the same relay delivers
+/// everything (a chain left behind would have later runs queued on it that nothing runs).
+async fn a_foreground_batch_dropped_half_way_leaves_no_aggregate_stuck(t: TestDb) {
+    let received = Recorder::<(String, u32)>::new();
+    let handler = {
+        let received = received.clone();
+        HandlerEntry::new("slow", move |e: Numbered, _ctx: HandlerContext| {
+            let received = received.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                received.push((e.key, e.n));
+                Ok::<_, std::io::Error>(())
+            }
+        })
+    };
+    let total = outbox_tests::fixtures::commit_numbered(&t.db, 3, 4).await;
+    let relay = outbox_seaorm::Relay::builder(t.db.clone())
+        .registry(Registry::new([handler]).unwrap())
+        .lease(Duration::from_secs(1))
+        .build()
+        .await
+        .unwrap();
+    let dropped = tokio::time::timeout(Duration::from_millis(100), relay.run_once()).await;
+    assert!(dropped.is_err(), "the batch was still running");
+    wait_for(
+        "every event, after the dropped batch's leases lapse",
+        Duration::from_secs(30),
+        || async {
+            relay.run_once().await.unwrap();
+            let got: std::collections::HashSet<(String, u32)> =
+                received.all().into_iter().collect();
+            (got.len() == total).then_some(())
+        },
+    )
+    .await;
     t.cleanup().await;
 }
 

@@ -147,6 +147,20 @@ impl Chains {
     }
 }
 
+impl Chains {
+    /// Ends chain `id` of `key` whose task stopped before it ended (aborted at shutdown, or
+    /// dropped with a foreground batch): returns what was queued on it, to give back. A chain
+    /// left live would have later runs queued on it that nothing runs.
+    pub(crate) fn abandon(&self, key: &Key, id: u64) -> Vec<Run> {
+        let mut inner = self.lock();
+        if inner.live.get(key).is_some_and(|c| c.id == id) {
+            let chain = inner.live.remove(key).expect("found above");
+            return chain.queue.into_iter().collect();
+        }
+        Vec::new()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,6 +206,25 @@ mod tests {
             chains.admit(key("a"), run(), &snap),
             Admit::Start(..)
         ));
+    }
+
+    #[test]
+    fn an_abandoned_chain_gives_back_its_queue_and_admits_nothing_behind_it() {
+        let chains = Chains::default();
+        let Admit::Start(id, _) = chains.admit(key("a"), run(), &Snapshot::new()) else {
+            panic!("starts");
+        };
+        let snap = chains.snapshot();
+        assert!(matches!(
+            chains.admit(key("a"), run(), &snap),
+            Admit::Queued
+        ));
+        assert_eq!(chains.abandon(&key("a"), id).len(), 1);
+        assert!(matches!(
+            chains.admit(key("a"), run(), &snap),
+            Admit::GiveBack(_)
+        ));
+        assert!(chains.abandon(&key("a"), id).is_empty());
     }
 
     #[test]

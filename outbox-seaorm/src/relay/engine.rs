@@ -221,6 +221,15 @@ fn spawn_chain(
 ) {
     let (shared, out, permits) = (shared.clone(), out.clone(), permits.clone());
     running.spawn(async move {
+        // Aborted (shutdown timeout) or dropped (a foreground batch dropped half-way), the
+        // chain must not stay live with runs queued on it that nothing would run.
+        let mut end = ChainEnd {
+            shared: shared.clone(),
+            out: out.clone(),
+            key: key.clone(),
+            id,
+            ended: false,
+        };
         let mut next = first;
         loop {
             let clean = {
@@ -234,16 +243,38 @@ fn spawn_chain(
             };
             match shared.chains.after_run(&key, id, clean) {
                 Next::Run(run) => next = run,
-                Next::Done => return,
+                Next::Done => break,
                 Next::GiveBack(runs) => {
                     for run in runs {
                         give_back(&shared, &out, &run.group);
                     }
-                    return;
+                    break;
                 }
             }
         }
+        end.ended = true;
     });
+}
+
+/// Abandons a chain whose task stops early (see `spawn_chain`), giving back its queue.
+struct ChainEnd {
+    shared: Arc<Shared>,
+    out: Completer,
+    key: chain::Key,
+    id: u64,
+    /// The chain ended (queue empty, or broken and given back): nothing to abandon.
+    ended: bool,
+}
+
+impl Drop for ChainEnd {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        for run in self.shared.chains.abandon(&self.key, self.id) {
+            give_back(&self.shared, &self.out, &run.group);
+        }
+    }
 }
 
 /// Gives `group` back without running it.
