@@ -316,7 +316,9 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
         let uow = UnitOfWork::begin(&db).await?;
         let mut ok = order::Model::place("margaret", 500).map_err(anyhow::Error::msg)?;
         uow.save(&mut ok).await?;
-        // The second order breaks a business rule; `?` drops the unit of work: ROLLBACK.
+        // The second order breaks a business rule; `?` drops the unit of work: ROLLBACK. The
+        // drop is logged at ERROR with the events it held: a dropped unit of work cannot tell
+        // an error path from a forgotten commit (`uow.rollback()` says the rollback is meant).
         let mut bad = order::Model::place("margaret", -1).map_err(anyhow::Error::msg)?;
         uow.save(&mut bad).await?;
         uow.commit().await?;

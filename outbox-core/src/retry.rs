@@ -32,7 +32,7 @@ pub struct RetryPolicy {
 }
 
 impl Default for RetryPolicy {
-    /// 10 attempts, 1 s doubling to at most 5 min, with jitter: about 13 minutes from the first
+    /// 10 attempts, 1 s doubling to at most 5 min, with jitter: about 6 minutes (4 to 9) from the first
     /// failure to a dead letter, long enough to ride out a broker restart.
     fn default() -> Self {
         Self {

@@ -605,6 +605,12 @@ async fn runs_claimed_behind_running_ones_keep_order_through_failures(t: TestDb)
         "first deliveries out of order ({stats:?}): {log:?}"
     );
     assert_eq!(stats.retried, 3 * 6, "{stats:?}");
+    // 18 chains broke with runs queued behind them (each run shows here; a run the others
+    // ran one at a time would make this 0).
+    assert!(
+        stats.chain_given_back > 0,
+        "no run was queued behind a chain: {stats:?}"
+    );
     t.cleanup().await;
 }
 

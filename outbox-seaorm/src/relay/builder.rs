@@ -245,7 +245,10 @@ impl RelayBuilder {
     }
 
     /// The server-side time limit of a claim statement (default 5 s): a claim left running by
-    /// a relay that died cannot go on and lease rows to nobody.
+    /// a relay that died cannot go on and lease rows to nobody. On PostgreSQL the relay's own
+    /// connections ([`reserve_connections`](Self::reserve_connections)) carry it as their
+    /// `statement_timeout`, so it bounds every statement the relay runs there: outcome writes,
+    /// lease renewals and retention's batched deletes too (raise it if those need longer).
     pub fn claim_timeout(mut self, d: Duration) -> Self {
         self.settings.claim_timeout = d;
         self

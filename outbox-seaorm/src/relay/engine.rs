@@ -159,6 +159,10 @@ pub(crate) async fn dispatch(
     );
     // A run claimed behind one of this relay's chains would run before the chain's own runs
     // (which wait for permits like any group): give it back, the chain's writes free it.
+    // (Given back, its claim count is reset like any release: a suspect among them would run
+    // with the others next time, not alone. It cannot be one in practice: a relay that died
+    // holding it held its aggregate's earlier messages too, and those come back as suspects,
+    // not in a chain.)
     let (groups, behind): (Vec<_>, Vec<_>) = groups.into_iter().partition(|g| {
         g.first()
             .is_none_or(|c| c.delayed || !chains.contains_key(&chain::key_of(c)))

@@ -94,8 +94,10 @@ pub struct RelayStats {
     pub group_panics: u64,
     /// Messages claimed behind earlier ones of their aggregate that this relay was still
     /// running (per-aggregate order), given back unrun because an earlier one held the
-    /// aggregate back (a retry, a dead message, a lost lease) or a relay's crash was being
-    /// sorted out.
+    /// aggregate back (a retry, a message left for a relay that knows its event type, a dead
+    /// message under [`OnFailure::Block`](crate::OnFailure::Block), a lost lease), because
+    /// their chain stopped early (shutdown), or while a relay's crash was being sorted out.
+    /// They are counted in `released` too.
     pub chain_given_back: u64,
     /// Claims retried at once after a deadlock (MariaDB).
     pub conflicts_retried: u64,
