@@ -69,8 +69,9 @@ impl dyn Driver {
             if r.seqs.is_empty() {
                 continue;
             }
+            let q = if r.undo_claim { "unclaim" } else { "release" };
             let stmt = sql.stmt(
-                "release",
+                q,
                 &[
                     ("seqs", seqs(&r.seqs)),
                     ("relay", relay.into()),

@@ -559,6 +559,63 @@ mod tests {
         );
     }
 
+    /// A run given back by undoing its claim keeps the mark of a relay that died holding it
+    /// (`claims > 1` at the next claim: it runs alone); a plain release clears it.
+    #[cfg(feature = "sqlite")]
+    #[tokio::test]
+    async fn an_undone_claim_keeps_a_suspect_a_release_clears_it() {
+        let db = sea_orm::Database::connect("sqlite::memory:").await.unwrap();
+        let config = OutboxConfig::default();
+        crate::schema::create_tables_with(&db, &config)
+            .await
+            .unwrap();
+        let d = for_backend(DbBackend::Sqlite, &config);
+        let txn = db.begin().await.unwrap();
+        d.append(&txn, &[row("o", "1")]).await.unwrap();
+        txn.commit().await.unwrap();
+        let claim = |relay: &'static str, token: i64| {
+            let (d, db) = (&d, &db);
+            async move {
+                let spec = ClaimSpec {
+                    relay,
+                    limit: 10,
+                    lease: Duration::from_secs(60),
+                    order: ClaimOrder::Any,
+                    window: 10,
+                    timeout: Duration::from_secs(5),
+                    bounded: false,
+                    token,
+                    held: &[],
+                    passable: &[],
+                };
+                let c = d.claim(db, &spec).await.unwrap();
+                assert_eq!(c.len(), 1, "{relay} claims the row");
+                c[0].claims
+            }
+        };
+        let lapse = || {
+            db.execute_unprepared(
+                "UPDATE outbox_messages SET locked_until = '2000-01-01T00:00:00.000+00:00'",
+            )
+        };
+        assert_eq!(claim("dead", 1).await, 1);
+        lapse().await.unwrap();
+        assert_eq!(claim("b", 2).await, 2, "taken over: a suspect");
+        for (undo_claim, next) in [(true, 2), (false, 1)] {
+            let c = Completion {
+                releases: vec![ReleaseWrite {
+                    seqs: vec![1],
+                    undo_claim,
+                }],
+                tokens: vec![2],
+                ..Completion::default()
+            };
+            let w = d.complete(&db, "b", &c, false).await.unwrap();
+            assert_eq!(w.released, 1);
+            assert_eq!(claim("b", 2).await, next, "undo_claim: {undo_claim}");
+        }
+    }
+
     #[test]
     fn positions_continue_each_stream_in_recording_order() {
         let rows = [row("o", "1"), row("o", "2"), row("o", "1"), row("c", "1")];

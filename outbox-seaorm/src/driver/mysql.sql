@@ -85,6 +85,11 @@ ON DUPLICATE KEY UPDATE status = VALUES(status), attempts = VALUES(attempts),
   last_error = VALUES(last_error), last_error_kind = VALUES(last_error_kind),
   updated_at = VALUES(updated_at)
 
+-- Given back unrun, undoing only this claim: a count above 1 (a relay died holding it) stays.
+-- name: unclaim
+UPDATE {messages} SET locked_by = NULL, locked_until = NULL, claims = GREATEST(claims - 1, 0)
+WHERE seq IN (:seqs) AND locked_by = :relay AND claim_token IN (:tokens)
+
 -- name: release
 UPDATE {messages} SET locked_by = NULL, locked_until = NULL, claims = 0
 WHERE seq IN (:seqs) AND locked_by = :relay AND claim_token IN (:tokens)

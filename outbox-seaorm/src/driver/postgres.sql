@@ -130,6 +130,11 @@ ON CONFLICT (message_id, handler) DO UPDATE SET status = excluded.status,
   attempts = excluded.attempts, last_error = excluded.last_error,
   last_error_kind = excluded.last_error_kind, updated_at = excluded.updated_at
 
+-- Given back unrun, undoing only this claim: a count above 1 (a relay died holding it) stays.
+-- name: unclaim
+UPDATE {messages} SET locked_by = NULL, locked_until = NULL, claims = GREATEST(claims - 1, 0)
+WHERE seq = ANY(:seqs) AND locked_by = :relay AND claim_token = ANY(:tokens)
+
 -- name: release
 UPDATE {messages} SET locked_by = NULL, locked_until = NULL, claims = 0
 WHERE seq = ANY(:seqs) AND locked_by = :relay AND claim_token = ANY(:tokens)

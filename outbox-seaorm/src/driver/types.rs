@@ -134,6 +134,9 @@ pub(crate) struct BlockWrite {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ReleaseWrite {
     pub(crate) seqs: Vec<i64>,
+    /// Undo only this claim (its count goes back one) rather than clear the count: a message a
+    /// relay died holding stays marked as such (`claims > 1`), to run alone when next claimed.
+    pub(crate) undo_claim: bool,
 }
 
 /// Everything the completer writes at once.

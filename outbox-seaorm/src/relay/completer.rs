@@ -27,6 +27,8 @@ pub(crate) enum Item {
     Block(BlockWrite),
     /// Given back without an outcome.
     Release(Vec<i64>),
+    /// Given back unrun, undoing only this claim (see [`ReleaseWrite::undo_claim`]).
+    Unclaim(Vec<i64>),
 }
 
 impl Item {
@@ -35,7 +37,7 @@ impl Item {
         match self {
             Item::Delivered(_) | Item::Outcome(_) => 1,
             Item::Block(_) => 0,
-            Item::Release(v) => v.len(),
+            Item::Release(v) | Item::Unclaim(v) => v.len(),
         }
     }
 
@@ -44,7 +46,7 @@ impl Item {
             Item::Delivered(s) => vec![*s],
             Item::Outcome(o) => vec![o.seq],
             Item::Block(_) => Vec::new(),
-            Item::Release(v) => v.clone(),
+            Item::Release(v) | Item::Unclaim(v) => v.clone(),
         }
     }
 }
@@ -250,7 +252,14 @@ fn completion(shared: &Shared, units: &[Vec<Item>]) -> Completion {
                 c.outcomes.push(o.clone());
             }
             Item::Block(b) => c.blocks.push(b.clone()),
-            Item::Release(v) => c.releases.push(ReleaseWrite { seqs: v.clone() }),
+            Item::Release(v) => c.releases.push(ReleaseWrite {
+                seqs: v.clone(),
+                undo_claim: false,
+            }),
+            Item::Unclaim(v) => c.releases.push(ReleaseWrite {
+                seqs: v.clone(),
+                undo_claim: true,
+            }),
         }
     }
     tokens.extend(shared.held.tokens_of(c.seqs()));

@@ -158,17 +158,17 @@ pub(crate) async fn dispatch(
         "a relay died or hung holding some of these messages: running the batch one message at a time"
     );
     // A run claimed behind one of this relay's chains would run before the chain's own runs
-    // (which wait for permits like any group): give it back, the chain's writes free it.
-    // (Given back, its claim count is reset like any release: a suspect among them would run
-    // with the others next time, not alone. It cannot be one in practice: a relay that died
-    // holding it held its aggregate's earlier messages too, and those come back as suspects,
-    // not in a chain.)
+    // (which wait for permits like any group): give it back, the chain's writes free it. Only
+    // this claim is undone: a suspect among them stays one, to run alone next time.
     let (groups, behind): (Vec<_>, Vec<_>) = groups.into_iter().partition(|g| {
         g.first()
             .is_none_or(|c| c.delayed || !chains.contains_key(&chain::key_of(c)))
     });
     for group in behind {
-        give_back(shared, out, &group);
+        let seqs: Vec<i64> = group.iter().map(|c| c.envelope.sequence).collect();
+        bump(&shared.stats.chain_given_back, seqs.len() as u64);
+        shared.held.decided(seqs.iter().copied());
+        out.send(vec![Item::Unclaim(seqs)]);
     }
     // On a task of its own, under the relay's shutdown like any group. Nothing else of this
     // relay may run meanwhile, or a crash would be blamed on the wrong message: it takes every
