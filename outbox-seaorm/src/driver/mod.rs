@@ -467,6 +467,22 @@ pub(crate) fn positions(rows: &[NewMessage], last: &HashMap<(String, String), i6
 mod tests {
     use super::*;
 
+    /// An unordered claim of up to 10 rows by `relay` under `token`.
+    fn spec(relay: &str, token: i64) -> ClaimSpec<'_> {
+        ClaimSpec {
+            relay,
+            limit: 10,
+            lease: Duration::from_secs(60),
+            order: ClaimOrder::Any,
+            window: 10,
+            timeout: Duration::from_secs(5),
+            bounded: false,
+            token,
+            held: &[],
+            passable: &[],
+        }
+    }
+
     fn row(t: &str, id: &str) -> NewMessage {
         NewMessage {
             id: Uuid::now_v7(),
@@ -497,19 +513,7 @@ mod tests {
             .await
             .unwrap();
         txn.commit().await.unwrap();
-        let spec = ClaimSpec {
-            relay: "a",
-            limit: 10,
-            lease: Duration::from_secs(60),
-            order: ClaimOrder::Any,
-            window: 10,
-            timeout: Duration::from_secs(5),
-            bounded: false,
-            token: 7,
-            held: &[],
-            passable: &[],
-        };
-        let claimed = d.claim(&db, &spec).await.unwrap();
+        let claimed = d.claim(&db, &spec("a", 7)).await.unwrap();
         assert_eq!(claimed.len(), 2);
         assert!(claimed.iter().all(|c| c.token == 7));
         let (s1, s2) = (claimed[0].envelope.sequence, claimed[1].envelope.sequence);
@@ -576,19 +580,7 @@ mod tests {
         let claim = |relay: &'static str, token: i64| {
             let (d, db) = (&d, &db);
             async move {
-                let spec = ClaimSpec {
-                    relay,
-                    limit: 10,
-                    lease: Duration::from_secs(60),
-                    order: ClaimOrder::Any,
-                    window: 10,
-                    timeout: Duration::from_secs(5),
-                    bounded: false,
-                    token,
-                    held: &[],
-                    passable: &[],
-                };
-                let c = d.claim(db, &spec).await.unwrap();
+                let c = d.claim(db, &spec(relay, token)).await.unwrap();
                 assert_eq!(c.len(), 1, "{relay} claims the row");
                 c[0].claims
             }

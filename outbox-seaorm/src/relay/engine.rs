@@ -60,10 +60,10 @@ pub(crate) async fn claim(shared: &Shared, limit: u32) -> Result<Batch> {
     let batch = shared.driver.claim(&shared.db, &spec).await?;
     super::metrics::claimed(started.elapsed(), batch.len());
     if !batch.is_empty() {
-        let seqs: Vec<i64> = batch.iter().map(|c| c.envelope.sequence).collect();
-        probe::mark(Stage::ClaimEnd, &seqs);
-    }
-    if !batch.is_empty() {
+        if probe::enabled() {
+            let seqs: Vec<i64> = batch.iter().map(|c| c.envelope.sequence).collect();
+            probe::mark(Stage::ClaimEnd, &seqs);
+        }
         bump(&shared.stats.batches, 1);
         bump(&shared.stats.claimed, batch.len() as u64);
         shared
@@ -141,7 +141,7 @@ pub(crate) async fn dispatch(
                     spawn_chain(shared, key, id, run, out, permits, running);
                 }
                 Admit::Queued => shared.held.chained(seqs),
-                Admit::GiveBack(run) => give_back(shared, out, &run.group),
+                Admit::GiveBack(run) => give_back(shared, out, &run.group, Item::Release),
             }
         }
         return Ok(());
@@ -165,10 +165,7 @@ pub(crate) async fn dispatch(
             .is_none_or(|c| c.delayed || !chains.contains_key(&chain::key_of(c)))
     });
     for group in behind {
-        let seqs: Vec<i64> = group.iter().map(|c| c.envelope.sequence).collect();
-        bump(&shared.stats.chain_given_back, seqs.len() as u64);
-        shared.held.decided(seqs.iter().copied());
-        out.send(vec![Item::Unclaim(seqs)]);
+        give_back(shared, out, &group, Item::Unclaim);
     }
     // On a task of its own, under the relay's shutdown like any group. Nothing else of this
     // relay may run meanwhile, or a crash would be blamed on the wrong message: it takes every
@@ -250,7 +247,7 @@ fn spawn_chain(
                 Next::Done => break,
                 Next::GiveBack(runs) => {
                     for run in runs {
-                        give_back(&shared, &out, &run.group);
+                        give_back(&shared, &out, &run.group, Item::Release);
                     }
                     break;
                 }
@@ -276,20 +273,20 @@ impl Drop for ChainEnd {
             return;
         }
         for run in self.shared.chains.abandon(&self.key, self.id) {
-            give_back(&self.shared, &self.out, &run.group);
+            give_back(&self.shared, &self.out, &run.group, Item::Release);
         }
     }
 }
 
-/// Gives `group` back without running it.
-fn give_back(shared: &Shared, out: &Completer, group: &[Claimed]) {
+/// Gives `group` back without running it, written as `how` (a release, or undoing the claim).
+fn give_back(shared: &Shared, out: &Completer, group: &[Claimed], how: fn(Vec<i64>) -> Item) {
     let seqs: Vec<i64> = group.iter().map(|c| c.envelope.sequence).collect();
     if seqs.is_empty() {
         return;
     }
     bump(&shared.stats.chain_given_back, seqs.len() as u64);
     shared.held.decided(seqs.iter().copied());
-    out.send(vec![Item::Release(seqs)]);
+    out.send(vec![how(seqs)]);
 }
 
 /// Runs a group's future; if it panics (a bug, or user code the relay calls outside a

@@ -29,6 +29,12 @@ pub fn install(probe: impl Fn(Stage, &[i64]) + Send + Sync + 'static) -> bool {
     PROBE.set(Box::new(probe)).is_ok()
 }
 
+/// Whether a probe is installed: callers skip gathering what only the probe would read.
+#[inline]
+pub(crate) fn enabled() -> bool {
+    PROBE.get().is_some()
+}
+
 /// Reports `stage` for `seqs` to the probe, if one is installed.
 #[inline]
 pub(crate) fn mark(stage: Stage, seqs: &[i64]) {
