@@ -5,7 +5,7 @@
 //!
 //! Needs `OUTBOX_TEST_KAFKA_URL` (the bootstrap servers, `127.0.0.1:9092`); the restart test
 //! needs `OUTBOX_TEST_TANSU` instead (the `tansu` binary: it starts and restarts a broker of its
-//! own on 19092). Each test creates its own topics.
+//! own, on a port free at the time). Each test creates its own topics.
 
 use std::collections::{HashMap, HashSet};
 use std::process::Stdio;
@@ -425,6 +425,7 @@ fn spawn_inbox_consumer(
     bootstrap: &str,
     group: &str,
     topic: &str,
+    member: &'static str,
 ) -> tokio::task::JoinHandle<()> {
     let mut c = config(bootstrap);
     c.set("group.id", group)
@@ -438,8 +439,8 @@ fn spawn_inbox_consumer(
                 let e: Numbered = envelope.decode(&Default::default())?;
                 uow.execute_raw(sea_orm::Statement::from_sql_and_values(
                     sea_orm::DbBackend::Sqlite,
-                    "INSERT INTO effects (k, n) VALUES (?, ?)",
-                    [e.key.into(), e.n.into()],
+                    "INSERT INTO effects (k, n, member) VALUES (?, ?, ?)",
+                    [e.key.into(), e.n.into(), member.into()],
                 ))
                 .await
                 .map_err(outbox_seaorm::HandlerError::retry)?;
@@ -449,6 +450,39 @@ fn spawn_inbox_consumer(
         .await
         .unwrap();
     })
+}
+
+/// How many effects `member` has had.
+async fn handled_by(db: &sea_orm::DatabaseConnection, member: &str) -> usize {
+    use sea_orm::ConnectionTrait;
+    let row = db
+        .query_one_raw(sea_orm::Statement::from_sql_and_values(
+            sea_orm::DbBackend::Sqlite,
+            "SELECT COUNT(*) AS n FROM effects WHERE member = ?",
+            [member.into()],
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    row.try_get::<i64>("", "n").unwrap() as usize
+}
+
+/// Events `first..=last` of each of `agg-0`..`agg-{aggregates - 1}`, one transaction per number.
+async fn commit_range(db: &sea_orm::DatabaseConnection, aggregates: u32, first: u32, last: u32) {
+    for n in first..=last {
+        let uow = outbox_seaorm::UnitOfWork::begin(db).await.unwrap();
+        for i in 0..aggregates {
+            let key = format!("agg-{i}");
+            uow.record(
+                "counter",
+                key.clone(),
+                Numbered { key, n },
+                Default::default(),
+            )
+            .unwrap();
+        }
+        uow.commit().await.unwrap();
+    }
 }
 
 /// The effects so far, in the order they committed.
@@ -473,26 +507,36 @@ async fn inbox_consumer_has_effects_once_across_a_restart_and_a_rebalance() {
         return;
     };
     let t = TestDb::new(Backend::Sqlite).await.unwrap();
-    let total = commit_numbered(&t.db, 6, 50).await;
+    // Numbers 1..=30 now, 31..=50 once the third member has joined (so that it has records to
+    // handle whichever partition it is given).
+    commit_range(&t.db, 6, 1, 30).await;
+    let total = 6 * 50;
     let topic = topic(&bootstrap, 3).await;
-    let route = Route::new(
-        "to-kafka",
-        KafkaPublisher::new(config(&bootstrap), "/t").unwrap(),
-    )
-    .destination(&topic)
-    .unwrap();
+    // One record per batch. tansu 0.6.0 answers a fetch that starts inside a record batch with
+    // the batches after it (seen in its debug log: fetch_offset 41, first base_offset 42), so a
+    // member resuming at a committed offset mid-batch never sees the rest of that batch: one
+    // effect missing in about one run in three under load. A Kafka broker returns the batch
+    // holding the offset and the client skips what comes before; what this test checks is the
+    // consumer's side, so it keeps batch boundaries where tansu reads them right.
+    let mut producer = config(&bootstrap);
+    producer.set("batch.num.messages", "1");
+    let route = Route::new("to-kafka", KafkaPublisher::new(producer, "/t").unwrap())
+        .destination(&topic)
+        .unwrap();
     let relay = relay_to(&t.db, route).spawn().await.unwrap();
 
     let consumer_db = TestDb::new(Backend::Sqlite).await.unwrap();
     consumer_db
         .db
-        .execute_unprepared("CREATE TABLE effects (k TEXT NOT NULL, n INTEGER NOT NULL)")
+        .execute_unprepared(
+            "CREATE TABLE effects (k TEXT NOT NULL, n INTEGER NOT NULL, member TEXT NOT NULL)",
+        )
         .await
         .unwrap();
     let inbox = Inbox::new(consumer_db.db.clone());
     let group = format!("inbox-{}", Uuid::new_v4().simple());
     let count = || async { effects(&consumer_db.db).await.len() };
-    let first = spawn_inbox_consumer(inbox.clone(), &bootstrap, &group, &topic);
+    let first = spawn_inbox_consumer(inbox.clone(), &bootstrap, &group, &topic, "first");
     wait_for("some effects", Duration::from_secs(60), || async {
         (count().await >= 40).then_some(())
     })
@@ -500,17 +544,21 @@ async fn inbox_consumer_has_effects_once_across_a_restart_and_a_rebalance() {
     // A restart: the consumer dies mid-run (its uncommitted records come again).
     first.abort();
     first.await.ok();
-    let second = spawn_inbox_consumer(inbox.clone(), &bootstrap, &group, &topic);
+    let second = spawn_inbox_consumer(inbox.clone(), &bootstrap, &group, &topic, "second");
     wait_for("more effects", Duration::from_secs(60), || async {
         (count().await >= 120).then_some(())
     })
     .await;
-    // A rebalance: a third member joins, then leaves.
-    let third = spawn_inbox_consumer(inbox.clone(), &bootstrap, &group, &topic);
+    // A rebalance: a third member joins, handles records of the partitions it was given, then
+    // leaves. It leaves only once it has handled some: a member that vanishes while its join
+    // is still under way keeps its partitions on tansu, which does not expire it on the
+    // session timeout (a Kafka broker would, after 6 s).
+    let third = spawn_inbox_consumer(inbox.clone(), &bootstrap, &group, &topic, "third");
+    commit_range(&t.db, 6, 31, 50).await;
     wait_for(
-        "effects with three members",
+        "effects of the third member",
         Duration::from_secs(60),
-        || async { (count().await >= 200).then_some(()) },
+        || async { (handled_by(&consumer_db.db, "third").await >= 3).then_some(()) },
     )
     .await;
     third.abort();
@@ -577,7 +625,13 @@ async fn a_broker_restarted_mid_run_loses_nothing() {
     let Some(bin) = server_url(Server::Tansu) else {
         return;
     };
-    let port = 19092;
+    // A free port, not a fixed one: a broker left running by an interrupted run (a killed test
+    // process does not kill its children) would answer in this one's place, never go down, and
+    // fail the test for a reason that is not the relay's.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
     let bootstrap = format!("127.0.0.1:{port}");
     let mut broker = start_tansu(&bin, port);
     wait_for("tansu up", Duration::from_secs(30), || async {
