@@ -9,6 +9,9 @@ use std::sync::OnceLock;
 pub enum Stage {
     /// The claim loop sends a claim (no sequence numbers).
     ClaimStart,
+    /// The claim statement goes to the database (no sequence numbers). Reported on SQLite
+    /// only, after the wait for the relay's write gate; elsewhere the claim is sent at once.
+    ClaimSent,
     /// The claim returned these messages.
     ClaimEnd,
     /// A group task got its permit and starts running these messages.

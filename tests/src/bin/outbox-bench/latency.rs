@@ -35,8 +35,9 @@ fn take_stages() -> StageLog {
     std::mem::take(&mut *STAGES.lock().unwrap())
 }
 
-const STAGE_NAMES: [(Stage, &str); 5] = [
+const STAGE_NAMES: [(Stage, &str); 6] = [
     (Stage::ClaimStart, "claim_start"),
+    (Stage::ClaimSent, "claim_sent"),
     (Stage::ClaimEnd, "claim_end"),
     (Stage::GroupStart, "group_start"),
     (Stage::Decided, "decided"),
@@ -57,7 +58,8 @@ fn stage_of(name: &str) -> Option<Stage> {
         .map(|(s, _)| *s)
 }
 
-/// Per event: commit → claim start (waiting for a claim), the claim, claim → group start
+/// Per event: commit → claim start (waiting for a claim), the claim (on SQLite: the wait for
+/// the relay's write gate, then the statement), claim → group start
 /// (dispatch: prior states, task spawn, permit), group start → handler entry, and handler
 /// entry → outcome written (after the latency measured above, but what holds a batch's rows).
 fn breakdown(
@@ -65,16 +67,22 @@ fn breakdown(
     entries: &[(Uuid, i64, i64)],
     stages: &StageLog,
 ) -> Vec<(&'static str, Vec<f64>)> {
-    // Claims run one after the other: each claim end pairs with the latest claim start.
-    let mut claim: HashMap<i64, (i64, i64)> = HashMap::new();
+    // Claims run one after the other: each claim end pairs with the latest claim start, and
+    // the latest claim sent after it (SQLite reports when the statement leaves the write gate;
+    // elsewhere it is sent at its start).
+    let mut claim: HashMap<i64, (i64, i64, i64)> = HashMap::new();
     let mut first: HashMap<(Stage, i64), i64> = HashMap::new();
-    let mut last_start = None;
+    let (mut last_start, mut last_sent) = (None, None);
     for (stage, t, seqs) in stages {
         match stage {
-            Stage::ClaimStart => last_start = Some(*t),
+            Stage::ClaimStart => (last_start, last_sent) = (Some(*t), None),
+            Stage::ClaimSent => last_sent = Some(*t),
             Stage::ClaimEnd => {
+                let start = last_start.unwrap_or(*t);
                 for s in seqs {
-                    claim.entry(*s).or_insert((last_start.unwrap_or(*t), *t));
+                    claim
+                        .entry(*s)
+                        .or_insert((start, last_sent.unwrap_or(start), *t));
                 }
             }
             _ => {
@@ -86,6 +94,7 @@ fn breakdown(
     }
     let mut out: Vec<(&'static str, Vec<f64>)> = [
         "commit → claim start",
+        "claim: wait for the write gate (SQLite)",
         "claim (statement, round trips)",
         "claim end → group start",
         "group start → handler entry",
@@ -96,7 +105,7 @@ fn breakdown(
     .collect();
     let ms = |a: i64, b: i64| (b - a).max(0) as f64 / 1000.0;
     for (id, seq, entry) in entries {
-        let (Some(c), Some((cs, ce)), Some(g), Some(w)) = (
+        let (Some(c), Some((cs, sent, ce)), Some(g), Some(w)) = (
             committed.get(id),
             claim.get(seq),
             first.get(&(Stage::GroupStart, *seq)),
@@ -105,10 +114,11 @@ fn breakdown(
             continue;
         };
         out[0].1.push(ms(*c, *cs));
-        out[1].1.push(ms(*cs, *ce));
-        out[2].1.push(ms(*ce, *g));
-        out[3].1.push(ms(*g, *entry));
-        out[4].1.push(ms(*entry, *w));
+        out[1].1.push(ms(*cs, *sent));
+        out[2].1.push(ms(*sent, *ce));
+        out[3].1.push(ms(*ce, *g));
+        out[4].1.push(ms(*g, *entry));
+        out[5].1.push(ms(*entry, *w));
     }
     out
 }
