@@ -507,7 +507,7 @@ async fn inbox_consumer_has_effects_once_across_a_restart_and_a_rebalance() {
         return;
     };
     let t = TestDb::new(Backend::Sqlite).await.unwrap();
-    // Numbers 1..=30 now, 31..=50 once the third member has joined (so that it has records to
+    // Numbers 1..=30 now, 31..=50 while the third member joins (so that it has records to
     // handle whichever partition it is given).
     commit_range(&t.db, 6, 1, 30).await;
     let total = 6 * 50;
@@ -554,7 +554,17 @@ async fn inbox_consumer_has_effects_once_across_a_restart_and_a_rebalance() {
     // is still under way keeps its partitions on tansu, which does not expire it on the
     // session timeout (a Kafka broker would, after 6 s).
     let third = spawn_inbox_consumer(inbox.clone(), &bootstrap, &group, &topic, "third");
-    commit_range(&t.db, 6, 31, 50).await;
+    // Trickled over 10 s: committed at once, the second member handled them all before the
+    // third had joined (seen in CI), and the third had nothing left to handle.
+    let trickle = tokio::spawn({
+        let db = t.db.clone();
+        async move {
+            for n in 31..=50 {
+                commit_range(&db, 6, n, n).await;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    });
     wait_for(
         "effects of the third member",
         Duration::from_secs(60),
@@ -563,6 +573,7 @@ async fn inbox_consumer_has_effects_once_across_a_restart_and_a_rebalance() {
     .await;
     third.abort();
     third.await.ok();
+    trickle.await.unwrap();
     wait_for("every effect", Duration::from_secs(90), || async {
         (count().await >= total).then_some(())
     })
