@@ -554,14 +554,14 @@ async fn inbox_consumer_has_effects_once_across_a_restart_and_a_rebalance() {
     // is still under way keeps its partitions on tansu, which does not expire it on the
     // session timeout (a Kafka broker would, after 6 s).
     let third = spawn_inbox_consumer(inbox.clone(), &bootstrap, &group, &topic, "third");
-    // Trickled over 10 s: committed at once, the second member handled them all before the
+    // Trickled over 20 s: committed at once, the second member handled them all before the
     // third had joined (seen in CI), and the third had nothing left to handle.
     let trickle = tokio::spawn({
         let db = t.db.clone();
         async move {
             for n in 31..=50 {
                 commit_range(&db, 6, n, n).await;
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
     });
