@@ -31,11 +31,16 @@ CREATE TABLE IF NOT EXISTS {messages} (
     last_error_kind VARCHAR(32) NULL,
     delivered_at TIMESTAMPTZ NULL
 ) -- Room on each page for the claim's update of the lease columns (not indexed), so it is a
-  -- HOT update that writes no index entry. A queue table: every message leaves the pending
-  -- index once, leaving a dead entry the claim steps over until a vacuum; PostgreSQL's default
-  -- (20% of the table) lets millions pile up on a large table (BENCHMARKS.md, "big drain":
-  -- 59% of the small drain's rate without vacuum, 109% with one every 5 s).
-  WITH (fillfactor = 70, autovacuum_vacuum_scale_factor = 0.01, autovacuum_vacuum_threshold = 5000);
+  -- HOT update that writes no index entry. A claim takes consecutive rows, every row of a page
+  -- in one statement, so the page must hold a second version of each: at fillfactor 70 most
+  -- claimed rows moved to another page with an entry in each index, and the next claims
+  -- stepped over those entries (BENCHMARKS.md, "The lease update and the page": at 40 the
+  -- relay drains 1.5-1.7x faster on 1 relay; 50 and 30 were no better). A queue table: every message leaves
+  -- the pending index once, leaving a dead entry the claim steps over until a vacuum;
+  -- PostgreSQL's default (20% of the table) lets millions pile up on a large table
+  -- (BENCHMARKS.md, "big drain": 59% of the small drain's rate without vacuum, 109% with one
+  -- every 5 s).
+  WITH (fillfactor = 40, autovacuum_vacuum_scale_factor = 0.01, autovacuum_vacuum_threshold = 5000);
 -- Partial indexes: the claim and the order check never touch delivered history.
 CREATE INDEX IF NOT EXISTS {messages_base}_pending ON {messages} (seq) WHERE status = 'pending';
 CREATE UNIQUE INDEX IF NOT EXISTS {messages_base}_aggregate ON {messages} (aggregate_type, aggregate_id, position) WHERE status <> 'delivered';
@@ -85,5 +90,7 @@ CREATE TABLE IF NOT EXISTS {relays} (
     handled TEXT NOT NULL,
     held INTEGER NOT NULL DEFAULT 0
 );
--- Tables created by an earlier version get the claim token (idempotent).
+-- Tables created by an earlier version get the claim token (idempotent), and the fillfactor
+-- above for the pages they fill from now on.
 ALTER TABLE {messages} ADD COLUMN IF NOT EXISTS claim_token BIGINT NULL;
+ALTER TABLE {messages} SET (fillfactor = 40);
