@@ -413,7 +413,7 @@ pub(crate) fn read_claimed(row: &QueryResult) -> Result<Claimed> {
     envelope.headers = headers;
     envelope.occurred_at = row.try_get("", "occurred_at")?;
     Ok(Claimed {
-        envelope,
+        envelope: Arc::new(envelope),
         claims: count("claims")?,
         crashes: count("crashes")?,
         delayed: not_before.is_some(),

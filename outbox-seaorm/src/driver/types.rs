@@ -1,5 +1,6 @@
 //! What the outbox writes and reads, as the drivers see it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -62,7 +63,8 @@ pub(crate) struct ClaimSpec<'a> {
 /// A row a relay claimed.
 #[derive(Debug, Clone)]
 pub(crate) struct Claimed {
-    pub(crate) envelope: Envelope,
+    /// Shared with its handlers' contexts as it is: no copy of the payload per message.
+    pub(crate) envelope: Arc<Envelope>,
     /// Times it was claimed since its last outcome, this claim included: more than 1 means a
     /// relay claimed it before and never wrote what happened (it died, or hung past its lease).
     pub(crate) claims: u32,

@@ -190,7 +190,7 @@ async fn run_message(
     if !shared.held.running(envelope.sequence, &cancel) {
         return None;
     }
-    let envelope = Arc::new(envelope.clone());
+    let envelope = c.envelope.clone();
     let calls = to_run.into_iter().map(|(name, before)| {
         let entry = entries
             .iter()
