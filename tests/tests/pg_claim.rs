@@ -1,6 +1,7 @@
 //! PostgreSQL claims: bounded on the server however the relay connects.
 
 use outbox_tests::Backend;
+use tracing_subscriber::layer::SubscriberExt;
 
 /// A claim is bounded on the server by `claim_timeout`, on the relay's own pool (where the
 /// bound is a session setting and the claim a single statement) and on the application's
@@ -52,6 +53,9 @@ async fn a_claim_updates_every_row_of_its_pages_in_place() {
     use std::sync::Arc;
     use std::time::Duration;
 
+    let warnings = Warnings::default();
+    let _log =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(warnings.clone()));
     outbox_tests::run(Backend::Postgres, |t| async move {
         let pages = |t: &outbox_tests::TestDb| {
             let db = t.db.clone();
@@ -78,7 +82,7 @@ async fn a_claim_updates_every_row_of_its_pages_in_place() {
             t.db.query_one_raw(Statement::from_string(
                 t.db.get_database_backend(),
                 "SELECT array_to_string(reloptions, ',') AS o FROM pg_class \
-                 WHERE relname = 'outbox_messages'",
+                 WHERE oid = 'outbox_messages'::regclass",
             ))
             .await
             .unwrap()
@@ -107,12 +111,20 @@ async fn a_claim_updates_every_row_of_its_pages_in_place() {
                     }
                 })
             };
+            let warned_before = warnings.count("has fillfactor");
             let relay = Relay::builder(t.connect_again().await)
                 .registry(Registry::new([handler]).unwrap())
                 .batch_size(100)
                 .build()
                 .await
                 .unwrap();
+            // A table left at an earlier fillfactor is named at start, with the fix.
+            assert_eq!(
+                warnings.count("has fillfactor") - warned_before,
+                usize::from(!all_in_place),
+                "fillfactor {fillfactor}: {:?}",
+                warnings.all()
+            );
             let run = tokio::spawn(async move { relay.run_once().await });
             let after = outbox_tests::wait_for("the claim", Duration::from_secs(30), || async {
                 let p = pages(&t).await;
@@ -148,6 +160,39 @@ async fn a_claim_updates_every_row_of_its_pages_in_place() {
                 );
             }
         }
+        t.cleanup().await;
     })
     .await;
+}
+
+/// The WARN events' messages, for the test above.
+#[derive(Clone, Default)]
+struct Warnings(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Warnings {
+    fn all(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+
+    fn count(&self, part: &str) -> usize {
+        self.all().iter().filter(|m| m.contains(part)).count()
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Warnings {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Message(String);
+        impl tracing::field::Visit for Message {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    self.0 = format!("{value:?}");
+                }
+            }
+        }
+        if *event.metadata().level() == tracing::Level::WARN {
+            let mut m = Message(String::new());
+            event.record(&mut m);
+            self.0.lock().unwrap().push(m.0);
+        }
+    }
 }

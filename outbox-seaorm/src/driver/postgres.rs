@@ -16,6 +16,8 @@ use crate::error::Result;
 
 const QUERIES: &str = include_str!("postgres.sql");
 const SCHEMA: &str = include_str!("postgres_schema.sql");
+/// The messages table's fillfactor in `postgres_schema.sql`.
+const FILLFACTOR: i32 = 40;
 
 #[derive(Debug)]
 pub(crate) struct Postgres {
@@ -53,6 +55,37 @@ impl Driver for Postgres {
 
     fn span(&self, d: Duration) -> Arg {
         Arg::One(Value::Double(Some(d.as_secs_f64())))
+    }
+
+    /// Warns when the messages table leaves less room on its pages than this version's schema
+    /// (`fillfactor = 40`): a table made by an earlier version through `OutboxMigration`, which
+    /// runs once, or by hand. Its claims then move most leased rows to other pages, each with
+    /// an entry in every index (BENCHMARKS.md, "Closing #18"). Nothing is changed here: the
+    /// `ALTER TABLE` is the operator's to run.
+    async fn prepare_for_relay(&self, db: &DatabaseConnection) -> Result<()> {
+        let stmt = self.sql.stmt(
+            "messages_fillfactor",
+            &[("table", self.messages.clone().into())],
+        );
+        let fillfactor = match db.query_one_raw(stmt).await {
+            Ok(Some(row)) => match row.try_get::<i32>("", "fillfactor") {
+                Ok(f) => f,
+                Err(_) => return Ok(()),
+            },
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                tracing::debug!(error = %e, "could not read the messages table's fillfactor");
+                return Ok(());
+            }
+        };
+        if fillfactor > FILLFACTOR {
+            tracing::warn!(
+                table = %self.messages, fillfactor,
+                "the outbox messages table has fillfactor {fillfactor} (this version creates it                  with {FILLFACTOR}): claims run slower, moving the rows they lease to other                  pages; run `ALTER TABLE {} SET (fillfactor = {FILLFACTOR})` or `outbox migrate`                  (pages written from then on get the room)",
+                self.messages
+            );
+        }
+        Ok(())
     }
 
     fn create_statements(&self) -> Vec<String> {
@@ -292,5 +325,20 @@ impl Postgres {
              AND s.aggregate_id = v.a ORDER BY v.ord",
         );
         Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{FILLFACTOR, SCHEMA};
+
+    #[test]
+    fn the_fillfactor_the_relay_expects_is_the_schemas() {
+        let set = format!("fillfactor = {FILLFACTOR}");
+        assert_eq!(
+            SCHEMA.matches(&set).count(),
+            2,
+            "CREATE and ALTER both set {set}"
+        );
     }
 }

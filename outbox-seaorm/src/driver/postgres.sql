@@ -262,6 +262,12 @@ FROM s
 -- name: notify
 SELECT pg_notify(:channel, '')
 
+-- The messages table's fillfactor (100 when not set); no row when the table is not visible.
+-- name: messages_fillfactor
+SELECT COALESCE((SELECT CAST(substr(o, 12) AS INTEGER) FROM unnest(c.reloptions) AS o
+  WHERE o LIKE 'fillfactor=%'), 100) AS fillfactor
+FROM pg_class c WHERE c.oid = to_regclass(:table)
+
 -- name: check_relays
 SELECT id, host, version, started_at, heartbeat_at, stopped_at, lease_ms, handled, held
 FROM {relays} WHERE 1 = 0

@@ -34,9 +34,10 @@ CREATE TABLE IF NOT EXISTS {messages} (
   -- HOT update that writes no index entry. A claim takes consecutive rows, every row of a page
   -- in one statement, so the page must hold a second version of each: at fillfactor 70 most
   -- claimed rows moved to another page with an entry in each index, and the next claims
-  -- stepped over those entries (BENCHMARKS.md, "The lease update and the page": at 40 the
-  -- relay drains 1.5-1.7x faster on 1 relay; 50 and 30 were no better). A queue table: every message leaves
-  -- the pending index once, leaving a dead entry the claim steps over until a vacuum;
+  -- stepped over those entries (BENCHMARKS.md, "Closing #18": at 40 one relay drains 1.45x
+  -- faster marking, 1.77x deleting; 50 was slower, 30 no faster). This needs the claimed row
+  -- to grow by less than half (the lease columns, the relay id). A queue table: every message
+  -- leaves the pending index once, leaving a dead entry the claim steps over until a vacuum;
   -- PostgreSQL's default (20% of the table) lets millions pile up on a large table
   -- (BENCHMARKS.md, "big drain": 59% of the small drain's rate without vacuum, 109% with one
   -- every 5 s).
