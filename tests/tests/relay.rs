@@ -10,7 +10,7 @@ use outbox_seaorm::{
     Registry, RetryPolicy, UnitOfWork,
 };
 use outbox_tests::fixtures::{
-    FromANewerVersion, Numbered, OrderCancelled, OrderConfirmed, OrderPlaced, Recorder, order,
+    FromANewerVersion, Numbered, commit_numbered, OrderCancelled, OrderConfirmed, OrderPlaced, Recorder, order,
     recording,
 };
 use outbox_tests::{TestDb, backend_tests, wait_for};
@@ -38,6 +38,7 @@ backend_tests!(
     invalid_settings_are_rejected,
     delayed_event_is_not_delivered_early,
     delete_mode_removes_delivered_rows,
+    batches_claimed_ahead_keep_their_leases_while_they_wait,
     commit_wakes_a_relay_that_polls_rarely,
     graceful_shutdown_finishes_the_batch_in_flight,
     shutdown_timeout_gives_unfinished_messages_back,
@@ -1091,5 +1092,48 @@ async fn shutdown_timeout_keeps_what_finished(t: TestDb) {
     assert_eq!(s.status, MessageStatus::Pending);
     assert!(s.locked_by.is_none(), "the unfinished one is given back");
     assert_eq!(s.attempts, 0);
+    t.cleanup().await;
+}
+
+/// While claims come back full, the relay claims ahead (PostgreSQL and MariaDB): batches that
+/// wait, claimed, while the batch before them runs. Here each batch of 10 takes about 1 s to
+/// run (one message at a time, 100 ms each) and the lease is 300 ms, so a batch claimed ahead
+/// waits several leases before it runs. Its leases must be kept meanwhile, or a later claim
+/// takes its messages again and they run twice.
+async fn batches_claimed_ahead_keep_their_leases_while_they_wait(t: TestDb) {
+    let total = commit_numbered(&t.db, 30, 3).await;
+    let seen = Recorder::<String>::new();
+    let handler = {
+        let seen = seen.clone();
+        HandlerEntry::new("log", move |_: Numbered, ctx: HandlerContext| {
+            let seen = seen.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                seen.push(ctx.message_id().to_string());
+                Ok::<_, std::io::Error>(())
+            }
+        })
+    };
+    let relay = outbox_seaorm::Relay::builder(t.connect_again().await)
+        .registry(Registry::new([handler]).unwrap())
+        .batch_size(10)
+        // A window of two batches: claims side by side each find rows outside the other's.
+        .claim_window(20)
+        .concurrency(1)
+        .lease(Duration::from_millis(300))
+        .poll_interval(Duration::from_millis(50))
+        .spawn()
+        .await
+        .unwrap();
+    let admin = Admin::new(t.db.clone());
+    wait_for("every message delivered", Duration::from_secs(60), || async {
+        (admin.counts().await.unwrap().delivered as usize == total).then_some(())
+    })
+    .await;
+    relay.shutdown().await;
+    let all = seen.all();
+    let distinct: std::collections::HashSet<&String> = all.iter().collect();
+    assert_eq!(distinct.len(), total);
+    assert_eq!(all.len(), total, "a message ran twice");
     t.cleanup().await;
 }

@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
@@ -77,9 +78,8 @@ pub(crate) async fn claim(shared: &Shared, limit: u32) -> Result<Batch> {
     })
 }
 
-/// Takes a claimed batch into the relay's held messages (their leases kept, their fates
-/// awaited), as the claim loop takes it up. A batch claimed ahead waits outside until then,
-/// so it does not count against the room for the next claim; its leases run meanwhile.
+/// Takes a claimed batch into the relay's held messages: their leases are kept from now on,
+/// their fates awaited.
 fn hold(shared: &Shared, batch: &Batch) {
     shared
         .held
@@ -390,8 +390,16 @@ pub(crate) async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
     };
     let mut ahead: VecDeque<tokio::task::JoinHandle<Result<Batch>>> = VecDeque::new();
     let mut ahead_paused = 0u32;
+    // Messages claimed ahead and held (their leases kept by the heartbeat from the moment the
+    // claim returns) but not dispatched yet: they do not count against the room.
+    let waiting = Arc::new(AtomicUsize::new(0));
     'claiming: while !cancel.is_cancelled() {
-        while shared.held.open_count() > (batch_size / 2) as usize {
+        while shared
+            .held
+            .open_count()
+            .saturating_sub(waiting.load(Ordering::Acquire))
+            > (batch_size / 2) as usize
+        {
             tokio::select! {
                 _ = cancel.cancelled() => break 'claiming,
                 _ = decided.changed() => {}
@@ -399,6 +407,7 @@ pub(crate) async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
             }
         }
         let room = batch_size;
+        let took_ahead = !ahead.is_empty();
         let claimed = match ahead.pop_front() {
             Some(task) => match task.await {
                 Ok(claimed) => {
@@ -422,7 +431,11 @@ pub(crate) async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
             }
         };
         if let Ok(batch) = &claimed {
-            hold(&shared, batch);
+            if took_ahead {
+                waiting.fetch_sub(batch.rows.len(), Ordering::AcqRel);
+            } else {
+                hold(&shared, batch);
+            }
         }
         let result = match claimed {
             Ok(batch) if batch.rows.is_empty() => Ok(0),
@@ -440,8 +453,17 @@ pub(crate) async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
             while ahead.len() < ahead_max {
                 wake.borrow_and_update();
                 written.borrow_and_update();
-                let shared = shared.clone();
-                ahead.push_back(tokio::spawn(async move { claim(&shared, room).await }));
+                let (shared, waiting) = (shared.clone(), waiting.clone());
+                ahead.push_back(tokio::spawn(async move {
+                    let claimed = claim(&shared, room).await;
+                    if let Ok(batch) = &claimed {
+                        // Counted as waiting first: the loop never sees these rows as open
+                        // and dispatched, which would make it wait for room they hold.
+                        waiting.fetch_add(batch.rows.len(), Ordering::AcqRel);
+                        hold(&shared, batch);
+                    }
+                    claimed
+                }));
             }
         }
         while running.try_join_next().is_some() {}
@@ -485,9 +507,7 @@ pub(crate) async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
     // Claims still in flight end (each bounded by the claim timeout); what they claimed is
     // held, undecided, and `finish` gives it back.
     for task in ahead {
-        if let Ok(Ok(batch)) = task.await {
-            hold(&shared, &batch);
-        }
+        let _ = task.await;
     }
     finish(&shared, running, &out).await;
     drop(out);
