@@ -10,8 +10,8 @@ use outbox_seaorm::{
     Registry, RetryPolicy, UnitOfWork,
 };
 use outbox_tests::fixtures::{
-    FromANewerVersion, Numbered, commit_numbered, OrderCancelled, OrderConfirmed, OrderPlaced, Recorder, order,
-    recording,
+    FromANewerVersion, Numbered, OrderCancelled, OrderConfirmed, OrderPlaced, Recorder,
+    commit_numbered, order, recording,
 };
 use outbox_tests::{TestDb, backend_tests, wait_for};
 use sea_orm::{ConnectionTrait, DatabaseConnection, EntityTrait, QueryOrder, Statement};
@@ -1126,9 +1126,11 @@ async fn batches_claimed_ahead_keep_their_leases_while_they_wait(t: TestDb) {
         .await
         .unwrap();
     let admin = Admin::new(t.db.clone());
-    wait_for("every message delivered", Duration::from_secs(60), || async {
-        (admin.counts().await.unwrap().delivered as usize == total).then_some(())
-    })
+    wait_for(
+        "every message delivered",
+        Duration::from_secs(60),
+        || async { (admin.counts().await.unwrap().delivered as usize == total).then_some(()) },
+    )
     .await;
     relay.shutdown().await;
     let all = seen.all();
