@@ -68,20 +68,19 @@ impl Driver for Postgres {
             &[("table", self.messages.clone().into())],
         );
         let fillfactor = match db.query_one_raw(stmt).await {
-            Ok(Some(row)) => match row.try_get::<i32>("", "fillfactor") {
-                Ok(f) => f,
-                Err(_) => return Ok(()),
-            },
-            Ok(None) => return Ok(()),
+            Ok(row) => row.and_then(|r| r.try_get::<i32>("", "fillfactor").ok()),
             Err(e) => {
                 tracing::debug!(error = %e, "could not read the messages table's fillfactor");
-                return Ok(());
+                None
             }
         };
-        if fillfactor > FILLFACTOR {
+        if let Some(fillfactor) = fillfactor.filter(|f| *f > FILLFACTOR) {
             tracing::warn!(
                 table = %self.messages, fillfactor,
-                "the outbox messages table has fillfactor {fillfactor} (this version creates it                  with {FILLFACTOR}): claims run slower, moving the rows they lease to other                  pages; run `ALTER TABLE {} SET (fillfactor = {FILLFACTOR})` or `outbox migrate`                  (pages written from then on get the room)",
+                "the outbox messages table has fillfactor {fillfactor} (this version creates it \
+                 with {FILLFACTOR}): claims run slower, moving the rows they lease to other \
+                 pages; run `ALTER TABLE {} SET (fillfactor = {FILLFACTOR})` or `outbox migrate` \
+                 (pages written from then on get the room)",
                 self.messages
             );
         }

@@ -407,14 +407,17 @@ pub(crate) async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
             }
         }
         let room = batch_size;
-        let took_ahead = !ahead.is_empty();
         let claimed = match ahead.pop_front() {
             Some(task) => match task.await {
                 Ok(claimed) => {
+                    // Held when its claim returned: it no longer waits.
+                    if let Ok(batch) = &claimed {
+                        waiting.fetch_sub(batch.rows.len(), Ordering::AcqRel);
+                    }
                     // A claim ahead that came back short (in per-aggregate order with few
                     // aggregates, every one of them is still in flight) cost a statement for
                     // little: none for the next claims, then try again.
-                    if !matches!(&claimed, Ok(b) if b.rows.len() as u32 >= batch_size) {
+                    if !matches!(&claimed, Ok(b) if b.rows.len() as u32 >= room) {
                         ahead_paused = AHEAD_PAUSE;
                     }
                     claimed
@@ -427,16 +430,13 @@ pub(crate) async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
                 // A wake-up or a write from now on is one this claim may not have seen.
                 wake.borrow_and_update();
                 written.borrow_and_update();
-                claim(&shared, room).await
+                let claimed = claim(&shared, room).await;
+                if let Ok(batch) = &claimed {
+                    hold(&shared, batch);
+                }
+                claimed
             }
         };
-        if let Ok(batch) = &claimed {
-            if took_ahead {
-                waiting.fetch_sub(batch.rows.len(), Ordering::AcqRel);
-            } else {
-                hold(&shared, batch);
-            }
-        }
         let result = match claimed {
             Ok(batch) if batch.rows.is_empty() => Ok(0),
             Ok(batch) => {
